@@ -1,0 +1,46 @@
+"""A hand-written Transformer, readable top to bottom, equal to ``torch.nn.Transformer``.
+
+Modules in paper order ("Attention Is All You Need", Vaswani et al. 2017):
+
+- ``embeddings``     token embeddings, sinusoidal positional encoding, output layer (3.4, 3.5)
+- ``attention``      scaled dot-product and multi-head attention (3.2)
+- ``normalization``  layer normalization (Ba et al. 2016; used in 3.1)
+- ``feed_forward``   position-wise feed-forward network (3.3)
+- ``layers``         encoder and decoder layers with residual connections (3.1)
+- ``transformer``    encoder and decoder stacks and the Transformer (3.1, Figure 1)
+- ``seq2seq``        embeddings -> positional encoding -> Transformer -> output layer
+- ``masks``          causal ("sequence") and padding masks, mask merging
+
+Only tensor operations are used: no ``nn.MultiheadAttention``, ``nn.Transformer*``, ``nn.LayerNorm``,
+``F.layer_norm``, ``F.scaled_dot_product_attention`` or ``F.multi_head_attention_forward``.
+
+Shape letters (as in the torch docs): N batch, S source length, T target length, L query length inside
+attention, E d_model, H heads, D = E // H head size, F dim_feedforward.
+"""
+
+from handmade.attention import MultiheadAttention
+from handmade.embeddings import Embeddings, Generator, PositionalEncoding
+from handmade.feed_forward import FeedForward
+from handmade.layers import TransformerDecoderLayer, TransformerEncoderLayer
+from handmade.masks import generate_square_subsequent_mask, padding_mask, subsequent_mask
+from handmade.normalization import LayerNorm
+from handmade.seq2seq import Seq2SeqTransformer
+from handmade.transformer import Transformer, TransformerDecoder, TransformerEncoder
+
+__all__ = [
+    "Embeddings",
+    "FeedForward",
+    "Generator",
+    "LayerNorm",
+    "MultiheadAttention",
+    "PositionalEncoding",
+    "Seq2SeqTransformer",
+    "Transformer",
+    "TransformerDecoder",
+    "TransformerDecoderLayer",
+    "TransformerEncoder",
+    "TransformerEncoderLayer",
+    "generate_square_subsequent_mask",
+    "padding_mask",
+    "subsequent_mask",
+]

@@ -1,0 +1,136 @@
+"""The plug-in contract: how the harness builds, loads and runs an implementation under test.
+
+A target is named ``MODULE:OBJECT`` (importable; the current directory is on the path). OBJECT is either
+
+1. a drop-in class: constructed with nn.Transformer's keyword arguments, called with nn.Transformer.forward's
+   signature and conventions, and loadable with ``model.load_state_dict(reference.state_dict())``; or
+2. an adapter object with ``build(**config) -> nn.Module`` (raise NotImplementedError for "not supported"),
+   ``load_reference(model, reference)``, ``run(model, src, tgt, **kwargs) -> Tensor`` and, optionally,
+   ``supports(**config) -> bool`` and ``submodules(model) -> dict[str, nn.Module]``.
+
+``Target`` wraps either kind behind the adapter interface. ``handmade`` (the default target) is an adapter.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from handmade import Transformer as HandmadeTransformer
+from reference.weights import copy_torch_to_handmade
+
+DEFAULT_TARGET = "reference.targets:handmade"
+
+
+class NotSupportedError(Exception):
+    """The target declined a configuration (supports() returned False or build() raised NotImplementedError)."""
+
+
+class TargetError(Exception):
+    """The target itself failed: it crashed, or returned something nn.Transformer never returns."""
+
+
+class HandmadeAdapter:
+    """The adapter for handmade.Transformer: its parameter names differ, so weights go through the weight map."""
+
+    def build(self, **config: object) -> nn.Module:
+        return HandmadeTransformer(**config)
+
+    def load_reference(self, model: nn.Module, reference: nn.Module) -> None:
+        copy_torch_to_handmade(reference, model)
+
+    def run(self, model: nn.Module, src: Tensor, tgt: Tensor, **kwargs: object) -> Tensor:
+        return model(src, tgt, **kwargs)
+
+    def submodules(self, model: nn.Module) -> dict[str, nn.Module]:
+        """nn.Transformer submodule name -> the handmade module whose output corresponds to it."""
+        names: dict[str, nn.Module] = {"encoder.norm": model.encoder.norm, "decoder.norm": model.decoder.norm}
+        for stack in ("encoder", "decoder"):
+            for i, layer in enumerate(getattr(model, stack).layers):
+                p = f"{stack}.layers.{i}"
+                names[p] = layer
+                names[f"{p}.self_attn"] = layer.self_attn
+                names[f"{p}.linear2"] = layer.feed_forward.w_2
+                names[f"{p}.linear1"] = layer.feed_forward.w_1
+                names[f"{p}.norm1"] = layer.residual1.norm
+                names[f"{p}.norm2"] = layer.residual2.norm
+                if stack == "decoder":
+                    names[f"{p}.multihead_attn"] = layer.cross_attn
+                    names[f"{p}.norm3"] = layer.residual3.norm
+        return names
+
+
+handmade = HandmadeAdapter()  # the default target: reference.targets:handmade
+
+
+@dataclass
+class Target:
+    """An implementation under test, seen through the adapter interface whatever its kind."""
+
+    spec: str
+    obj: object
+
+    @property
+    def is_drop_in(self) -> bool:
+        return inspect.isclass(self.obj)
+
+    def supports(self, config: dict) -> bool:
+        check: Callable[..., bool] | None = getattr(self.obj, "supports", None)
+        return True if self.is_drop_in or check is None else bool(check(**config))
+
+    def build(self, config: dict, device: torch.device | str, dtype: torch.dtype) -> nn.Module:
+        """Construct, move to device and dtype; NotSupportedError if the target declines the configuration."""
+        if not self.supports(config):
+            raise NotSupportedError(f"{self.spec} does not support {config}")
+        try:
+            model = self.obj(**config) if self.is_drop_in else self.obj.build(**config)
+        except NotImplementedError as exc:
+            raise NotSupportedError(f"{self.spec} does not support {config}: {exc}") from exc
+        if not isinstance(model, nn.Module):
+            raise TargetError(f"{self.spec} built a {type(model).__name__}, but should build an nn.Module")
+        return model.to(device=device, dtype=dtype)
+
+    def load_reference(self, model: nn.Module, reference: nn.Module) -> None:
+        if self.is_drop_in:
+            model.load_state_dict(reference.state_dict())
+        else:
+            self.obj.load_reference(model, reference)
+
+    def run(self, model: nn.Module, src: Tensor, tgt: Tensor, **kwargs: object) -> Tensor:
+        out = model(src, tgt, **kwargs) if self.is_drop_in else self.obj.run(model, src, tgt, **kwargs)
+        if not isinstance(out, Tensor):
+            raise TargetError(f"{self.spec} returned a {type(out).__name__}, but should return a Tensor")
+        return out
+
+    def submodules(self, model: nn.Module) -> dict[str, nn.Module] | None:
+        mapper = getattr(self.obj, "submodules", None)
+        return None if self.is_drop_in or mapper is None else dict(mapper(model))
+
+
+def load_target(spec: str = DEFAULT_TARGET) -> Target:
+    """Import ``MODULE:OBJECT`` (the current directory first on the path) and check it fits the contract."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"a target is named MODULE:OBJECT, got {spec!r}")
+    if "" not in sys.path:
+        sys.path.insert(0, "")
+    try:
+        obj = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"cannot import target {spec!r}: {exc}") from exc
+    if not inspect.isclass(obj):
+        missing = [m for m in ("build", "load_reference", "run") if not callable(getattr(obj, m, None))]
+        if missing:
+            raise ValueError(
+                f"target {spec!r} is neither a class nor an adapter: it lacks {', '.join(missing)} "
+                "(see the plug-in contract in the README)"
+            )
+    return Target(spec, obj)

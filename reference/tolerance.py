@@ -1,0 +1,94 @@
+"""The tolerance policy, in one place.
+
+The oracle is the built-in model in float64 on the CPU with its fast path off. A candidate at dtype d on
+device v passes when
+
+    max |candidate - oracle|  <=  K * max |torch_d,v - oracle|  +  FLOOR_ULPS * eps(d) * max(1, max |oracle|)
+
+where torch_d,v is the built-in's own output at the same dtype and device (the flash-attention rule:
+be no worse than PyTorch itself by more than a small factor). For a float64 candidate on the CPU the
+built-in's own error is zero, so the floor alone applies: a direct comparison at ~1e-13 relative.
+K and FLOOR_ULPS come from measurement: ``python -m reference.calibrate`` prints the distribution of
+handmade's ratio to PyTorch's error; the README records the run that set them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+K = 4.0
+FLOOR_ULPS = 8.0  # times eps(dtype), for float32 / float16 / bfloat16
+FLOAT64_FLOOR = 1e-10  # relative to max(1, max|oracle|); see the README's calibration record
+
+
+def floor(dtype: torch.dtype, scale: float) -> float:
+    """The absolute error allowed whatever PyTorch's own error is."""
+    if dtype == torch.float64:
+        return FLOAT64_FLOOR * max(1.0, scale)
+    return FLOOR_ULPS * torch.finfo(dtype).eps * max(1.0, scale)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The numbers behind one comparison against the oracle."""
+
+    what: str
+    dtype: str
+    passed: bool
+    max_abs: float
+    max_rel: float
+    torch_err: float
+    ratio: float
+    bound: float
+    worst_index: tuple[int, ...]
+    candidate_value: float
+    oracle_value: float
+    note: str = ""
+
+    def __str__(self) -> str:
+        status = "ok" if self.passed else "FAIL"
+        return (
+            f"[{status}] {self.what} ({self.dtype}): max abs err {self.max_abs:.3g} (bound {self.bound:.3g}), "
+            f"max rel err {self.max_rel:.3g}, PyTorch's own err {self.torch_err:.3g}, ratio {self.ratio:.3g}, "
+            f"worst element {self.worst_index}: candidate {self.candidate_value:.6g} vs oracle "
+            f"{self.oracle_value:.6g}{' | ' + self.note if self.note else ''}"
+        )
+
+
+def judge(what: str, candidate: Tensor, oracle: Tensor, torch_own: Tensor | None = None) -> Verdict:
+    """Compare ``candidate`` with the float64 ``oracle``; ``torch_own`` is the built-in at the candidate's dtype.
+
+    ``torch_own`` None means the candidate is float64 on the CPU, where PyTorch's own error is zero by
+    definition. Non-finite candidate values where the oracle is finite fail with an infinite error.
+    """
+    dtype = candidate.dtype
+    if candidate.shape != oracle.shape:
+        return Verdict(what, str(dtype), False, float("inf"), float("inf"), 0.0, float("inf"), 0.0, (), 0.0, 0.0,
+                       f"shape {tuple(candidate.shape)} but should be {tuple(oracle.shape)}")
+    ref = oracle.detach().to("cpu", torch.float64)
+    cand = candidate.detach().to("cpu", torch.float64)
+    scale = float(ref.abs().max()) if ref.numel() else 0.0
+    torch_err = 0.0
+    if torch_own is not None:
+        torch_err = float((torch_own.detach().to("cpu", torch.float64) - ref).abs().nan_to_num(nan=0.0).max()) \
+            if ref.numel() else 0.0
+    bound = K * torch_err + floor(dtype, scale)
+    if ref.numel() == 0:
+        return Verdict(what, str(dtype), True, 0.0, 0.0, torch_err, 0.0, bound, (), 0.0, 0.0)
+    diff = (cand - ref).abs()
+    both_nan = cand.isnan() & ref.isnan()
+    diff = torch.where(both_nan, torch.zeros_like(diff), diff)
+    diff = torch.where(diff.isnan(), torch.full_like(diff, float("inf")), diff)  # NaN on one side only
+    flat = int(diff.argmax())
+    worst = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), diff.shape))
+    max_abs = float(diff.max())
+    rel = diff / ref.abs().clamp_min(1e-2 * max(scale, 1e-30))  # relative error, ignoring near-zero entries
+    ratio = max_abs / torch_err if torch_err > 0 else (0.0 if max_abs == 0 else max_abs / bound)
+    note = "" if torch.isfinite(cand[~both_nan]).all() else "candidate has NaN/inf where the oracle is finite"
+    return Verdict(
+        what, str(dtype).replace("torch.", ""), max_abs <= bound, max_abs, float(rel.max()), torch_err, ratio, bound,
+        worst, float(cand.reshape(-1)[flat]), float(ref.reshape(-1)[flat]), note,
+    )
