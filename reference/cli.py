@@ -18,11 +18,12 @@ def main(argv: list[str] | None = None) -> int:
     """Dispatch ``parity COMMAND ...`` to ``COMMAND``'s module ``main(argv)``."""
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="parity", description=__doc__)
-    parser.add_argument("command", choices=sorted(COMMANDS), help="; ".join(f"{k}: {v[1]}" for k, v in COMMANDS.items()))
+    summary = "; ".join(f"{name}: {about}" for name, (_, about) in COMMANDS.items())
+    parser.add_argument("command", choices=sorted(COMMANDS), help=summary)
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
         return 0 if argv else 2
-    args, rest = parser.parse_known_args(argv[:1])
+    args = parser.parse_args(argv[:1])
     module = importlib.import_module(COMMANDS[args.command][0])
     return int(module.main(argv[1:]) or 0)
 
