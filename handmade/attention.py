@@ -21,9 +21,10 @@ def scaled_dot_product_attention(
     """
     scores = (q * (1.0 / math.sqrt(q.size(-1)))) @ k.transpose(-2, -1)  # (N, H, L, S)
     if mask is not None:
-        # A row whose keys are all -inf would be softmax(-inf...) = NaN; torch's layers give 0 there.
+        # A row whose keys are all -inf would be softmax(-inf...) = NaN; torch's layers give 0 there. Such rows
+        # are unblocked in the mask (small: it broadcasts over heads), so the softmax stays finite, then zeroed.
         blocked = torch.isneginf(mask).all(dim=-1, keepdim=True)
-        scores = (scores + mask).masked_fill(blocked, 0.0)
+        scores += mask.masked_fill(blocked, 0.0)  # in place: the matmul's backward does not need its output
         weights = F.softmax(scores, dim=-1).masked_fill(blocked, 0.0)
     else:
         weights = F.softmax(scores, dim=-1)
@@ -102,10 +103,10 @@ class MultiheadAttention(nn.Module):
             )
         warn_if_mixed(key_padding_mask, "key_padding_mask", attn_mask, "attn_mask")
         causal = is_causal and key_padding_mask is None and not need_weights  # the hint replaces the mask
-        mask = None if causal else to_additive(attn_mask, "attn_mask", query.dtype)
+        mask = None if causal else to_additive(attn_mask, "attn_mask", query.dtype, accept_float32=not need_weights)
         if mask is not None:
             mask = mask.view(N, H, L, -1) if mask.dim() == 3 else mask  # row n*H + h is batch n, head h
-        kpm = to_additive(key_padding_mask, "key_padding_mask", query.dtype)
+        kpm = to_additive(key_padding_mask, "key_padding_mask", query.dtype, accept_float32=not need_weights)
         if kpm is not None:
             kpm = kpm.view(N, 1, 1, -1)
             mask = kpm if mask is None else mask + kpm
@@ -126,7 +127,7 @@ class MultiheadAttention(nn.Module):
             mask = to_additive(top_left_causal_mask(L, k.size(2), query.device), "causal mask", query.dtype)
 
         dropout_p = self.dropout if self.training else 0.0
-        out, weights = scaled_dot_product_attention(q, k, v, mask, dropout_p)
+        out, weights = self.attend(q, k, v, mask, dropout_p)
         out = self.out_proj(out.permute(2, 0, 1, 3).reshape(L, N, E))  # concat heads (L, N, E), then W^O
         if not batched:
             out = out.squeeze(1)
@@ -136,6 +137,10 @@ class MultiheadAttention(nn.Module):
             return out, None
         weights = weights.mean(dim=1) if average_attn_weights else weights
         return out, weights if batched else weights.squeeze(0)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float) -> tuple[Tensor, Tensor]:
+        """Equation 1 on the split heads; a method so that a variant (the bug zoo's) can replace this one step."""
+        return scaled_dot_product_attention(q, k, v, mask, dropout_p)
 
     def _check_inputs(
         self, query: Tensor, key: Tensor, value: Tensor, kpm: Tensor | None, attn_mask: Tensor | None

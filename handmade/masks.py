@@ -43,19 +43,22 @@ def top_left_causal_mask(query_len: int, key_len: int, device: torch.device) -> 
     return torch.ones(query_len, key_len, dtype=torch.bool, device=device).triu(diagonal=1)
 
 
-def to_additive(mask: Tensor | None, name: str, dtype: torch.dtype) -> Tensor | None:
-    """Turn a bool mask into 0/-inf of ``dtype``; check that a float mask already has ``dtype``."""
+def to_additive(mask: Tensor | None, name: str, dtype: torch.dtype, accept_float32: bool = False) -> Tensor | None:
+    """Turn a bool mask into 0/-inf of ``dtype``; check that a float mask has ``dtype`` (or float32, if accepted).
+
+    torch's attention kernel (the layers' path) also takes a float32 mask for any input dtype, such as the
+    default ``generate_square_subsequent_mask()`` with a float64 or float16 model; the weights path does not.
+    """
     if mask is None:
         return None
     if mask.dtype == torch.bool:
         return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(mask, float("-inf"))
     if not mask.is_floating_point():
         raise TypeError(f"{name} must be a bool or floating point tensor, got dtype {mask.dtype}")
-    if mask.dtype != dtype:
-        raise TypeError(
-            f"a float {name} must have the input's dtype, got {name}.dtype={mask.dtype} and input dtype {dtype}"
-        )
-    return mask
+    if mask.dtype != dtype and not (accept_float32 and mask.dtype == torch.float32):
+        allowed = f"{dtype} or torch.float32" if accept_float32 else f"{dtype}"
+        raise TypeError(f"a float {name} must have the input's dtype ({allowed}), got {name}.dtype={mask.dtype}")
+    return mask.to(dtype)
 
 
 def warn_if_mixed(mask: Tensor | None, name: str, other: Tensor | None, other_name: str) -> None:

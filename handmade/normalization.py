@@ -34,14 +34,17 @@ class LayerNorm(nn.Module):
                 f"input's last dims must be normalized_shape={self.normalized_shape}, got shape {tuple(x.shape)}"
             )
         dims = tuple(range(-len(self.normalized_shape), 0))
-        mean = x.mean(dim=dims, keepdim=True)
-        var = (x - mean).square().mean(dim=dims, keepdim=True)  # biased: divide by n, not n - 1
-        y = (x - mean) * torch.rsqrt(var + self.eps)  # eps inside the square root
+        dtype = x.dtype
+        if dtype in (torch.float16, torch.bfloat16):  # as torch's kernel: statistics in float32, one rounding at
+            x = x.float()  # the end (in half precision a large mean swamps the rows, and rsqrt's backward overflows)
+        centered = x - x.mean(dim=dims, keepdim=True)
+        var = centered.square().mean(dim=dims, keepdim=True)  # biased: divide by n, not n - 1
+        y = centered * torch.rsqrt(var + self.eps)  # eps inside the square root
         if self.weight is not None:
             y = y * self.weight
         if self.bias is not None:
             y = y + self.bias
-        return y
+        return y.to(dtype)
 
     def extra_repr(self) -> str:
         return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"

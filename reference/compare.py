@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from reference.build import build_torch, randomize_
 from reference.cases import Case
-from reference.targets import HandmadeAdapter, Target, TargetError
+from reference.targets import HandmadeAdapter, NotSupportedError, Target, TargetError
 from reference.tolerance import Verdict, judge
 from reference.weights import plan
 
@@ -84,6 +84,8 @@ def whole_model(
     Raises NotSupportedError when the target declines the configuration and TargetError when it crashes.
     """
     cfg = case.config
+    if not target.supports(cfg.kwargs()):  # decline before building anything: a declined draw must be cheap
+        raise NotSupportedError(f"{target.spec} does not support {cfg.kwargs()}")
     with fastpath(False):
         reference = build_torch("transformer", cfg, "cpu", torch.float64)
         randomize_(reference, torch.Generator().manual_seed(case.seed), case.weight_scale)

@@ -92,6 +92,8 @@ class Target:
             model = self.obj(**config) if self.is_drop_in else self.obj.build(**config)
         except NotImplementedError as exc:
             raise NotSupportedError(f"{self.spec} does not support {config}: {exc}") from exc
+        except Exception as exc:  # a crash of the target's constructor is the target's failure, not the harness's
+            raise TargetError(f"{self.spec} failed to build {config}: {type(exc).__name__}: {exc}") from exc
         if not isinstance(model, nn.Module):
             raise TargetError(f"{self.spec} built a {type(model).__name__}, but should build an nn.Module")
         return model.to(device=device, dtype=dtype)

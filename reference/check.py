@@ -1,0 +1,114 @@
+"""``parity check [MODULE:OBJECT]``: run the equivalence suite on a target and print the summary table.
+
+Runs pytest on the installed ``equivalence_tests`` package with ``--impl`` and ``--parity-report`` (a temp
+file), then prints one row per component x dtype x device: examples judged, the worst absolute error, the
+worst ratio to PyTorch's own error, failures; then what the target did not support and which tests failed,
+with their falsifying examples. Exit status: pytest's, or 1 when the target supported nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+from reference.targets import DEFAULT_TARGET
+
+DTYPE_ORDER = {"float64": 0, "float32": 1, "bfloat16": 2, "float16": 3}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="parity check", description=__doc__.splitlines()[0])
+    parser.add_argument("target", nargs="?", default=DEFAULT_TARGET,
+                        help=f"the implementation under test, MODULE:OBJECT (default {DEFAULT_TARGET})")
+    parser.add_argument("--profile", choices=("ci", "dev", "thorough"), default="dev",
+                        help="hypothesis profile: ci (deterministic), dev (default), thorough (10x ci)")
+    parser.add_argument("--device", choices=("cpu", "cuda", "all"), default="all",
+                        help="run on cpu, cuda or all available devices (default all)")
+    parser.add_argument("-x", "--exitfirst", action="store_true", help="stop at the first failing test")
+    parser.add_argument("--report", metavar="PATH", help="also keep the JSON parity report at PATH")
+    parser.epilog = "Arguments after -- go to pytest, e.g. parity check -- -k transformer -n 2"
+    return parser
+
+
+def _number(x: float | str) -> float:
+    return float(x)  # non-finite numbers travel as strings ("inf")
+
+
+def table(report: dict) -> list[str]:
+    """The summary: per component x dtype x device, then not-supported configurations, tests, failures."""
+    rows: dict[tuple[str, str, str], dict] = defaultdict(
+        lambda: {"examples": 0, "failed": 0, "max_abs": 0.0, "ratio": 0.0, "declined": 0})
+    for v in report["verdicts"]:
+        row = rows[(v["component"], v["dtype"], v["device"])]
+        row["examples"] += 1
+        row["failed"] += not v["passed"]
+        row["max_abs"] = max(row["max_abs"], _number(v["max_abs"]))
+        row["ratio"] = max(row["ratio"], _number(v["ratio"]))
+    for r in report["not_supported"]:
+        rows[(r["component"], r["dtype"], r["device"])]["declined"] += 1
+    lines = [f"parity check: {report['impl']} (hypothesis profile {report['profile']}, torch {report['torch']})",
+             "",
+             f"{'component':24s} {'dtype':9s} {'device':6s} {'examples':>8s} {'worst error':>12s} "
+             f"{'worst ratio':>12s} {'failed':>6s} {'not supported':>13s}"]
+    for (component, dtype, device), row in sorted(rows.items(), key=lambda kv: (
+            kv[0][0], DTYPE_ORDER.get(kv[0][1], 9), kv[0][2])):
+        ratio = f"{row['ratio']:.3g}" if math.isfinite(row["ratio"]) else "inf"
+        lines.append(f"{component:24s} {dtype:9s} {device:6s} {row['examples']:8d} {row['max_abs']:12.3g} "
+                     f"{ratio:>12s} {row['failed']:6d} {row['declined']:13d}")
+    lines.append("(ratio: error / PyTorch's own error at that dtype and device; in float64 on the CPU, "
+                 "where PyTorch's own error is 0, error / the float64 floor)")
+    tests = report["tests"]
+    counts: dict[str, int] = defaultdict(int)
+    for t in tests:
+        counts[t["outcome"]] += 1
+    lines.append("")
+    lines.append("tests: " + ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items())))
+    declined = report["not_supported"]
+    if declined:
+        lines.append(f"not supported (reported, not failures): {len(declined)} drawn configurations, e.g.")
+        lines += [f"  {reason[:160]}" for reason in sorted({r["reason"] for r in declined})[:5]]
+        if not report["verdicts"]:
+            lines.append(f"FAILED: {report['impl']} supported none of the drawn configurations")
+    for t in tests:
+        if t["outcome"] in ("failed", "error"):
+            lines.append(f"FAILED {t['nodeid']}")
+            lines += [f"    {line}" for line in (t["message"] or "").splitlines()[:6]]
+            if t["falsifying_example"]:
+                lines += [f"    {line}" for line in t["falsifying_example"].splitlines()[:40]]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the suite on the target; print the table; nonzero on failures or when nothing was supported."""
+    import pytest
+
+    import equivalence_tests
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    args = _parser().parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    suite = Path(equivalence_tests.__file__).parent
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(args.report) if args.report else Path(tmp) / "parity.json"
+        pytest_args = [
+            str(suite), "-p", "no:cacheprovider", "-q", f"--impl={args.target}", f"--parity-report={path}",
+            f"--hypothesis-profile={args.profile}", f"--parity-device={args.device}", *(["-x"] if args.exitfirst
+                                                                                        else []), *extra,
+        ]
+        status = int(pytest.main(pytest_args))
+        if not path.exists():
+            print(f"parity check: the suite did not run (pytest exit status {status})", file=sys.stderr)
+            return status or 1
+        report = json.loads(path.read_text())
+    print("\n".join(table(report)))
+    nothing = bool(report["not_supported"]) and not report["verdicts"]
+    return status or int(nothing)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

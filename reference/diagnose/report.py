@@ -1,0 +1,222 @@
+"""The diagnosis as data, as text a learner can act on, and as JSON for machines."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from dataclasses import dataclass, field
+
+from reference.diagnose.families import Family
+from reference.diagnose.localize import Localization, SubmoduleError
+from reference.diagnose.probes import Cause, Explanation
+from reference.diagnose.reproducer import Reproducer
+
+
+@dataclass
+class Diagnosis:
+    """Everything ``parity diagnose`` found about one target."""
+
+    target: str
+    kind: str
+    torch: str
+    device: str
+    verdict: str = "equivalent"  # equivalent | divergent | crashes | not supported
+    families: list[Family] = field(default_factory=list)
+    best_match: str = ""
+    localization: list[Localization] = field(default_factory=list)
+    localized_family: str = ""  # the family whose first case was localized
+    not_localized: str = ""
+    explanation: Explanation | None = None
+    extra_causes: list[Cause] = field(default_factory=list)
+    reproducer: Reproducer | None = None
+    reproducer_note: str = ""
+
+    @property
+    def causes(self) -> list[Cause]:
+        return (self.explanation.causes if self.explanation else []) + self.extra_causes
+
+
+def _num(x: float) -> str:
+    return "inf" if math.isinf(x) else f"{x:.3g}"
+
+
+def _at(row: SubmoduleError) -> str:
+    w = row.worst
+    if not w:
+        return ""
+    where = ", ".join(f"{k} {v}" for k, v in w.items() if v is not None)
+    return f" at ({where}): {row.candidate:.6g} vs {row.oracle:.6g}"
+
+
+def _row(r: SubmoduleError) -> str:
+    parts = []
+    if not r.fed_passed:
+        parts.append(f"fed a different input (max err {_num(r.fed_max_abs)})")
+    if not r.passed:
+        parts.append(f"{'its own output differs: ' if parts or r.fed_max_abs else ''}max err {_num(r.max_abs)}{_at(r)}")
+    elif parts:
+        parts.append("its own computation agrees")
+    return "; ".join(parts)
+
+
+def _short(r: SubmoduleError) -> str:
+    parts = [] if r.fed_passed else [f"fed {_num(r.fed_max_abs)}"]
+    return ", ".join([*parts, f"own {_num(r.max_abs)}"] if not r.passed else parts)
+
+
+def _kind(name: str) -> str:
+    """encoder.layers.0.norm1 -> norm1; encoder.layers.0 -> layers; encoder -> stacks."""
+    last = name.rsplit(".", 1)[-1]
+    return "layers" if last.isdigit() else "stacks" if "." not in name else last
+
+
+def _names(items: list[str], limit: int = 8) -> str:
+    return ", ".join(items[:limit]) + (f", and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def _family_names(labels: list[str]) -> list[str]:
+    return list(dict.fromkeys(re.sub(r" \(2nd\)$", "", label) for label in labels))
+
+
+def _where(cause: Cause, isolated: Localization | None) -> str:
+    if isolated is None or not cause.sites:
+        return ""
+    rows = [r for r in isolated.diverging if any(re.search(s, r.name) for s in cause.sites)]
+    rows += [SubmoduleError(n, False, math.nan, 0, {}, 0, 0) for n in isolated.not_called
+             if any(re.search(s, n) for s in cause.sites)]
+    if not rows:
+        return ""
+    shown = ", ".join(f"{r.name} ({'never called' if math.isnan(r.max_abs) else _short(r)})" for r in rows[:4])
+    return shown + (f", and {len(rows) - 4} more" if len(rows) > 4 else "")
+
+
+def render(d: Diagnosis) -> str:
+    """The text report."""
+    lines = [f"parity diagnose {d.target}  ({d.kind}; torch {d.torch}; float64 on {d.device})", ""]
+    ex = d.explanation
+    headline = {"equivalent": "EQUIVALENT: it matches nn.Transformer in every family tried.",
+                "not supported": "NOT SUPPORTED: the target declined every configuration tried.",
+                "crashes": "CRASHES: it crashes where nn.Transformer computes an output.",
+                "divergent": "DIVERGENT: it differs from nn.Transformer."}[d.verdict]
+    if d.causes:
+        headline += f" {len(d.causes)} cause(s) found"
+        if ex is not None:
+            headline += (", and together they explain every difference." if ex.explained
+                         else "; they do not explain every difference (see 3).")
+    crashed = [f.name for f in d.families if f.verdict == "crashes"]
+    if crashed and d.verdict != "crashes":
+        headline += f" It also crashes on: {', '.join(crashed)} (see 3)."
+    lines += [headline, "", "1. Verdict per family (compare.whole_model, float64, 2 cases each: outputs, and "
+              "gradients on the first)"]
+    group = None
+    for f in d.families:
+        if f.group != group:
+            group = f.group
+            lines.append(f"   {group}")
+        text = f"     {f.name:44s} {f.verdict:14s}"
+        if f.verdict == "divergent":
+            text += f" max err {_num(f.max_abs)} ({f.detail})"
+        elif f.verdict in ("crashes", "not supported") and f.detail:
+            text += f" {f.detail[:110]}"
+        lines.append(text.rstrip())
+        if f.closest and (f is d.families[0] or f.closest != d.families[0].closest):
+            lines.append(f"{'':50s}{'matches' if f.closest_matches else 'closest:'} {f.closest}"
+                         + ("" if f.closest_matches else " (the other causes account for the rest)"))
+    if d.best_match:
+        lines += ["", f"   Best match: {d.best_match}"]
+    lines += ["", "2. Where it first differs"]
+    if d.not_localized:
+        lines.append(f"   Not localized: {d.not_localized}")
+    for loc in d.localization:
+        title = {"propagated": "propagated (each model runs on its own activations)",
+                 "isolated": "isolated (each submodule is fed nn.Transformer's input: its own error only)"}[loc.mode]
+        lines.append(f"   {title}")
+        if loc.note:
+            lines.append(f"     note: {loc.note}")
+        first = loc.first
+        if first is None and not loc.not_called:
+            lines.append("     every mapped submodule agrees")
+        elif first is not None:
+            lines.append(f"     first: {first.name}  {_row(first)}")
+        if loc.mode == "isolated" and loc.diverging:
+            own = [r for r in loc.rows if not r.passed]
+            fed = [r for r in loc.rows if not r.fed_passed]
+            if own:
+                lines.append(f"     own computation differs ({len(own)}): "
+                             + _names([f"{r.name} ({_num(r.max_abs)})" for r in own]))
+            if fed:
+                lines.append(f"     fed a different input ({len(fed)}): " + _names([r.name for r in fed]))
+            agree = [r.name for r in loc.rows if not r.diverges]
+            if agree:
+                kinds = sorted({_kind(n) for n in agree})
+                lines.append(f"     agree: {len(agree)} submodules ({', '.join(kinds)})")
+            lines.append("     (own: its computation on nn.Transformer's input; for a layer, its code outside its "
+                         "mapped parts. fed: the code between mapped submodules gives it another input: norm "
+                         "placement, activation, residuals)")
+        if loc.not_called:
+            lines.append(f"     never called by the target: {', '.join(loc.not_called)}")
+        if loc.rows:
+            lines.append(f"     case: {loc.case}")
+    lines += ["", "3. Likely causes (each backed by a probe run on the target)"]
+    if not d.causes:
+        lines.append("   none found" + ("" if d.verdict == "equivalent" else
+                                         ": no known deviation brings nn.Transformer closer to the target"))
+    isolated = next((loc for loc in d.localization if loc.mode == "isolated" and loc.rows), None)
+    for i, c in enumerate(d.causes, 1):
+        lines.append(f"   [{i}] {c.cause}: it {c.does}")
+        families = _family_names(c.shows_on)
+        lines.append(f"       probe ({c.probe}): max err against nn.Transformer {_num(c.err_vs_reference)}; against "
+                     f"nn.Transformer with the causes found {_num(c.err_vs_explanation)}; without this one "
+                     f"{_num(c.err_without_it)}")
+        lines.append(f"       shows on: {', '.join(families[:6])}" + (" ..." if len(families) > 6 else ""))
+        for twin in c.alternatives:
+            lines.append(f"       or, equally well on these cases: it {twin}")
+        where = _where(c, isolated) if d.localized_family in families else ""
+        if where:
+            lines.append(f"       where: {where}")
+        lines.append(f"       fix: {c.fix}")
+    if ex is not None and ex.causes:
+        if ex.explained:
+            lines.append(f"   Together: nn.Transformer with these changes matches the target to {_num(ex.residual)} "
+                         "on every case tried.")
+        else:
+            lines.append(f"   Unexplained: with these changes the target still differs by {_num(ex.residual)} on "
+                         f"{', '.join(_family_names(ex.unexplained)[:5])}: a difference outside the catalogue.")
+    crashes = [f for f in d.families if f.verdict == "crashes"]
+    if crashes:
+        lines += ["", "   Crashes (failures of the target, not of the harness):"]
+        lines += [f"     {f.name}: {f.detail[:300]}" for f in crashes]
+    lines += ["", "4. Minimal failing example (hypothesis, shrunk)"]
+    if d.reproducer is not None:
+        r = d.reproducer
+        lines += [f"   case: {r.case}", f"   {r.failure}", f"   reproducer: {r.folder}/repro.py + tensors.pt "
+                  "(needs only torch and the target)", f"   run: {r.command}"]
+    else:
+        lines.append(f"   {d.reproducer_note or 'none'}")
+    return "\n".join(lines)
+
+
+def _plain(value: object) -> object:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        if hasattr(value, "describe") and hasattr(value, "config"):  # a Case: its one-line description
+            return value.describe()
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else str(value)
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def to_json(d: Diagnosis) -> str:
+    """The diagnosis as JSON (non-finite numbers as the strings "inf" / "-inf", NaN as null)."""
+    data = _plain(d)
+    data["causes"] = _plain(d.causes)
+    data["first_diverging"] = {loc.mode: _plain(loc.first) for loc in d.localization}
+    return json.dumps(data, indent=1)
