@@ -78,6 +78,8 @@ def call_attention(module: nn.Module, query: Tensor, key: Tensor | None = None, 
 @example(case=AttentionCase(self_attention=True, query_len=4, key_len=4, attn_mask="causal_bool",
                             key_padding_mask="bool", need_weights=False, is_causal=True, dropout=0.5),
          dtype=torch.float64)
+@example(case=AttentionCase(self_attention=True, query_len=3, key_len=3, attn_mask="causal_bool", is_causal=True,
+                            need_weights=False, add_bias_kv=True), dtype=torch.float64)  # the hint hides bias_k
 @example(case=AttentionCase(embed_dim=12, num_heads=4, average_attn_weights=False, attn_mask="random_bool",
                             key_padding_mask="bool", batch=3), dtype=torch.float32)
 def test_attention_matches_torch_multihead_attention(device, case, dtype):

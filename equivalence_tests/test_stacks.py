@@ -8,6 +8,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
+import handmade
 from equivalence_tests.helpers import (
     Context,
     assert_matches,
@@ -17,8 +18,9 @@ from equivalence_tests.helpers import (
     skip_unless_dtype_runs,
 )
 from equivalence_tests.strategies import cases, dtypes, is_smooth
-from reference.build import Config, build_pair
+from reference.build import Config, build_pair, randomize_
 from reference.cases import Case
+from reference.weights import copy_torch_to_handmade
 
 pytestmark = pytest.mark.handmade
 
@@ -73,3 +75,23 @@ def test_encoder_stack_matches_torch_transformer_encoder(device, case, dtype, fi
 def test_decoder_stack_matches_torch_transformer_decoder(device, case, dtype, final_norm):
     """Every layer attends to the same memory with the same memory masks."""
     check_stack("decoder", case, dtype, device, final_norm)
+
+
+@examples(0.25)
+@given(case=cases(masks=False), dtype=dtypes(low_precision=False), custom=st.sampled_from(["encoder", "decoder",
+                                                                                           "both"]))
+def test_transformer_with_custom_encoder_or_decoder_matches_torch(device, case, dtype, custom):
+    """nn.Transformer's custom_encoder / custom_decoder options, given each side's own stack."""
+    cfg = case.config
+    torch_parts, handmade_parts = {}, {}
+    for part in ("encoder", "decoder"):
+        if custom in (part, "both"):
+            torch_parts[f"custom_{part}"], handmade_parts[f"custom_{part}"] = build_pair(part, cfg, case.seed)
+    reference = nn.Transformer(**cfg.kwargs(), **torch_parts, dtype=torch.float64).eval()
+    twin = handmade.Transformer(**cfg.kwargs(), **handmade_parts, dtype=torch.float64).eval()
+    randomize_(reference, torch.Generator().manual_seed(case.seed), case.weight_scale)
+    copy_torch_to_handmade(reference, twin)
+    src, tgt, _ = case.tensors(dtype)
+    triples = compare_pair(reference, twin, lambda m, src, tgt: m(src, tgt), {"src": src, "tgt": tgt},
+                           dtype=dtype, device=device, seed=case.seed)
+    assert_matches(triples, Context("transformer (custom stacks)", dtype, device, f"{case.describe()} {custom}"))

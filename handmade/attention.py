@@ -22,10 +22,11 @@ def scaled_dot_product_attention(
     scores = (q * (1.0 / math.sqrt(q.size(-1)))) @ k.transpose(-2, -1)  # (N, H, L, S)
     if mask is not None:
         # A row whose keys are all -inf would be softmax(-inf...) = NaN; torch's layers give 0 there. Such rows
-        # are unblocked in the mask (small: it broadcasts over heads), so the softmax stays finite, then zeroed.
+        # are unblocked in the mask (small: it broadcasts over heads), so the softmax stays finite, then zeroed
+        # by a multiply (on CPU ~10x faster than masked_fill with a mask broadcast along the last dim).
         blocked = torch.isneginf(mask).all(dim=-1, keepdim=True)
         scores += mask.masked_fill(blocked, 0.0)  # in place: the matmul's backward does not need its output
-        weights = F.softmax(scores, dim=-1).masked_fill(blocked, 0.0)
+        weights = F.softmax(scores, dim=-1) * (~blocked).to(scores.dtype)
     else:
         weights = F.softmax(scores, dim=-1)
     weights = F.dropout(weights, p=dropout_p) if dropout_p > 0.0 else weights

@@ -32,7 +32,7 @@ from reference.compare import whole_model
 from reference.targets import DEFAULT_TARGET, load_target
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-FLOORS = (0, 2, 4, 8, 16, 32, 64)
+FLOORS = (0, 4, 8, 16, 32, 64, 128, 256)
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ def _unit(verdict: tolerance.Verdict, dtype: torch.dtype) -> float:
     floor = verdict.bound - tolerance.K * verdict.torch_err
     if dtype == torch.float64:
         return floor / tolerance.FLOAT64_FLOOR
-    return floor / tolerance.FLOOR_ULPS
+    return floor / tolerance.floor_ulps(dtype)
 
 
 def collect(target_spec: str, dtype: torch.dtype, examples: int, seed: int, all_grads: bool = False) -> list[Sample]:

@@ -54,6 +54,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("-k", "--keyword", default="", help="pytest -k expression (default: every property)")
     parser.add_argument("--jobs", type=int, default=1, help="entries run in parallel (default 1)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    parser.add_argument("--reports", metavar="DIR", help="keep each entry's parity report as DIR/ENTRY.json")
     parser.add_argument("--list", action="store_true", help="list the entries and their bugs, run nothing")
     return parser.parse_args(argv)
 
@@ -116,6 +117,9 @@ def run_entry(name: str, spec: str, args: argparse.Namespace) -> EntryResult:
         if not report_path.exists():
             result.problem = f"pytest exited {proc.returncode} without a report: {(proc.stdout + proc.stderr)[-600:]}"
             return result
+        if args.reports:
+            Path(args.reports).mkdir(parents=True, exist_ok=True)
+            (Path(args.reports) / f"{name}.json").write_text(report_path.read_text())
         summarize(result, json.loads(report_path.read_text()))
     return result
 

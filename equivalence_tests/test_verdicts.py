@@ -1,0 +1,49 @@
+"""The comparison code reports what it measured: verdict fields, and PyTorch's own error for every tensor.
+
+Written to kill mutants of reference/tolerance.py and reference/compare.py that the equivalence properties
+cannot see (handmade is correct, so a verdict with a wrong label or a lost ``torch_own`` still passes there).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from reference.build import Config
+from reference.cases import Case
+from reference.compare import whole_model
+from reference.targets import load_target
+from reference.tolerance import floor, judge
+
+
+def test_judge_reports_a_shape_mismatch_as_a_failure_naming_the_tensor():
+    v = judge("output", torch.zeros(2, 3), torch.zeros(3, 2, dtype=torch.float64))
+    assert (v.what, v.passed, v.max_abs, v.ratio, v.worst_index) == ("output", False, math.inf, math.inf, ())
+    assert "shape (2, 3) but should be (3, 2)" in v.note and v.bound == 0.0
+
+
+def test_judge_passes_empty_tensors_with_the_floor_as_bound():
+    v = judge("grad x", torch.zeros(0), torch.zeros(0, dtype=torch.float64), torch.zeros(0))
+    assert (v.passed, v.max_abs, v.ratio, v.torch_err, v.worst_index) == (True, 0.0, 0.0, 0.0, ())
+    assert v.bound == floor(torch.float32, 0.0)
+
+
+def test_judge_reports_the_worst_element_its_values_and_the_relative_error():
+    oracle = torch.tensor([[1.0, -4.0], [2.0, 0.5]], dtype=torch.float64)
+    candidate = (oracle + torch.tensor([[0.0, 0.0], [0.0, 0.25]], dtype=torch.float64)).float()
+    v = judge("output", candidate, oracle, oracle.float())
+    assert (v.what, v.dtype, v.passed, v.worst_index) == ("output", "float32", False, (1, 1))
+    assert (v.candidate_value, v.oracle_value, v.max_abs, v.max_rel) == (0.75, 0.5, 0.25, 0.5)
+    assert v.torch_err == 0.0 and v.ratio == 0.25 / v.bound
+
+
+def test_whole_model_measures_pytorchs_own_error_for_every_tensor_in_float32():
+    case = Case(Config(d_model=8, nhead=2, activation="gelu"), batch=2, src_len=4, tgt_len=3, src_mask="additive",
+                memory_key_padding_mask="float_inf", seed=11)
+    verdicts = whole_model(load_target("reference.targets:handmade"), case, "cpu", torch.float32, grads=True)
+    names = [v.what for v in verdicts]
+    assert names[:3] == ["output", "grad src", "grad tgt"] and len(names) > 3 + 10
+    assert all(v.dtype == "float32" for v in verdicts)
+    no_own = [v.what for v in verdicts if not v.torch_err > 0]
+    assert not no_own, f"PyTorch's own float32 error was not measured for {no_own}"
