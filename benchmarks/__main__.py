@@ -105,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
             png = plot(group, args.out / f"time_memory_{device.replace(':', '')}_{dtype}.png",
                        f"{header(device, dtype, opts.threads)}")
             written += [png] if png is not None else []
-        print("wrote " + ", ".join(str(w) for w in written)
-              + ("" if len(written) > 1 else " (no plot: pip install matplotlib)"))
+        missing = results.measurements and len(written) == 1  # something to plot, but no matplotlib
+        print("wrote " + ", ".join(str(w) for w in written) + (" (no plot: pip install matplotlib)" if missing else ""))
     return 0
 
 

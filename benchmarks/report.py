@@ -122,6 +122,8 @@ def ratio_line(records: list[dict]) -> str:
             f"{mode} {_geomean(v):.2f} (range {min(v):.2f}-{max(v):.2f}, {len(v)} cases)" for mode, v in modes.items()
         )
         parts.append(f"{impl} / {BUILTIN} time, geometric mean of per-case median ratios: {per_mode}")
+    if not records:
+        return "nothing was measured (see the messages above)"
     return "\n".join(parts) or "no implementation besides the built-in ran"
 
 

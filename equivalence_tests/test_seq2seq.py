@@ -75,6 +75,12 @@ def call_seq2seq(model: nn.Module, **kwargs: Tensor | None) -> Tensor:
 @example(case=Seq2SeqCase(Case(Config(d_model=9, nhead=3, batch_first=True, dropout=0.5), batch=None, src_len=1,
                                tgt_len=6, tgt_mask="causal_bool"), src_vocab=2, tgt_vocab=3, max_len=6),
          dtype=torch.float64)
+@example(case=Seq2SeqCase(Case(Config(d_model=4, nhead=4, num_encoder_layers=2, num_decoder_layers=2, dim_feedforward=3,
+                                      activation="gelu", layer_norm_eps=0.5, norm_first=True), batch=3, src_len=8,
+                               tgt_len=1, src_mask="additive", memory_mask="causal_float",
+                               src_key_padding_mask="float_finite", weight_scale=3.0, seed=99851),
+                          src_vocab=2, tgt_vocab=17, max_len=8),
+         dtype=torch.bfloat16)  # found by the thorough profile: bf16 scores rounded before the softmax (fixed)
 def test_seq2seq_matches_torch_embedding_encoding_transformer_and_linear(device, case, dtype):
     """Log-probabilities and every parameter's gradient (embeddings, Transformer, output layer)."""
     skip_unless_dtype_runs(dtype, device)

@@ -19,6 +19,9 @@ def scaled_dot_product_attention(
     q (N, H, L, D), k and v (N, H, S, D), mask additive and broadcastable to (N, H, L, S).
     Returns the output (N, H, L, D) and the attention probabilities (N, H, L, S).
     """
+    dtype = q.dtype
+    if dtype in (torch.float16, torch.bfloat16):  # as torch's kernels: scores, softmax and sums in float32 (a
+        q, k, v = q.float(), k.float(), v.float()  # rounded score of 30 is off by 0.1, a 10% change in its weight)
     scores = (q * (1.0 / math.sqrt(q.size(-1)))) @ k.transpose(-2, -1)  # (N, H, L, S)
     if mask is not None:
         # A row whose keys are all -inf would be softmax(-inf...) = NaN; torch's layers give 0 there. Such rows
@@ -30,7 +33,7 @@ def scaled_dot_product_attention(
     else:
         weights = F.softmax(scores, dim=-1)
     weights = F.dropout(weights, p=dropout_p) if dropout_p > 0.0 else weights
-    return weights @ v, weights
+    return (weights @ v).to(dtype), weights.to(dtype)
 
 
 class MultiheadAttention(nn.Module):

@@ -24,7 +24,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 # Tests that do not take the --impl target (the zoo's own check, timing, the diagnose and plug-in machinery)
-NOT_PROPERTIES = ("test_zoo.py", "test_benchmarks.py", "test_diagnose.py", "test_plugins.py")
+NOT_PROPERTIES = (
+    "test_zoo.py", "test_benchmarks.py", "test_diagnose.py", "test_plugins.py", "test_verdicts.py",
+)
 SYMBOL = {"failed": "X", "error": "X", "crashed": "C", "passed": ".", "skipped": "-"}
 
 
@@ -56,6 +58,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     parser.add_argument("--reports", metavar="DIR", help="keep each entry's parity report as DIR/ENTRY.json")
     parser.add_argument("--list", action="store_true", help="list the entries and their bugs, run nothing")
+    parser.add_argument("--render", metavar="PATH", help="print the matrix of an earlier --json PATH, run nothing")
     return parser.parse_args(argv)
 
 
@@ -126,7 +129,8 @@ def run_entry(name: str, spec: str, args: argparse.Namespace) -> EntryResult:
 
 def kill_matrix(results: list[EntryResult]) -> str:
     """The entry x property table, a legend, and each entry's shrunk killing example."""
-    props = sorted({p for r in results for p in r.outcomes})
+    seen = {p for r in results for p in r.outcomes}  # a property every entry skipped (handmade-only) says nothing
+    props = sorted(p for p in seen if any(r.outcomes.get(p) not in (None, "skipped") for r in results))
     keys = {p: f"p{i + 1}" for i, p in enumerate(props)}
     width = max([len(r.name) for r in results] + [5])
     lines = ["properties:"] + [f"  {keys[p]:>4} {p}" for p in props]
@@ -140,7 +144,8 @@ def kill_matrix(results: list[EntryResult]) -> str:
                   f"Caught {caught}/{len(results)}."]
     lines += ["", "shrunk examples (the first property that caught each entry):"]
     for r in results:
-        detail = f"[{keys[r.killer]}] {r.example}" if r.killer else (r.problem or "SURVIVED every property")
+        example = re.sub(r"target=Target\(spec='[^']*', obj=<[^>]*>\),\s*", "", r.example)
+        detail = f"[{keys[r.killer]}] {example}" if r.killer else (r.problem or "SURVIVED every property")
         lines.append(f"  {r.name}: {r.bug}\n      {detail[:600]}")
     return "\n".join(lines)
 
@@ -158,6 +163,11 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"unknown entries {unknown}; known: {', '.join(ENTRIES)}", file=sys.stderr)
         return 2
+    if args.render:
+        fields = {f for f in EntryResult.__dataclass_fields__}
+        print(kill_matrix([EntryResult(**{k: v for k, v in r.items() if k in fields})
+                           for r in json.loads(Path(args.render).read_text())]))
+        return 0
     if args.list:
         for n in names:
             print(f"{n:32s} {load_target(ENTRIES[n]).obj.bug}")
