@@ -14,7 +14,7 @@ from reference.build import Config
 from reference.cases import Case
 from reference.compare import whole_model
 from reference.targets import load_target
-from reference.tolerance import floor, judge
+from reference.tolerance import K, floor, jittered, judge
 
 
 def test_judge_reports_a_shape_mismatch_as_a_failure_naming_the_tensor():
@@ -47,3 +47,25 @@ def test_whole_model_measures_pytorchs_own_error_for_every_tensor_in_float32():
     assert all(v.dtype == "float32" for v in verdicts)
     no_own = [v.what for v in verdicts if not v.torch_err > 0]
     assert not no_own, f"PyTorch's own float32 error was not measured for {no_own}"
+
+
+def test_jittered_moves_each_parameter_by_at_most_one_ulp_and_leaves_the_original_alone():
+    model = torch.nn.Linear(16, 16)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.weight.grad = torch.ones_like(model.weight)
+    twin = jittered(model, seed=3)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert twin.weight.grad is None
+    for name, p in twin.named_parameters():
+        orig = before[name]
+        steps = (p - orig).abs() / (orig.abs() * torch.finfo(torch.float32).eps)
+        assert float(steps.max()) <= 2.0 + 1e-6, name  # one ulp is eps to 2 eps relative to the value
+        assert 0 < int((p != orig).sum()) < p.numel(), name  # some moved, some did not
+
+
+def test_judge_takes_the_largest_of_several_own_errors():
+    oracle = torch.linspace(-1, 1, 50, dtype=torch.float64)
+    small, large = oracle.float() + 1e-7, oracle.float() + 1e-5
+    v = judge("output", oracle.float() + 1e-4, oracle, (small, large))
+    assert math.isclose(v.torch_err, float((large.double() - oracle).abs().max()))
+    assert math.isclose(v.bound, K * v.torch_err + floor(torch.float32, 1.0))

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from reference.build import build_torch, randomize_
 from reference.cases import Case
 from reference.targets import HandmadeAdapter, NotSupportedError, Target, TargetError
-from reference.tolerance import Verdict, judge
+from reference.tolerance import Verdict, jittered, judge
 from reference.weights import plan
 
 
@@ -107,9 +107,13 @@ def whole_model(
             return lambda s, t: model(s.to(dev, dt), t.to(dev, dt), **kw)
 
         oracle_out, oracle_in_grads = _run(on(oracle_model, "cpu", torch.float64), src.double(), tgt.double(), cot)
-        own_out, own_in_grads = (None, {})
-        if own_needed:
+        own_out, own_in_grads, jit_model = (None, {}, None)
+        if own_needed:  # PyTorch's own error: on the weights as rounded and on a jittered rounding of them
             own_out, own_in_grads = _run(on(torch_model, device, dtype), src, tgt, cot)
+            jit_model = jittered(torch_model, case.seed + 2)
+            jit_out, jit_in_grads = _run(on(jit_model, device, dtype), src, tgt, cot)
+            own_out = (own_out, jit_out)
+            own_in_grads = {k: (v, jit_in_grads[k]) for k, v in own_in_grads.items()}
 
         model = target.build(cfg.kwargs(), device, dtype)
         try:
@@ -130,7 +134,10 @@ def whole_model(
         verdicts.append(judge(f"grad {name}", cand_in_grads[name], oracle_in_grads[name], own_in_grads.get(name)))
     cand_params = _candidate_param_grads(target, torch_model, model)
     if cand_params is not None:
-        oracle_params, own_params = _param_grads(oracle_model), _param_grads(torch_model) if own_needed else {}
+        oracle_params, own_params = _param_grads(oracle_model), {}
+        if jit_model is not None:
+            jit_params = _param_grads(jit_model)
+            own_params = {k: (v, jit_params[k]) for k, v in _param_grads(torch_model).items()}
         for name, oracle_grad in oracle_params.items():
             if name not in cand_params:
                 verdicts.append(judge(f"grad {name}", torch.full_like(oracle_grad, float("nan")), oracle_grad))

@@ -33,10 +33,12 @@ derivative and the gradients then differ by O(1) (ratios up to ~540 with relu, <
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 K = 16.0
 # The floor in units of eps(dtype) * max(1, max|oracle|), per dtype (any other dtype: the largest).
@@ -83,11 +85,37 @@ class Verdict:
         )
 
 
-def judge(what: str, candidate: Tensor, oracle: Tensor, torch_own: Tensor | None = None) -> Verdict:
+def jittered(module: nn.Module, seed: int) -> nn.Module:
+    """A copy of ``module`` with each floating parameter moved by about one ulp of its dtype: up, down or not.
+
+    The built-in run on it is a second, equally valid rounding of the same float64 weights; the larger of its
+    error and the built-in's error on the weights as rounded is PyTorch's own error (see the module doc).
+    """
+    twin = copy.deepcopy(module)
+    twin.zero_grad(set_to_none=True)  # the copy must not carry the original's gradients
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in twin.parameters():
+            if p.is_floating_point() and p.dtype != torch.float64:
+                step = torch.randint(-1, 2, p.shape, generator=gen).to(torch.float64) * torch.finfo(p.dtype).eps
+                p.copy_((p.double().cpu() * (1.0 + step)).to(p.device, p.dtype))
+    return twin
+
+
+def _own_error(torch_own: Tensor | Sequence[Tensor] | None, ref: Tensor) -> float:
+    owns = [] if torch_own is None else [torch_own] if isinstance(torch_own, Tensor) else list(torch_own)
+    if not ref.numel():
+        return 0.0
+    return max([float((o.detach().to("cpu", torch.float64) - ref).abs().nan_to_num(nan=0.0).max()) for o in owns]
+               or [0.0])
+
+
+def judge(what: str, candidate: Tensor, oracle: Tensor, torch_own: Tensor | Sequence[Tensor] | None = None) -> Verdict:
     """Compare ``candidate`` with the float64 ``oracle``; ``torch_own`` is the built-in at the candidate's dtype.
 
     ``torch_own`` None means the candidate is float64 on the CPU, where PyTorch's own error is zero by
-    definition. Non-finite candidate values where the oracle is finite fail with an infinite error.
+    definition. Several tensors (the built-in on the weights as rounded and on ``jittered`` ones): the largest
+    error counts. Non-finite candidate values where the oracle is finite fail with an infinite error.
     """
     dtype = candidate.dtype
     if candidate.shape != oracle.shape:
@@ -96,10 +124,7 @@ def judge(what: str, candidate: Tensor, oracle: Tensor, torch_own: Tensor | None
     ref = oracle.detach().to("cpu", torch.float64)
     cand = candidate.detach().to("cpu", torch.float64)
     scale = float(ref.abs().max()) if ref.numel() else 0.0
-    torch_err = 0.0
-    if torch_own is not None:
-        torch_err = float((torch_own.detach().to("cpu", torch.float64) - ref).abs().nan_to_num(nan=0.0).max()) \
-            if ref.numel() else 0.0
+    torch_err = _own_error(torch_own, ref)
     bound = K * torch_err + floor(dtype, scale)
     if ref.numel() == 0:
         return Verdict(what, str(dtype), True, 0.0, 0.0, torch_err, 0.0, bound, (), 0.0, 0.0)
