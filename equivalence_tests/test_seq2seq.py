@@ -80,7 +80,9 @@ def call_seq2seq(model: nn.Module, **kwargs: Tensor | None) -> Tensor:
                                tgt_len=1, src_mask="additive", memory_mask="causal_float",
                                src_key_padding_mask="float_finite", weight_scale=3.0, seed=99851),
                           src_vocab=2, tgt_vocab=17, max_len=8),
-         dtype=torch.bfloat16)  # found by the thorough profile: bf16 scores rounded before the softmax (fixed)
+         dtype=torch.bfloat16)  # thorough profile: handmade's bf16 scores, rounded before the softmax, gave 68x
+# PyTorch's own error under the single-rounding yardstick; scores are float32 now, as in torch's kernels. (With
+# the jittered yardstick that gap is inside the bound: it is what a one-ulp change of the weights does here.)
 def test_seq2seq_matches_torch_embedding_encoding_transformer_and_linear(device, case, dtype):
     """Log-probabilities and every parameter's gradient (embeddings, Transformer, output layer)."""
     skip_unless_dtype_runs(dtype, device)
