@@ -27,8 +27,9 @@ class LayerNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(shape, **factory)) if elementwise_affine else None
         self.bias = nn.Parameter(torch.zeros(shape, **factory)) if elementwise_affine and bias else None
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Normalize ``x`` (..., *normalized_shape)."""
+    def forward(self, input: Tensor) -> Tensor:
+        """Normalize ``input`` (..., *normalized_shape); the argument is named as nn.LayerNorm's."""
+        x = input
         if tuple(x.shape[-len(self.normalized_shape) :]) != self.normalized_shape:
             raise ValueError(
                 f"input's last dims must be normalized_shape={self.normalized_shape}, got shape {tuple(x.shape)}"

@@ -1,0 +1,84 @@
+"""The drop-in promise at the level of the API: signatures, mask helpers, factory arguments, verdict text.
+
+handmade's modules take the built-in's constructor and forward arguments (names, order, kinds, defaults), so
+code written for ``nn.Transformer`` runs unchanged; the mask helpers build what torch builds.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import handmade
+from handmade.masks import generate_square_subsequent_mask, padding_mask, subsequent_mask
+from handmade.seq2seq import Seq2SeqTransformer
+from reference.tolerance import judge
+
+PAIRS = ("Transformer", "TransformerEncoderLayer", "TransformerDecoderLayer", "TransformerEncoder",
+         "TransformerDecoder", "MultiheadAttention", "LayerNorm")
+
+
+def _params(fn) -> list[tuple[str, object, object]]:
+    return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values()]
+
+
+def _same_default(name: str, ours: object, theirs: object) -> bool:
+    # torch's default activation is the function F.relu; handmade's is the string "relu" torch also accepts
+    return ours == theirs or (name == "activation" and ours == "relu" and theirs is F.relu)
+
+
+@pytest.mark.parametrize("name", PAIRS)
+@pytest.mark.parametrize("method", ["__init__", "forward"])
+def test_signatures_match_the_builtin(name: str, method: str):
+    ours, theirs = _params(getattr(getattr(handmade, name), method)), _params(getattr(getattr(nn, name), method))
+    assert [(n, k) for n, k, _ in ours] == [(n, k) for n, k, _ in theirs], f"{name}.{method}: names/order/kinds"
+    for (n, _, d_ours), (_, _, d_theirs) in zip(ours, theirs, strict=True):
+        assert _same_default(n, d_ours, d_theirs), f"{name}.{method}({n}=...): default {d_ours!r}, torch {d_theirs!r}"
+
+
+@pytest.mark.parametrize("dtype", [None, torch.float64, torch.float16])
+def test_generate_square_subsequent_mask_matches_torch(dtype):
+    for sz in range(6):
+        ours = handmade.Transformer.generate_square_subsequent_mask(sz, dtype=dtype)
+        theirs = nn.Transformer.generate_square_subsequent_mask(sz, dtype=dtype)
+        assert ours.dtype == theirs.dtype and torch.equal(ours, theirs), (sz, dtype)
+        assert torch.equal(generate_square_subsequent_mask(sz, dtype=dtype), theirs)
+
+
+def test_bool_mask_helpers_block_the_future_and_the_padding():
+    for size in range(6):
+        expected = nn.Transformer.generate_square_subsequent_mask(size).isinf()
+        assert torch.equal(subsequent_mask(size), expected), size
+    lengths = torch.tensor([3, 1, 4, 0])
+    mask = padding_mask(lengths, max_len=5)
+    expected = torch.tensor([[j >= n for j in range(5)] for n in lengths.tolist()])
+    assert mask.dtype == torch.bool and torch.equal(mask, expected)
+    assert padding_mask(lengths).shape == (4, 4)  # max_len defaults to the longest sequence
+    with pytest.raises(ValueError, match="lengths must be 1-D"):
+        padding_mask(lengths[None])
+    with pytest.raises(ValueError, match="non-negative"):
+        subsequent_mask(-1)
+
+
+def test_seq2seq_defaults_follow_nn_transformer_and_factory_arguments_reach_every_parameter():
+    ours = {p.name: p.default for p in inspect.signature(Seq2SeqTransformer.__init__).parameters.values()}
+    theirs = {p.name: p.default for p in inspect.signature(nn.Transformer.__init__).parameters.values()}
+    for name in set(ours) & set(theirs) - {"self"}:
+        assert _same_default(name, ours[name], theirs[name]), name
+    assert ours["max_len"] == 5000  # the course's (and the paper's code's) table length
+    model = Seq2SeqTransformer(7, 9, d_model=8, nhead=2, num_encoder_layers=1, num_decoder_layers=1,
+                               dim_feedforward=16, dtype=torch.float64)
+    assert {p.dtype for p in model.parameters()} == {torch.float64}
+    assert {b.dtype for b in model.buffers() if b.is_floating_point()} <= {torch.float64}
+
+
+def test_a_verdict_prints_its_numbers():
+    oracle = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    text = str(judge("grad w", torch.tensor([1.0, 2.5, 3.0], dtype=torch.float64), oracle))
+    assert text.startswith("[FAIL] grad w (float64): max abs err 0.5 (bound ")
+    assert "PyTorch's own err 0" in text and "worst element (1,): candidate 2.5 vs oracle 2" in text
+    assert str(judge("out", oracle.clone(), oracle)).startswith("[ok] out (float64): max abs err 0 ")
