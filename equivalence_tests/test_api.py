@@ -14,9 +14,12 @@ import torch.nn.functional as F
 from torch import nn
 
 import handmade
+from handmade.embeddings import PositionalEncoding, sinusoidal_table
+from handmade.layers import ResidualConnection
 from handmade.masks import generate_square_subsequent_mask, padding_mask, subsequent_mask
 from handmade.seq2seq import Seq2SeqTransformer
 from reference.tolerance import judge
+from reference.weights import plan
 
 PAIRS = ("Transformer", "TransformerEncoderLayer", "TransformerDecoderLayer", "TransformerEncoder",
          "TransformerDecoder", "MultiheadAttention", "LayerNorm")
@@ -82,3 +85,25 @@ def test_a_verdict_prints_its_numbers():
     assert text.startswith("[FAIL] grad w (float64): max abs err 0.5 (bound ")
     assert "PyTorch's own err 0" in text and "worst element (1,): candidate 2.5 vs oracle 2" in text
     assert str(judge("out", oracle.clone(), oracle)).startswith("[ok] out (float64): max abs err 0 ")
+
+
+def test_default_arguments_build_the_builtins_default_model():
+    """Built on the meta device (no memory): every default shape, rate and eps equals nn.Transformer()'s."""
+    theirs = nn.Transformer(device="meta")
+    for ours in (handmade.Transformer(device="meta"), Seq2SeqTransformer(7, 9, device="meta").transformer):
+        plan(theirs, ours)  # strict: every parameter paired once with the same shape
+        for name, mod in ours.named_modules():
+            if isinstance(mod, ResidualConnection):
+                assert mod.norm_first is False, name
+            if isinstance(mod, nn.Dropout):
+                assert mod.p == 0.1, name
+            if isinstance(mod, handmade.LayerNorm):
+                assert mod.eps == 1e-5, name
+
+
+def test_positional_encoding_defaults_to_sequence_first_and_takes_the_factory_dtype():
+    pe = PositionalEncoding(6, dropout=0.0)
+    assert pe.pe.dtype == torch.get_default_dtype() and pe.pe.shape[0] == 5000
+    x = torch.zeros(4, 3, 6)  # (S, N, E): sequence first, as nn.Transformer's default
+    assert torch.equal(pe(x), sinusoidal_table(4, 6).unsqueeze(1).expand(4, 3, 6))
+    assert PositionalEncoding(6, dtype=torch.float16).pe.dtype == torch.float16

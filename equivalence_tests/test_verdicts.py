@@ -14,18 +14,18 @@ from reference.build import Config
 from reference.cases import Case
 from reference.compare import whole_model
 from reference.targets import load_target
-from reference.tolerance import K, floor, jittered, judge
+from reference.tolerance import FLOAT64_FLOOR, FLOOR_ULPS, K, floor, jittered, judge
 
 
 def test_judge_reports_a_shape_mismatch_as_a_failure_naming_the_tensor():
     v = judge("output", torch.zeros(2, 3), torch.zeros(3, 2, dtype=torch.float64))
     assert (v.what, v.passed, v.max_abs, v.ratio, v.worst_index) == ("output", False, math.inf, math.inf, ())
-    assert "shape (2, 3) but should be (3, 2)" in v.note and v.bound == 0.0
+    assert "shape (2, 3) but should be (3, 2)" in v.note and v.bound == 0.0 and v.torch_err == 0.0
 
 
 def test_judge_passes_empty_tensors_with_the_floor_as_bound():
     v = judge("grad x", torch.zeros(0), torch.zeros(0, dtype=torch.float64), torch.zeros(0))
-    assert (v.passed, v.max_abs, v.ratio, v.torch_err, v.worst_index) == (True, 0.0, 0.0, 0.0, ())
+    assert (v.passed, v.max_abs, v.max_rel, v.ratio, v.torch_err, v.worst_index) == (True, 0.0, 0.0, 0.0, 0.0, ())
     assert v.bound == floor(torch.float32, 0.0)
 
 
@@ -69,3 +69,28 @@ def test_judge_takes_the_largest_of_several_own_errors():
     v = judge("output", oracle.float() + 1e-4, oracle, (small, large))
     assert math.isclose(v.torch_err, float((large.double() - oracle).abs().max()))
     assert math.isclose(v.bound, K * v.torch_err + floor(torch.float32, 1.0))
+
+
+def test_the_floor_is_ulps_of_the_dtype_times_the_oracles_scale_but_at_least_one():
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        unit = FLOOR_ULPS[dtype] * torch.finfo(dtype).eps
+        assert floor(dtype, 0.5) == unit and floor(dtype, 1.0) == unit and floor(dtype, 3.0) == 3.0 * unit
+    assert floor(torch.float64, 0.25) == FLOAT64_FLOOR and floor(torch.float64, 4.0) == 4.0 * FLOAT64_FLOOR
+
+
+def test_whole_model_compares_with_the_slow_path_even_without_gradients():
+    """Outputs only (no autograd): the built-in's fast path could run, and would zero the padded rows."""
+    case = Case(Config(d_model=8, nhead=2, batch_first=True), batch=2, src_len=5, tgt_len=3,
+                src_key_padding_mask="bool", seed=12)
+    verdicts = whole_model(load_target("reference.targets:handmade"), case, "cpu", torch.float64, grads=False)
+    assert [v.what for v in verdicts] == ["output"] and verdicts[0].passed, verdicts[0]
+
+
+def test_a_parameter_without_gradient_is_judged_as_missing_not_skipped():
+    """A drop-in using one attention for self- and cross-attention leaves multihead_attn without gradient."""
+    case = Case(Config(d_model=8, nhead=2, num_encoder_layers=1, num_decoder_layers=1), batch=2, src_len=4,
+                tgt_len=3, seed=13)
+    target = load_target("examples.einsum_transformer:bugs.shared_attention")
+    verdicts = {v.what: v for v in whole_model(target, case, "cpu", torch.float64, grads=True)}
+    missing = verdicts["grad decoder.layers.0.multihead_attn.in_proj_weight"]
+    assert not missing.passed and missing.max_abs == math.inf and "NaN" in missing.note
