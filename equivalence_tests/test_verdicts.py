@@ -94,3 +94,14 @@ def test_a_parameter_without_gradient_is_judged_as_missing_not_skipped():
     verdicts = {v.what: v for v in whole_model(target, case, "cpu", torch.float64, grads=True)}
     missing = verdicts["grad decoder.layers.0.multihead_attn.in_proj_weight"]
     assert not missing.passed and missing.max_abs == math.inf and "NaN" in missing.note
+
+
+def test_the_ratio_is_to_pytorchs_own_error_or_else_to_the_bound():
+    oracle = torch.tensor([0.0, 3.0], dtype=torch.float64)
+    own = torch.tensor([0.5, 3.0], dtype=torch.float64).float()  # PyTorch's own error: 0.5
+    v = judge("output", torch.tensor([1.0, 3.0]), oracle, own)
+    assert (v.max_abs, v.torch_err, v.ratio) == (1.0, 0.5, 2.0)
+    exact = judge("output", oracle.clone(), oracle)
+    assert (exact.max_abs, exact.ratio) == (0.0, 0.0)
+    off_by_one = judge("output", oracle + 1.0, oracle)  # float64: no own error, so the ratio is to the bound
+    assert off_by_one.max_abs == 1.0 and off_by_one.ratio == 1.0 / off_by_one.bound
