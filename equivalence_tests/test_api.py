@@ -107,3 +107,38 @@ def test_positional_encoding_defaults_to_sequence_first_and_takes_the_factory_dt
     x = torch.zeros(4, 3, 6)  # (S, N, E): sequence first, as nn.Transformer's default
     assert torch.equal(pe(x), sinusoidal_table(4, 6).unsqueeze(1).expand(4, 3, 6))
     assert PositionalEncoding(6, dtype=torch.float16).pe.dtype == torch.float16
+
+
+def test_layer_norm_defaults_match_the_builtin():
+    ours, theirs = handmade.LayerNorm(6), nn.LayerNorm(6)
+    assert (ours.eps, ours.normalized_shape) == (theirs.eps, theirs.normalized_shape)
+    assert torch.equal(ours.weight, theirs.weight) and torch.equal(ours.bias, theirs.bias)
+
+
+def test_extra_key_and_value_biases_start_at_torchs_scale():
+    """add_bias_kv: torch draws bias_k and bias_v with xavier_normal_, std = embed_dim ** -0.5 for (1, 1, E)."""
+    torch.manual_seed(0)
+    attn = handmade.MultiheadAttention(4096, 8, add_bias_kv=True)
+    for name in ("bias_k", "bias_v"):
+        std = float(getattr(attn, name).detach().std())
+        assert abs(std / 4096**-0.5 - 1) < 0.1, (name, std)
+
+
+def test_causal_masks_are_detected_as_torch_detects_them():
+    from torch.nn.modules.transformer import _detect_is_causal_mask
+
+    from handmade.transformer import detect_is_causal
+
+    causal = nn.Transformer.generate_square_subsequent_mask(5)
+    for mask in (causal, causal.double(), causal.isinf(), causal.T.contiguous(), torch.zeros(5, 5), None):
+        for hint in (None, True, False):
+            assert detect_is_causal(mask, hint, 5) == _detect_is_causal_mask(mask, hint, 5), (mask, hint)
+
+
+def test_mixed_bool_and_float_masks_warn_as_torch_warns():
+    x = torch.randn(3, 2, 4)
+    kpm, mask = torch.zeros(2, 3, dtype=torch.bool), torch.zeros(3, 3)
+    with pytest.warns(UserWarning, match="Support for mismatched key_padding_mask and attn_mask is deprecated"):
+        handmade.MultiheadAttention(4, 2)(x, x, x, key_padding_mask=kpm, attn_mask=mask)
+    with pytest.raises(ValueError, match=r"is_causal=True needs attn_mask.*\(use generate_square_subsequent_mask\)"):
+        handmade.MultiheadAttention(4, 2)(x, x, x, is_causal=True)

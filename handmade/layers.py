@@ -20,8 +20,8 @@ class ResidualConnection(nn.Module):
         d_model: int,
         dropout: float,
         norm_first: bool,
-        layer_norm_eps: float = 1e-5,
-        bias: bool = True,
+        layer_norm_eps: float,
+        bias: bool,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
