@@ -15,17 +15,17 @@ import dataclasses
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from equivalence_tests.helpers import Context, assert_verdicts, examples
 from equivalence_tests.strategies import cases, configs
-from reference.build import build_pair
+from reference.build import Config, build_pair
 from reference.cases import Case
 from reference.compare import fastpath, forward_kwargs
-from reference.tolerance import Verdict, judge
+from reference.tolerance import Verdict, floor, judge
 from reference.weights import copy_torch_to_handmade, plan
 
 pytestmark = pytest.mark.handmade
@@ -126,39 +126,52 @@ def test_feed_forward_is_bit_exact_in_train_mode(config, seed, dropout):
     assert torch.equal(out, expected), f"max abs diff {(out - expected).abs().max():.3g} [{config}]"
 
 
-def adam_steps(model: nn.Module, case: Case, dtype: torch.dtype) -> nn.Module:
-    """``ADAM_STEPS`` Adam steps on the case's batch, seeding the RNG alike before each forward."""
+def adam_steps(model: nn.Module, case: Case, dtype: torch.dtype) -> tuple[nn.Module, dict[str, Tensor]]:
+    """``ADAM_STEPS`` Adam steps on the case's batch, seeding the RNG alike before each forward.
+
+    Returns the model and, per parameter, the root mean square of its gradients over the steps (Adam's
+    bias-corrected second moment, square-rooted).
+    """
     model = model.to(dtype)
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
     for step in range(ADAM_STEPS):
         optimizer.zero_grad()
         train_run(model, case, seed=case.seed + step, dtype=dtype)
         optimizer.step()
-    return model
-
-
-def zero_gradient(name: str) -> bool:
-    """Key biases: softmax ignores a constant added to a query's every score, so their gradient is exactly 0."""
-    return name.endswith("k_proj.bias")
+    beta2 = optimizer.param_groups[0]["betas"][1]
+    rms = {name: (optimizer.state[p]["exp_avg_sq"] / (1 - beta2**ADAM_STEPS)).sqrt()
+           for name, p in model.named_parameters() if p in optimizer.state}
+    return model, rms
 
 
 @examples(0.5)
 @given(case=train_cases(), dtype=st.sampled_from([F64, torch.float32]))
+@example(case=Case(Config(d_model=1, nhead=1, num_encoder_layers=1, num_decoder_layers=1, dim_feedforward=1),
+                   batch=None, src_len=1, tgt_len=1, seed=0), dtype=F64)  # found by thorough: d_model 1
+@example(case=Case(Config(d_model=4, nhead=4, num_encoder_layers=1, num_decoder_layers=1, dim_feedforward=1,
+                          activation="gelu"), batch=None, src_len=7, tgt_len=4, memory_mask="per_head_bool",
+                   weight_scale=3.0, seed=3632881), dtype=F64)  # found by thorough: key-bias noise, large weights
 def test_adam_steps_keep_both_models_equal_within_the_tolerance_policy(case, dtype):
     torch_model, handmade_model = build_pair("transformer", case.config, case.seed, weight_scale=case.weight_scale)
     start = copy.deepcopy(torch_model).to(dtype)  # the weights rounded to dtype: everyone starts from these
     copy_torch_to_handmade(start, handmade_model.to(dtype))
-    candidate = adam_steps(handmade_model, case, dtype)
-    oracle = adam_steps(copy.deepcopy(start).to(F64), case, F64)
-    own = adam_steps(copy.deepcopy(start), case, dtype) if dtype != F64 else None
+    candidate, cand_rms = adam_steps(handmade_model, case, dtype)
+    oracle, oracle_rms = adam_steps(copy.deepcopy(start).to(F64), case, F64)
+    own = adam_steps(copy.deepcopy(start), case, dtype)[0] if dtype != F64 else None
     own_params = {} if own is None else {n: t for n, _, t in linked(own, candidate, "param")}
+    scale = max(float(r.max()) for r in oracle_rms.values())
+    oracle_rms = {link.handmade_key: oracle_rms[link.torch_key] if link.chunk is None
+                  else oracle_rms[link.torch_key].chunk(3)[link.chunk] for link in plan(oracle, candidate)}
     verdicts: list[Verdict] = []
     for name, h, t in linked(oracle, candidate, "param"):
-        if dtype == F64 and zero_gradient(name):
-            # The gradient is rounding noise (<= ~1e-14); Adam divides it by sqrt(v) + eps (1e-8) and so moves them
-            # by up to lr * noise / eps <= lr * 1e-6 per step, differently in each model: bound that drift instead.
-            drift = (h - t).abs().max()
-            assert drift <= ADAM_STEPS * LR * 1e-6, f"{name}: drift {drift:.3g} beyond Adam's noise bound"
+        if float(oracle_rms[name].max()) <= floor(F64, scale):
+            # The exact gradient is 0 (key biases: softmax ignores a constant added to all of a query's scores;
+            # everything before a layer norm over d_model = 1), so both models see rounding noise, which Adam
+            # divides by sqrt(v) + eps: where such a parameter ends is noise too (measured: 6e-9 apart in
+            # float64). Judge its gradient instead: numerically zero in the candidate as well.
+            worst = float(cand_rms[name].max())
+            assert worst <= floor(dtype, scale), f"{name}: gradient {worst:.3g} where the oracle's is 0 (noise)"
             continue
         verdicts.append(judge(name, h, t, own_params.get(name)))
-    assert_verdicts(verdicts, Context(f"transformer ({ADAM_STEPS} Adam steps)", dtype, "cpu", case.describe()))
+    if verdicts:  # else every gradient is exactly 0 (d_model 1 without biases: the output is 0), checked above
+        assert_verdicts(verdicts, Context(f"transformer ({ADAM_STEPS} Adam steps)", dtype, "cpu", case.describe()))
