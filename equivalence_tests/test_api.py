@@ -140,5 +140,6 @@ def test_mixed_bool_and_float_masks_warn_as_torch_warns():
     kpm, mask = torch.zeros(2, 3, dtype=torch.bool), torch.zeros(3, 3)
     with pytest.warns(UserWarning, match="Support for mismatched key_padding_mask and attn_mask is deprecated"):
         handmade.MultiheadAttention(4, 2)(x, x, x, key_padding_mask=kpm, attn_mask=mask)
-    with pytest.raises(ValueError, match=r"is_causal=True needs attn_mask.*\(use generate_square_subsequent_mask\)"):
+    hint_error = r"^is_causal=True needs attn_mask: .* \(use generate_square_subsequent_mask\)$"
+    with pytest.raises(ValueError, match=hint_error):
         handmade.MultiheadAttention(4, 2)(x, x, x, is_causal=True)
