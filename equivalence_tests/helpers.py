@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from reference.cases import Case
 from reference.compare import fastpath, whole_model
 from reference.targets import NotSupportedError, Target, TargetError
-from reference.tolerance import Verdict, jittered, judge
+from reference.tolerance import Verdict, jittered, judge, with_jittered
 from reference.weights import copy_torch_to_handmade, plan
 
 # The records of the running test (set per test by conftest's autouse fixture; None outside a test).
@@ -222,8 +222,7 @@ def compare_pair(
         t_out, t_in, t_par = _run(own, call, inputs, kwargs, device, None, cot) if own_needed else ({}, {}, {})
         if own_needed:  # PyTorch's own error, measured on the weights as rounded and on a jittered rounding
             j_out, j_in, j_par = _run(jittered(own, seed + 2), call, inputs, kwargs, device, None, cot)
-            t_out, t_in, t_par = ({k: (v, j[k]) for k, v in t.items()}
-                                  for t, j in ((t_out, j_out), (t_in, j_in), (t_par, j_par)))
+            t_out, t_in, t_par = with_jittered(t_out, j_out), with_jittered(t_in, j_in), with_jittered(t_par, j_par)
         c_out, c_in, c_par = _run(candidate, call, inputs, kwargs, device, None, cot)
     c_par = _repacked(c_par, own, candidate)
     triples = []

@@ -58,7 +58,7 @@ def test_jittered_moves_each_parameter_by_at_most_one_ulp_and_leaves_the_origina
     assert twin.weight.grad is None
     for name, p in twin.named_parameters():
         orig = before[name]
-        steps = (p - orig).abs() / (orig.abs() * torch.finfo(torch.float32).eps)
+        steps = (p.detach() - orig).abs() / (orig.abs() * torch.finfo(torch.float32).eps)
         assert float(steps.max()) <= 2.0 + 1e-6, name  # one ulp is eps to 2 eps relative to the value
         assert 0 < int((p != orig).sum()) < p.numel(), name  # some moved, some did not
 

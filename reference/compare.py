@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from reference.build import build_torch, randomize_
 from reference.cases import Case
 from reference.targets import HandmadeAdapter, NotSupportedError, Target, TargetError
-from reference.tolerance import Verdict, jittered, judge
+from reference.tolerance import Verdict, jittered, judge, with_jittered
 from reference.weights import plan
 
 
@@ -112,8 +112,7 @@ def whole_model(
             own_out, own_in_grads = _run(on(torch_model, device, dtype), src, tgt, cot)
             jit_model = jittered(torch_model, case.seed + 2)
             jit_out, jit_in_grads = _run(on(jit_model, device, dtype), src, tgt, cot)
-            own_out = (own_out, jit_out)
-            own_in_grads = {k: (v, jit_in_grads[k]) for k, v in own_in_grads.items()}
+            own_out, own_in_grads = (own_out, jit_out), with_jittered(own_in_grads, jit_in_grads)
 
         model = target.build(cfg.kwargs(), device, dtype)
         try:
@@ -136,8 +135,7 @@ def whole_model(
     if cand_params is not None:
         oracle_params, own_params = _param_grads(oracle_model), {}
         if jit_model is not None:
-            jit_params = _param_grads(jit_model)
-            own_params = {k: (v, jit_params[k]) for k, v in _param_grads(torch_model).items()}
+            own_params = with_jittered(_param_grads(torch_model), _param_grads(jit_model))
         for name, oracle_grad in oracle_params.items():
             if name not in cand_params:
                 verdicts.append(judge(f"grad {name}", torch.full_like(oracle_grad, float("nan")), oracle_grad))

@@ -110,6 +110,11 @@ def jittered(module: nn.Module, seed: int) -> nn.Module:
     return twin
 
 
+def with_jittered(own: dict[str, Tensor], jit: dict[str, Tensor]) -> dict[str, tuple[Tensor, Tensor]]:
+    """Pair each of the built-in's results with its result on the ``jittered`` weights, for ``judge``."""
+    return {name: (tensor, jit[name]) for name, tensor in own.items()}
+
+
 def _own_error(torch_own: Tensor | Sequence[Tensor] | None, ref: Tensor) -> float:
     owns = [] if torch_own is None else [torch_own] if isinstance(torch_own, Tensor) else list(torch_own)
     if not ref.numel():
