@@ -26,7 +26,7 @@ from reference.build import Config, build_pair
 from reference.cases import Case
 from reference.compare import fastpath, forward_kwargs
 from reference.tolerance import Verdict, floor, judge
-from reference.weights import copy_torch_to_handmade, plan
+from reference.weights import Link, copy_torch_to_handmade, plan
 
 pytestmark = pytest.mark.handmade
 F64 = torch.float64
@@ -76,8 +76,13 @@ def linked(torch_model: nn.Module, handmade_model: nn.Module, what: str) -> list
     for link in plan(torch_model, handmade_model):
         t, h = t_params[link.torch_key], h_params[link.handmade_key]
         t, h = (t.grad, h.grad) if what == "grad" else (t.detach(), h.detach())
-        out.append((link.handmade_key, h, t if link.chunk is None else t.chunk(3)[link.chunk]))
+        out.append((link.handmade_key, h, torch_part(link, t)))
     return out
+
+
+def torch_part(link: Link, tensor: Tensor) -> Tensor:
+    """The part of a torch-side tensor that ``link`` maps: a packed q/k/v tensor's chunk, or all of it."""
+    return tensor if link.chunk is None else tensor.chunk(3)[link.chunk]
 
 
 @examples(1)
@@ -160,8 +165,7 @@ def test_adam_steps_keep_both_models_equal_within_the_tolerance_policy(case, dty
     own = adam_steps(copy.deepcopy(start), case, dtype)[0] if dtype != F64 else None
     own_params = {} if own is None else {n: t for n, _, t in linked(own, candidate, "param")}
     scale = max(float(r.max()) for r in oracle_rms.values())
-    oracle_rms = {link.handmade_key: oracle_rms[link.torch_key] if link.chunk is None
-                  else oracle_rms[link.torch_key].chunk(3)[link.chunk] for link in plan(oracle, candidate)}
+    oracle_rms = {link.handmade_key: torch_part(link, oracle_rms[link.torch_key]) for link in plan(oracle, candidate)}
     verdicts: list[Verdict] = []
     for name, h, t in linked(oracle, candidate, "param"):
         if float(oracle_rms[name].max()) <= floor(F64, scale):
