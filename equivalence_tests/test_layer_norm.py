@@ -8,8 +8,8 @@ from hypothesis import example, given
 from torch import nn
 
 import handmade
-from equivalence_tests.helpers import Context, assert_matches, compare_pair, examples, skip_unless_dtype_runs
-from equivalence_tests.strategies import LayerNormCase, dtypes, layer_norm_cases
+from reference.assertions import Context, assert_matches, compare_pair, examples, skip_unless_dtype_runs
+from reference.strategies import LayerNormCase, dtypes, layer_norm_cases
 from reference.build import randomize_
 from reference.weights import copy_torch_to_handmade
 

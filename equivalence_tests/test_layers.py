@@ -7,7 +7,7 @@ import torch
 from hypothesis import example, given
 from torch import Tensor, nn
 
-from equivalence_tests.helpers import (
+from reference.assertions import (
     Context,
     assert_matches,
     compare_pair,
@@ -15,7 +15,7 @@ from equivalence_tests.helpers import (
     low_precision_grads_comparable,
     skip_unless_dtype_runs,
 )
-from equivalence_tests.strategies import cases, configs, dtypes, is_smooth
+from reference.strategies import cases, configs, dtypes, is_smooth
 from reference.build import Config, build_pair
 from reference.cases import Case
 

@@ -13,8 +13,8 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
-from equivalence_tests.helpers import Context, assert_verdicts, examples
-from equivalence_tests.strategies import cases
+from reference.assertions import Context, assert_verdicts, examples
+from reference.strategies import cases
 from reference.build import build_torch, randomize_
 from reference.cases import CAUSAL_KINDS, Case
 from reference.compare import fastpath, forward_kwargs

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from torch import Tensor, nn
 
 import handmade
-from equivalence_tests.helpers import (
+from reference.assertions import (
     Context,
     assert_matches,
     compare_pair,
@@ -17,7 +17,7 @@ from equivalence_tests.helpers import (
     low_precision_grads_comparable,
     skip_unless_dtype_runs,
 )
-from equivalence_tests.strategies import cases, dtypes, is_smooth
+from reference.strategies import cases, dtypes, is_smooth
 from reference.build import Config, build_pair, randomize_
 from reference.cases import Case
 from reference.weights import copy_torch_to_handmade

@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from equivalence_tests.helpers import Context, assert_verdicts, examples
-from equivalence_tests.strategies import cases, configs
+from reference.assertions import Context, assert_verdicts, examples
+from reference.strategies import cases, configs
 from reference.build import Config, build_pair
 from reference.cases import Case
 from reference.compare import fastpath, forward_kwargs

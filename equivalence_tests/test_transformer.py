@@ -11,14 +11,14 @@ import pytest
 import torch
 from hypothesis import HealthCheck, example, given
 
-from equivalence_tests.helpers import (
+from reference.assertions import (
     check_whole_model,
     examples,
     low_precision_grads_comparable,
     skip_unless_dtype_runs,
     skip_when_nothing_supported,
 )
-from equivalence_tests.strategies import LOW_PRECISION, cases, is_smooth, tanh_gelu
+from reference.strategies import LOW_PRECISION, cases, is_smooth, tanh_gelu
 from reference.build import Config
 from reference.cases import Case
 

@@ -1,7 +1,7 @@
 """Measure handmade's error against PyTorch's own error, to set the constants of reference/tolerance.py.
 
 ``python -m reference.calibrate [--examples N] [--dtypes float64,float32,bfloat16,float16]`` draws N
-whole-model cases per dtype from the suite's own strategy (``equivalence_tests.strategies.cases()``, so the
+whole-model cases per dtype from the suite's own strategy (``reference.strategies.cases()``, so the
 distribution is the one the tests see), judges outputs and gradients (inputs and every parameter; in
 bfloat16/float16 gradients only for smooth activations, as the suite does) and prints, per dtype and kind:
 
@@ -65,7 +65,7 @@ def collect(target_spec: str, dtype: torch.dtype, examples: int, seed: int, all_
     from hypothesis import HealthCheck, given, settings
     from hypothesis import seed as hypothesis_seed
 
-    from equivalence_tests.strategies import cases, is_smooth
+    from reference.strategies import cases, is_smooth
 
     target = load_target(target_spec)
     samples: list[Sample] = []

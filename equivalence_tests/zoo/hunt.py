@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from hypothesis import HealthCheck, Phase, given, settings
 
-from equivalence_tests import strategies
+from reference import strategies
 from reference.build import Config
 from reference.cases import Case
 from reference.compare import whole_model

@@ -1,6 +1,6 @@
 """The minimal failing example, found and shrunk by hypothesis, written as a standalone reproducer.
 
-The search uses the suite's own strategy (``equivalence_tests.strategies.cases``, string activations only so
+The search uses the suite's own strategy (``reference.strategies.cases``, string activations only so
 that the configuration can be saved) and the suite's comparison (compare.whole_model). The reproducer is a
 folder ``repro_<target>/`` holding ``tensors.pt`` (configuration, nn.Transformer's state_dict, inputs,
 masks) and ``repro.py``, which needs only torch and the target: it rebuilds nn.Transformer, loads the target
@@ -67,7 +67,7 @@ def _fallback_cases() -> st.SearchStrategy[Case]:
 def case_strategy() -> st.SearchStrategy[Case]:
     """The suite's whole-model strategy, restricted to string activations (callables cannot be saved)."""
     try:
-        from equivalence_tests import strategies
+        from reference import strategies
         return strategies.cases(config=strategies.configs(activations=("relu", "gelu")))
     except (ImportError, AttributeError, TypeError):
         return _fallback_cases()

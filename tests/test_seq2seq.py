@@ -11,7 +11,7 @@ from hypothesis import example, given
 from torch import Tensor, nn
 
 import handmade
-from equivalence_tests.helpers import (
+from reference.assertions import (
     Context,
     assert_matches,
     compare_pair,
@@ -19,8 +19,8 @@ from equivalence_tests.helpers import (
     low_precision_grads_comparable,
     skip_unless_dtype_runs,
 )
-from equivalence_tests.strategies import Seq2SeqCase, dtypes, is_smooth, seq2seq_cases
-from equivalence_tests.test_positional_encoding import paper_table
+from reference.strategies import Seq2SeqCase, dtypes, is_smooth, seq2seq_cases
+from tests.test_positional_encoding import paper_table
 from reference.build import Config, build_torch, randomize_
 from reference.cases import Case
 from reference.weights import copy_torch_to_handmade

@@ -28,8 +28,8 @@ from hypothesis import strategies as st
 from torch import Tensor, nn
 
 import handmade
-from equivalence_tests.helpers import Context, Triple, assert_matches, assert_verdicts, compare_pair, examples
-from equivalence_tests.strategies import configs, seeds
+from reference.assertions import Context, Triple, assert_matches, assert_verdicts, compare_pair, examples
+from reference.strategies import configs, seeds
 from reference.build import Config, build_pair, randomize_
 from reference.cases import Case
 from reference.compare import fastpath, whole_model

@@ -1,6 +1,6 @@
 """The no-false-alarm run: many whole-model examples on handmade, recording how close each comes to the bound.
 
-    python -m equivalence_tests.false_alarms --examples 10000 --dtype float64 --seed 1
+    python -m reference.false_alarms --examples 10000 --dtype float64 --seed 1
 
 draws cases with the suite's own strategy (``strategies.cases()``, through hypothesis), compares handmade
 with nn.Transformer on each (``reference.compare.whole_model``: output, input and parameter gradients),
@@ -20,7 +20,7 @@ import warnings
 import torch
 from hypothesis import HealthCheck, Phase, given, seed, settings
 
-from equivalence_tests import strategies
+from reference import strategies
 from reference.cases import Case
 from reference.compare import whole_model
 from reference.targets import load_target
@@ -82,7 +82,7 @@ def run(target_spec: str, count: int, dtype: torch.dtype, rng_seed: int, grads: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m equivalence_tests.false_alarms", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m reference.false_alarms", description=__doc__)
     parser.add_argument("--examples", type=int, default=10_000, help="cases to judge (default 10000)")
     parser.add_argument("--dtype", choices=("float64", "float32"), default="float64")
     parser.add_argument("--seed", type=int, default=1, help="hypothesis seed: the same run replays (default 1)")

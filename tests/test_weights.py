@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 import handmade
-from equivalence_tests.helpers import examples
-from equivalence_tests.strategies import configs, seeds
+from reference.assertions import examples
+from reference.strategies import configs, seeds
 from reference.build import COMPONENTS, Config, build_handmade, build_pair, build_torch, randomize_
 from reference.weights import WeightMapError, copy_handmade_to_torch, copy_torch_to_handmade, plan
 

@@ -9,8 +9,8 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 import handmade
-from equivalence_tests.helpers import Context, Triple, assert_matches, examples, skip_unless_dtype_runs
-from equivalence_tests.strategies import dtypes, positional_encoding_cases, seeds
+from reference.assertions import Context, Triple, assert_matches, examples, skip_unless_dtype_runs
+from reference.strategies import dtypes, positional_encoding_cases, seeds
 
 pytestmark = pytest.mark.handmade
 

@@ -26,7 +26,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
-from equivalence_tests import helpers
+from reference import assertions as helpers
 from reference.targets import DEFAULT_TARGET, Target, load_target
 
 CI_EXAMPLES = 20

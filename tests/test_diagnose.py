@@ -117,13 +117,13 @@ def test_a_classic_bug_is_named_with_its_submodule_and_cause(bug):
 
 
 def test_without_submodules_the_cause_is_found_and_the_report_says_why_it_is_not_localized():
-    d = diagnose("equivalence_tests.plugin_targets:no_scale_no_map", family_names=("default",), reproduce=False)
+    d = diagnose("tests.plugin_targets:no_scale_no_map", family_names=("default",), reproduce=False)
     assert {c.key for c in d.causes} == {"no_scale"}
     assert not d.localization and "submodules(model)" in d.not_localized
 
 
 def test_a_crash_is_reported_as_the_target_s_failure():
-    d = diagnose("equivalence_tests.plugin_targets:raises_in_run", family_names=("default",), reproduce=False)
+    d = diagnose("tests.plugin_targets:raises_in_run", family_names=("default",), reproduce=False)
     assert d.verdict == "crashes"
     assert "raised RuntimeError: shape mismatch in my attention" in d.families[0].detail
 

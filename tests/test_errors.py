@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from torch import Tensor, nn
 
 import handmade
-from equivalence_tests.helpers import Context, Triple, assert_matches, examples
-from equivalence_tests.strategies import configs, seeds
+from reference.assertions import Context, Triple, assert_matches, examples
+from reference.strategies import configs, seeds
 from reference.build import Config, build_pair, build_torch, randomize_
 from reference.compare import fastpath
 from reference.weights import WeightMapError, copy_torch_to_handmade
