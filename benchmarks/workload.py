@@ -9,6 +9,9 @@ import torch
 from torch import Tensor, nn
 
 from benchmarks.presets import Case
+from reference.build import Config
+from reference.cases import Case as TransformerCase
+from reference.registry import LEVELS
 from reference.targets import DEFAULT_TARGET, Target, load_target
 
 BUILTIN = "nn.Transformer"
@@ -75,11 +78,16 @@ def make_inputs(case: Case, batch_first: bool, seed: int = 0) -> Inputs:
     return Inputs(src, tgt, masks)
 
 
+def builtin(case: Case, config: dict) -> nn.Module:
+    """nn.Transformer in ``config``, built by the component registry (default initialisation, global RNG)."""
+    return LEVELS["transformer"].build("torch", TransformerCase(Config(**config)), case.device, case.torch_dtype)
+
+
 def build_model(impl: Impl, case: Case, config: dict, reference: nn.Module | None = None) -> nn.Module:
     """The built-in, or the target built and loaded with ``reference``'s weights (when given); compiled if asked."""
     device, dtype = case.device, case.torch_dtype
     if impl.is_builtin:
-        model = reference if reference is not None else nn.Transformer(**config, device=device, dtype=dtype)
+        model = reference if reference is not None else builtin(case, config)
     else:
         target = load_target(impl.target)
         model = target.build(config, device, dtype)
@@ -94,7 +102,7 @@ def build_models(
     """Every implementation with the same weights (the built-in's default initialisation, drawn from ``seed``),
     and the reason each one that could not be built failed."""
     torch.manual_seed(seed)
-    reference = nn.Transformer(**config, device=case.device, dtype=case.torch_dtype)
+    reference = builtin(case, config)
     models, failed = {}, {}
     for impl in impls:
         try:

@@ -1,9 +1,11 @@
-"""Build the built-in model (or one of its components) and its handmade twin from the same configuration."""
+"""nn.Transformer's configuration, random weights, and builders of a level's pair from a configuration.
+
+The builders read the component registry (reference/registry.py); there is one constructor per level there.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -12,10 +14,6 @@ from torch import Tensor, nn
 
 import handmade
 from reference.weights import copy_torch_to_handmade
-
-COMPONENTS = (
-    "attention", "layer_norm", "encoder_layer", "decoder_layer", "encoder", "decoder", "transformer",
-)
 
 
 @dataclass(frozen=True)
@@ -45,70 +43,6 @@ class Config:
         return kw
 
 
-def _torch_component(component: str, cfg: Config, factory: dict) -> nn.Module:
-    if component == "attention":
-        return nn.MultiheadAttention(
-            cfg.d_model, cfg.nhead, cfg.dropout, bias=cfg.bias, batch_first=cfg.batch_first, **factory
-        )
-    if component == "layer_norm":
-        return nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps, bias=cfg.bias, **factory)
-    if component in ("encoder_layer", "encoder"):
-        layer = nn.TransformerEncoderLayer(**cfg.layer_kwargs(), **factory)
-        if component == "encoder_layer":
-            return layer
-        norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps, bias=cfg.bias, **factory)
-        return nn.TransformerEncoder(layer, cfg.num_encoder_layers, norm, enable_nested_tensor=False)
-    if component in ("decoder_layer", "decoder"):
-        layer = nn.TransformerDecoderLayer(**cfg.layer_kwargs(), **factory)
-        if component == "decoder_layer":
-            return layer
-        norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps, bias=cfg.bias, **factory)
-        return nn.TransformerDecoder(layer, cfg.num_decoder_layers, norm)
-    if component == "transformer":
-        return nn.Transformer(**cfg.kwargs(), **factory)
-    raise ValueError(f"component must be one of {COMPONENTS}, got component={component!r}")
-
-
-def _handmade_component(component: str, cfg: Config, factory: dict) -> nn.Module:
-    if component == "attention":
-        return handmade.MultiheadAttention(
-            cfg.d_model, cfg.nhead, cfg.dropout, bias=cfg.bias, batch_first=cfg.batch_first, **factory
-        )
-    if component == "layer_norm":
-        return handmade.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps, bias=cfg.bias, **factory)
-    if component in ("encoder_layer", "encoder"):
-        layer = handmade.TransformerEncoderLayer(**cfg.layer_kwargs(), **factory)
-        if component == "encoder_layer":
-            return layer
-        norm = handmade.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps, bias=cfg.bias, **factory)
-        return handmade.TransformerEncoder(layer, cfg.num_encoder_layers, norm)
-    if component in ("decoder_layer", "decoder"):
-        layer = handmade.TransformerDecoderLayer(**cfg.layer_kwargs(), **factory)
-        if component == "decoder_layer":
-            return layer
-        norm = handmade.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps, bias=cfg.bias, **factory)
-        return handmade.TransformerDecoder(layer, cfg.num_decoder_layers, norm)
-    if component == "transformer":
-        return handmade.Transformer(**cfg.kwargs(), **factory)
-    raise ValueError(f"component must be one of {COMPONENTS}, got component={component!r}")
-
-
-def build_torch(
-    component: str, cfg: Config, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64
-) -> nn.Module:
-    """The built-in module for ``component``, in eval mode."""
-    with warnings.catch_warnings():  # "enable_nested_tensor is True, but ..." is noise here
-        warnings.filterwarnings("ignore", message="enable_nested_tensor is True")
-        return _torch_component(component, cfg, {"device": device, "dtype": dtype}).eval()
-
-
-def build_handmade(
-    component: str, cfg: Config, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64
-) -> nn.Module:
-    """The handmade module for ``component``, in eval mode."""
-    return _handmade_component(component, cfg, {"device": device, "dtype": dtype}).eval()
-
-
 @torch.no_grad()
 def randomize_(model: nn.Module, generator: torch.Generator, weight_scale: float = 1.0) -> nn.Module:
     """Draw every parameter afresh from ``generator``, so no bias is zero and no two layers are alike.
@@ -129,6 +63,26 @@ def randomize_(model: nn.Module, generator: torch.Generator, weight_scale: float
             value = 0.2 * noise
         p.copy_(value)
     return model
+
+
+def build_torch(
+    component: str, cfg: Config, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64
+) -> nn.Module:
+    """The built-in module for ``component`` (a registry level) in ``cfg``'s configuration, in eval mode."""
+    from reference.registry import level
+
+    entry = level(component)
+    return entry.build("torch", entry.from_config(cfg), device, dtype)
+
+
+def build_handmade(
+    component: str, cfg: Config, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64
+) -> nn.Module:
+    """The handmade module for ``component`` (a registry level) in ``cfg``'s configuration, in eval mode."""
+    from reference.registry import level
+
+    entry = level(component)
+    return entry.build("handmade", entry.from_config(cfg), device, dtype)
 
 
 def build_pair(

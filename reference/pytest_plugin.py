@@ -1,16 +1,21 @@
-"""Suite-wide configuration: hypothesis profiles, the target under test, devices and the parity report.
+"""The pytest plugin (a ``pytest11`` entry point): options, profiles, fixtures and the parity report.
+
+Installed with the package, so that ``pytest --impl MODULE:OBJECT`` works from any folder: when no test
+paths are given (and no ``testpaths`` configured), it runs the installed suite (``equivalence_tests``);
+``pytest --pyargs equivalence_tests --impl MODULE:OBJECT`` says the same explicitly.
 
 Options:
-  --impl MODULE:OBJECT      the implementation under test (default reference.targets:handmade); tests marked
-                            ``handmade`` (component level) are skipped under any other target
+  --impl MODULE:OBJECT      the implementation under test (default reference.targets:handmade); properties of
+                            a level the target does not provide (``@pytest.mark.level``) are deselected
   --parity-report PATH      write a JSON report at the end: one record per test (nodeid, outcome, property,
                             falsifying example), one per judged comparison, and every not-supported config
   --parity-device WHICH     cpu, cuda or all (default): which ``device`` parametrizations run
 
-Profiles (``--hypothesis-profile``): ``ci`` (deterministic, used by .ci/run), ``dev`` (the default),
-``thorough`` (10x ci's examples). Tests weight their example counts with ``helpers.examples(weight)``, a
-multiple of the profile's max_examples, so a profile change scales every test alike.
+Profiles (``--hypothesis-profile``): ``ci`` (deterministic, used by .ci/run), ``dev`` (the default for runs of
+the suite), ``thorough`` (10x ci's examples). Tests weight their example counts with ``examples(weight)``
+(reference/assertions.py), a multiple of the profile's max_examples, so a profile change scales every test.
 
+Markers and warning filters are registered here, in one place, so that they hold in an installed copy too.
 Records travel through ``report.user_properties`` (the standard report hooks), so the report is complete
 under pytest-xdist and no state is shared between tests.
 """
@@ -26,7 +31,8 @@ import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
-from reference import assertions as helpers
+from reference import assertions
+from reference.compare import levels_of
 from reference.targets import DEFAULT_TARGET, Target, load_target
 
 CI_EXAMPLES = 20
@@ -39,20 +45,21 @@ settings.register_profile(
     "thorough", deadline=None, print_blob=True, max_examples=10 * CI_EXAMPLES,
     suppress_health_check=[HealthCheck.too_slow],
 )
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 PARITY_KEY = pytest.StashKey[list]()
 MARKERS = (
+    "level(name): the registry level a property checks; deselected when the target does not provide it",
     "edge: path-dependent behaviour of the built-in (fast path, nested tensors, fully masked rows)",
-    "handmade: a component-level test of handmade itself; skipped under a non-default --impl",
     "cuda: needs a CUDA device",
-    "slow: long-running; excluded from the default run",
+)
+IGNORED_WARNINGS = (  # torch's noise about paths the harness switches off on purpose
+    "enable_nested_tensor is True", "The PyTorch API of nested tensors is in prototype stage", "Support for mismatched",
 )
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("parity", "transformer-parity equivalence suite")
-    group.addoption("--impl", default=DEFAULT_TARGET, metavar="MODULE:OBJECT",
+    group.addoption("--impl", default=None, metavar="MODULE:OBJECT",
                     help=f"the Transformer implementation under test (default {DEFAULT_TARGET})")
     group.addoption("--parity-report", default=None, metavar="PATH",
                     help="write a JSON report of tests, verdicts and not-supported configurations to PATH")
@@ -60,38 +67,52 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="run the device parametrizations for cpu, cuda or all (default)")
 
 
+def impl(config: pytest.Config) -> str:
+    """The ``--impl`` target spec, or the default target."""
+    return config.getoption("--impl") or DEFAULT_TARGET
+
+
+def _suite_dir() -> str:
+    import equivalence_tests
+
+    return str(Path(equivalence_tests.__file__).parent)
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    for line in MARKERS:  # also when run from an installed copy, away from pyproject.toml
+    for line in MARKERS:
         config.addinivalue_line("markers", line)
-    for message in ("enable_nested_tensor is True", "The PyTorch API of nested tensors is in prototype stage",
-                    "Support for mismatched"):
+    for message in IGNORED_WARNINGS:
         config.addinivalue_line("filterwarnings", f"ignore:{message}:UserWarning")
     try:
-        load_target(config.getoption("--impl"))
+        load_target(impl(config))
     except ValueError as exc:
         raise pytest.UsageError(f"--impl: {exc}") from exc
+    given_impl = config.getoption("--impl") is not None
+    if given_impl and config.args_source == pytest.Config.ArgsSource.INVOCATION_DIR:
+        config.args = [_suite_dir()]  # `pytest --impl X` from a user's folder runs the installed suite
+    runs_suite = given_impl or any("equivalence_tests" in str(arg) for arg in config.args)
+    if runs_suite and config.getoption("hypothesis_profile", None) is None and "HYPOTHESIS_PROFILE" not in os.environ:
+        settings.load_profile("dev")  # only for runs of the suite: other hypothesis tests keep their own defaults
+    elif "HYPOTHESIS_PROFILE" in os.environ and config.getoption("hypothesis_profile", None) is None:
+        settings.load_profile(os.environ["HYPOTHESIS_PROFILE"])
     if not hasattr(config, "workerinput"):  # the controller (or a plain run) collects the report
         config.pluginmanager.register(ParityReport(config), "parity-report")
 
 
-def is_default_impl(config: pytest.Config) -> bool:
-    return config.getoption("--impl") == DEFAULT_TARGET
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    spec = config.getoption("--impl")
+    """Deselect the devices not asked for and the levels the target does not provide."""
     wanted = config.getoption("--parity-device")
+    provided = levels_of(load_target(impl(config)))
     deselected, kept = [], []
     for item in items:
         callspec = getattr(item, "callspec", None)
         device = callspec.params.get("device") if callspec is not None else None
-        if wanted != "all" and device is not None and device != wanted:
+        level = item.get_closest_marker("level")
+        if (wanted != "all" and device is not None and device != wanted) or (
+                level is not None and level.args[0] not in provided):
             deselected.append(item)
-            continue
-        if not is_default_impl(config) and item.get_closest_marker("handmade") is not None:
-            item.add_marker(pytest.mark.skip(
-                reason=f"component-level test of handmade; --impl {spec} is checked by the whole-model tests"))
-        kept.append(item)
+        else:
+            kept.append(item)
     if deselected:
         config.hook.pytest_deselected(items=deselected)
         items[:] = kept
@@ -100,7 +121,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def target(pytestconfig: pytest.Config) -> Target:
     """The implementation under test (``--impl``), behind the adapter interface of reference.targets."""
-    return load_target(pytestconfig.getoption("--impl"))
+    return load_target(impl(pytestconfig))
 
 
 @pytest.fixture(
@@ -119,7 +140,7 @@ def device(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(autouse=True)
 def _parity_records(request: pytest.FixtureRequest):
     """Give each test a fresh record list (verdicts, not-supported configs) for the parity report."""
-    with helpers.recording() as records:
+    with assertions.recording() as records:
         request.node.stash[PARITY_KEY] = records
         yield
 
@@ -177,7 +198,7 @@ class ParityReport:
     def summary(self) -> dict:
         """The parity report: tests, verdict records, not-supported configurations."""
         return {
-            "impl": self.config.getoption("--impl"),
+            "impl": impl(self.config),
             "profile": settings.get_current_profile_name(),
             "torch": torch.__version__,
             "tests": list(self.tests.values()),

@@ -165,6 +165,7 @@ class AttentionCase:
     average_attn_weights: bool = True
     is_causal: bool = False
     seed: int = 0
+    weight_scale: float = 1.0
 
     def replace(self, **changes: object) -> AttentionCase:
         return dataclasses.replace(self, **changes)
@@ -223,6 +224,7 @@ class LayerNormCase:
     lead_shape: tuple[int, ...] = (3,)
     offset: float = 0.0
     seed: int = 0
+    weight_scale: float = 1.0
 
     def replace(self, **changes: object) -> LayerNormCase:
         return dataclasses.replace(self, **changes)
@@ -245,6 +247,32 @@ def layer_norm_cases(draw: st.DrawFn) -> LayerNormCase:
         offset=draw(st.sampled_from([0.0, 0.0, 10.0, -100.0]), label="offset"),
         seed=draw(seeds(), label="seed"),
     )
+
+
+@dataclass(frozen=True)
+class StackCase:
+    """An encoder or decoder stack example: a whole-model case, with or without the stack's final norm."""
+
+    case: Case
+    final_norm: bool = True
+
+    @property
+    def seed(self) -> int:
+        return self.case.seed
+
+    @property
+    def weight_scale(self) -> float:
+        return self.case.weight_scale
+
+    def describe(self) -> str:
+        """One line for failure messages."""
+        return self.case.describe() + ("" if self.final_norm else " (no final norm)")
+
+
+@st.composite
+def stack_cases(draw: st.DrawFn) -> StackCase:
+    """A whole-model case (1-3 distinct layers each side) and whether the stack ends in a norm."""
+    return StackCase(draw(cases(), label="case"), draw(st.booleans(), label="final_norm"))
 
 
 @dataclass(frozen=True)

@@ -1,31 +1,63 @@
-"""The whole model: the target (``--impl``, default handmade) equals nn.Transformer, outputs and gradients.
-
-These properties run against any plug-in target. Each example builds nn.Transformer with random weights
-(seeded), copies them into the target, and judges the output and the gradients of both inputs and of every
-parameter against the float64 oracle (reference.compare.whole_model; policy in reference/tolerance.py).
-"""
+"""The edge cases each level always runs, whatever hypothesis draws: (case, dtype) pairs, read by the registry."""
 
 from __future__ import annotations
 
-import pytest
 import torch
-from hypothesis import HealthCheck, example, given
 
-from reference.assertions import (
-    check_whole_model,
-    examples,
-    low_precision_grads_comparable,
-    skip_unless_dtype_runs,
-    skip_when_nothing_supported,
-)
-from reference.strategies import LOW_PRECISION, cases, is_smooth, tanh_gelu
 from reference.build import Config
 from reference.cases import Case
+from reference.strategies import DTYPES, AttentionCase, LayerNormCase, StackCase, tanh_gelu
 
-DECLINED = (HealthCheck.filter_too_much,)  # a target may decline many configurations; each is recorded
+F64, F32 = torch.float64, torch.float32
 
-# Edge cases that always run, whatever hypothesis draws.
-PINNED = (
+ATTENTION = (
+    (AttentionCase(), F64),
+    (AttentionCase(embed_dim=3, num_heads=3, batch=None, query_len=1, key_len=1), F64),
+    (AttentionCase(embed_dim=6, num_heads=1, kdim=4, vdim=2, add_bias_kv=True, add_zero_attn=True,
+                   attn_mask="per_head_additive", key_padding_mask="float_finite", batch_first=True), F64),
+    (AttentionCase(self_attention=True, query_len=4, key_len=4, attn_mask="causal_bool", key_padding_mask="bool",
+                   need_weights=False, is_causal=True, dropout=0.5), F64),
+    (AttentionCase(self_attention=True, query_len=3, key_len=3, attn_mask="causal_bool", is_causal=True,
+                   need_weights=False, add_bias_kv=True), F64),  # the hint must not hide bias_k
+    (AttentionCase(embed_dim=12, num_heads=4, average_attn_weights=False, attn_mask="random_bool",
+                   key_padding_mask="bool", batch=3), F32),
+)
+
+LAYER_NORM = (
+    (LayerNormCase(), F64),
+    (LayerNormCase(normalized_shape=(2,), lead_shape=(), eps=1e-6), F64),
+    (LayerNormCase(normalized_shape=(3, 4), lead_shape=(2, 2), bias=False), F64),
+    (LayerNormCase(normalized_shape=(1,), elementwise_affine=False), F64),
+    (LayerNormCase(normalized_shape=(16,), offset=-100.0, eps=0.5), F32),
+)
+
+ENCODER_LAYER = (
+    (Case(Config(), src_mask="causal_bool", src_is_causal=True, src_key_padding_mask="bool"), F64),
+    (Case(Config(d_model=9, nhead=3, norm_first=True, bias=False, activation="gelu"), batch=None, src_len=1,
+          src_mask="additive", src_key_padding_mask="float_finite"), F64),
+)
+
+DECODER_LAYER = (
+    (Case(Config(), tgt_mask="causal_float", tgt_is_causal=True, tgt_key_padding_mask="bool",
+          memory_key_padding_mask="bool"), F64),
+    (Case(Config(d_model=6, nhead=3, batch_first=True, norm_first=True), batch=3, src_len=7, tgt_len=2,
+          memory_mask="per_head_bool", memory_key_padding_mask="float_inf", tgt_mask="per_head_additive"), F64),
+)
+
+ENCODER = (
+    (StackCase(Case(Config(num_encoder_layers=3), src_mask="causal_float", src_is_causal=None,
+                    src_key_padding_mask="bool")), F64),  # the causal hint detected from the mask, as torch does
+    (StackCase(Case(Config(num_encoder_layers=2, norm_first=True), src_mask="causal_bool", src_is_causal=True),
+               final_norm=False), F64),
+)
+
+DECODER = (
+    (StackCase(Case(Config(num_decoder_layers=3), tgt_mask="causal_float", memory_key_padding_mask="bool")), F64),
+    (StackCase(Case(Config(num_decoder_layers=2, batch_first=True), tgt_mask="causal_bool", tgt_is_causal=True,
+                    memory_mask="causal_float", memory_is_causal=True), final_norm=False), F64),
+)
+
+WHOLE_MODEL = (
     # the smallest model: unbatched, one token each side, one head, one feed-forward unit
     Case(Config(d_model=2, nhead=1, dim_feedforward=1), batch=None, src_len=1, tgt_len=1, seed=1),
     # odd head count, S != T, batch-first, every padding mask, causal target with its hint
@@ -47,22 +79,6 @@ PINNED = (
          src_key_padding_mask="bool", tgt_key_padding_mask="float_inf", seed=5),
 )
 
-
-def pinned(test):
-    """Apply every PINNED case as an @example."""
-    for case in PINNED:
-        test = example(case=case)(test)
-    return test
-
-
-@skip_when_nothing_supported
-@examples(1.5, suppress=DECLINED)
-@given(case=cases())
-@pinned
-def test_transformer_matches_torch_in_float64(target, device, case):
-    check_whole_model(target, case, device, torch.float64, grads=True)
-
-
 # Policy regressions from the no-false-alarm runs (correct handmade, float32): ill-conditioned tiny models whose
 # error passed PyTorch's lucky single-rounding error (fixed by the jittered yardstick), and one whose error
 # beat a 16-ulp floor (fixed by the 256-ulp floor; see reference/tolerance.py). Rounding depends on the thread
@@ -78,24 +94,7 @@ FALSE_ALARMS_FLOAT32 = (
          tgt_key_padding_mask="float_finite", tgt_is_causal=False, seed=16169),
 )
 
-
-@skip_when_nothing_supported
-@examples(1.0, suppress=DECLINED)
-@given(case=cases())
-@pinned
-@example(case=FALSE_ALARMS_FLOAT32[0])
-@example(case=FALSE_ALARMS_FLOAT32[1])
-def test_transformer_matches_torch_in_float32(target, device, case):
-    check_whole_model(target, case, device, torch.float32, grads=True)
-
-
-@pytest.mark.parametrize("dtype", LOW_PRECISION, ids=lambda d: str(d).replace("torch.", ""))
-@skip_when_nothing_supported
-@examples(0.75, suppress=DECLINED)
-@given(case=cases())
-@pinned
-def test_transformer_matches_torch_in_low_precision(target, device, dtype, case):
-    """bfloat16 and float16: gradients too where the activation is smooth (see helpers)."""
-    skip_unless_dtype_runs(dtype, device)
-    grads = low_precision_grads_comparable(dtype, is_smooth(case.config))
-    check_whole_model(target, case, device, dtype, grads=grads)
+TRANSFORMER = (
+    *((case, dtype) for case in WHOLE_MODEL for dtype in DTYPES),
+    *((case, F32) for case in FALSE_ALARMS_FLOAT32),
+)
