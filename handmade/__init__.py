@@ -3,13 +3,15 @@
 Modules in paper order ("Attention Is All You Need", Vaswani et al. 2017):
 
 - ``embeddings``     token embeddings, sinusoidal positional encoding, output layer (3.4, 3.5)
-- ``attention``      scaled dot-product and multi-head attention (3.2)
+- ``attention``      scaled dot-product attention (3.2.1) and multi-head attention (3.2.2)
 - ``normalization``  layer normalization (Ba et al. 2016; used in 3.1)
-- ``feed_forward``   position-wise feed-forward network (3.3)
-- ``layers``         encoder and decoder layers with residual connections (3.1)
+- ``layers``         encoder and decoder layers: residual sublayers, the position-wise feed-forward network (3.1, 3.3)
 - ``transformer``    encoder and decoder stacks and the Transformer (3.1, Figure 1)
 - ``seq2seq``        embeddings -> positional encoding -> Transformer -> output layer
 - ``masks``          causal ("sequence") and padding masks, mask merging
+
+Submodule and parameter names are torch's, so ``state_dict()`` keys equal the built-in's except that
+torch packs q, k and v into ``in_proj_weight``/``in_proj_bias`` where handmade has ``q_proj``, ``k_proj``, ``v_proj``.
 
 Only tensor operations are used: no ``nn.MultiheadAttention``, ``nn.Transformer*``, ``nn.LayerNorm``,
 ``F.layer_norm``, ``F.scaled_dot_product_attention`` or ``F.multi_head_attention_forward``.
@@ -18,9 +20,8 @@ Shape letters (as in the torch docs): N batch, S source length, T target length,
 attention, E d_model, H heads, D = E // H head size, F dim_feedforward.
 """
 
-from handmade.attention import MultiheadAttention
+from handmade.attention import MultiheadAttention, ScaledDotProductAttention
 from handmade.embeddings import Embeddings, Generator, PositionalEncoding
-from handmade.feed_forward import FeedForward
 from handmade.layers import TransformerDecoderLayer, TransformerEncoderLayer
 from handmade.masks import generate_square_subsequent_mask, padding_mask, subsequent_mask
 from handmade.normalization import LayerNorm
@@ -29,11 +30,11 @@ from handmade.transformer import Transformer, TransformerDecoder, TransformerEnc
 
 __all__ = [
     "Embeddings",
-    "FeedForward",
     "Generator",
     "LayerNorm",
     "MultiheadAttention",
     "PositionalEncoding",
+    "ScaledDotProductAttention",
     "Seq2SeqTransformer",
     "Transformer",
     "TransformerDecoder",

@@ -13,12 +13,8 @@ class Embeddings(nn.Module):
     """Token embeddings scaled by sqrt(d_model) (section 3.4)."""
 
     def __init__(
-        self,
-        vocab_size: int,
-        d_model: int,
-        padding_idx: int | None = None,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
+        self, vocab_size: int, d_model: int, padding_idx: int | None = None,
+        device: torch.device | str | None = None, dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         self.lut = nn.Embedding(vocab_size, d_model, padding_idx=padding_idx, device=device, dtype=dtype)
@@ -44,14 +40,11 @@ def sinusoidal_table(max_len: int, d_model: int, dtype: torch.dtype = torch.floa
 class PositionalEncoding(nn.Module):
     """Add the fixed sinusoidal position signal to the embeddings, then dropout (section 3.5)."""
 
+    pe: Tensor  # (max_len, E), a buffer
+
     def __init__(
-        self,
-        d_model: int,
-        dropout: float = 0.1,
-        max_len: int = 5000,
-        batch_first: bool = False,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
+        self, d_model: int, dropout: float = 0.1, max_len: int = 5000, batch_first: bool = False,
+        device: torch.device | str | None = None, dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         self.dropout = nn.Dropout(dropout)
@@ -74,11 +67,7 @@ class Generator(nn.Module):
     """Output layer: a linear map to the vocabulary followed by log-softmax."""
 
     def __init__(
-        self,
-        d_model: int,
-        vocab_size: int,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
+        self, d_model: int, vocab_size: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None
     ) -> None:
         super().__init__()
         self.proj = nn.Linear(d_model, vocab_size, device=device, dtype=dtype)

@@ -1,4 +1,4 @@
-"""Masks: the causal ("sequence") mask of section 3.2.3, padding masks, and how masks combine.
+"""Masks: the causal ("sequence") mask of section 3.2.3, padding masks, and how masks are checked and combined.
 
 Convention (torch's): a bool mask marks with ``True`` what may NOT be attended; a float mask is added to
 the attention scores, so ``0`` keeps and ``-inf`` blocks.
@@ -18,8 +18,7 @@ def generate_square_subsequent_mask(
     """Float causal mask (sz, sz): 0 on and below the diagonal, -inf above (as nn.Transformer's)."""
     if sz < 0:
         raise ValueError(f"mask size must be non-negative, got sz={sz}")
-    full = torch.full((sz, sz), float("-inf"), device=device, dtype=dtype or torch.float32)
-    return torch.triu(full, diagonal=1)
+    return torch.full((sz, sz), float("-inf"), device=device, dtype=dtype or torch.float32).triu(diagonal=1)
 
 
 def subsequent_mask(size: int, device: torch.device | str | None = None) -> Tensor:
@@ -34,13 +33,7 @@ def padding_mask(lengths: Tensor, max_len: int | None = None) -> Tensor:
     if lengths.dim() != 1:
         raise ValueError(f"lengths must be 1-D (N,), got shape {tuple(lengths.shape)}")
     max_len = int(lengths.max()) if max_len is None else max_len
-    positions = torch.arange(max_len, device=lengths.device)
-    return positions.unsqueeze(0) >= lengths.unsqueeze(1)
-
-
-def top_left_causal_mask(query_len: int, key_len: int, device: torch.device) -> Tensor:
-    """Bool (L, S) mask blocking key j for query i when j > i: what an ``is_causal`` hint stands for."""
-    return torch.ones(query_len, key_len, dtype=torch.bool, device=device).triu(diagonal=1)
+    return torch.arange(max_len, device=lengths.device).unsqueeze(0) >= lengths.unsqueeze(1)
 
 
 def to_additive(mask: Tensor | None, name: str, dtype: torch.dtype, accept_float32: bool = False) -> Tensor | None:
@@ -61,10 +54,47 @@ def to_additive(mask: Tensor | None, name: str, dtype: torch.dtype, accept_float
     return mask.to(dtype)
 
 
-def warn_if_mixed(mask: Tensor | None, name: str, other: Tensor | None, other_name: str) -> None:
-    """Warn, as torch does, when a bool mask is combined with a float one."""
-    if mask is not None and other is not None and (mask.dtype == torch.bool) != (other.dtype == torch.bool):
+def sizes(x: Tensor, name: str, batch_first: bool) -> tuple[int, int | None]:
+    """(length, batch) of ``x`` (L, N, E) [(N, L, E) when batch_first]; batch is None when ``x`` is unbatched (L, E)."""
+    if x.dim() not in (2, 3):
+        raise ValueError(
+            f"{name} must be 2-D (L, E) unbatched or 3-D batched, got a {x.dim()}-D tensor of shape {tuple(x.shape)}"
+        )
+    if x.dim() == 2:
+        return x.size(0), None
+    return (x.size(1), x.size(0)) if batch_first else (x.size(0), x.size(1))
+
+
+def canonical_masks(
+    query: Tensor, key: Tensor, batch_first: bool, num_heads: int, names: tuple[str, str, str, str, str],
+    attn_mask: Tensor | None, key_padding_mask: Tensor | None, is_causal: bool | None, need_weights: bool = False,
+) -> tuple[Tensor | None, Tensor | None]:
+    """Check one attention's masks against its query and key; return them additive in the query's dtype.
+
+    ``names`` are the caller's for (query, key, attn_mask, key_padding_mask, is_causal): every public module
+    calls this on its own arguments, so that a bad ``tgt_mask`` is reported as tgt_mask, not as attn_mask.
+    Where the causal hint will replace attn_mask (no padding mask, no weights asked for), its dtype is not checked.
+    """
+    q_name, k_name, mask_name, kpm_name, hint_name = names
+    (L, N), (S, _) = sizes(query, q_name, batch_first), sizes(key, k_name, batch_first)
+    if is_causal and attn_mask is None:
+        raise ValueError(
+            f"{hint_name}=True needs {mask_name}: the flag is a hint that {mask_name} is causal, not a mask "
+            "(use generate_square_subsequent_mask)"
+        )
+    shapes = {
+        mask_name: {"(L, S)": (L, S), "(N*num_heads, L, S)": ((N or 1) * num_heads, L, S)},
+        kpm_name: {"(S,)": (S,)} if N is None else {"(N, S)": (N, S)},
+    }
+    for name, mask in ((mask_name, attn_mask), (kpm_name, key_padding_mask)):
+        if mask is not None and tuple(mask.shape) not in shapes[name].values():
+            allowed = " or ".join(f"{label}={shape}" for label, shape in shapes[name].items())
+            raise ValueError(f"{name} must have shape {allowed}, got {tuple(mask.shape)}")
+    if len({m.dtype == torch.bool for m in (attn_mask, key_padding_mask) if m is not None}) == 2:  # as torch warns
         warnings.warn(
-            f"Support for mismatched {name} and {other_name} is deprecated. Use same type for both instead.",
+            f"Support for mismatched {kpm_name} and {mask_name} is deprecated. Use same type for both instead.",
             stacklevel=3,
         )
+    if not (is_causal and key_padding_mask is None and not need_weights):
+        attn_mask = to_additive(attn_mask, mask_name, query.dtype, accept_float32=not need_weights)
+    return attn_mask, to_additive(key_padding_mask, kpm_name, query.dtype, accept_float32=not need_weights)

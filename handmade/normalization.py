@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -10,20 +12,15 @@ class LayerNorm(nn.Module):
     """(x - mean) / sqrt(biased variance + eps) * weight + bias over the last dims; a drop-in for nn.LayerNorm."""
 
     def __init__(
-        self,
-        normalized_shape: int | tuple[int, ...] | list[int],
-        eps: float = 1e-5,
-        elementwise_affine: bool = True,
-        bias: bool = True,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
+        self, normalized_shape: int | tuple[int, ...] | list[int], eps: float = 1e-5, elementwise_affine: bool = True,
+        bias: bool = True, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
         if any(s <= 0 for s in shape):
             raise ValueError(f"normalized_shape must be positive, got normalized_shape={shape}")
         self.normalized_shape, self.eps, self.elementwise_affine = shape, eps, elementwise_affine
-        factory = {"device": device, "dtype": dtype}
+        factory: dict[str, Any] = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.ones(shape, **factory)) if elementwise_affine else None
         self.bias = nn.Parameter(torch.zeros(shape, **factory)) if elementwise_affine and bias else None
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from handmade import MultiheadAttention as HandmadeAttention
 from handmade import Transformer as HandmadeTransformer
 from reference.weights import copy_torch_to_handmade
 
@@ -37,7 +38,7 @@ class TargetError(Exception):
 
 
 class HandmadeAdapter:
-    """The adapter for handmade.Transformer: its parameter names differ, so weights go through the weight map."""
+    """The adapter for handmade.Transformer: its names are torch's, but q, k and v go through the weight map."""
 
     def build(self, **config: object) -> nn.Module:
         return HandmadeTransformer(**config)
@@ -49,21 +50,14 @@ class HandmadeAdapter:
         return model(src, tgt, **kwargs)
 
     def submodules(self, model: nn.Module) -> dict[str, nn.Module]:
-        """nn.Transformer submodule name -> the handmade module whose output corresponds to it."""
-        names: dict[str, nn.Module] = {"encoder.norm": model.encoder.norm, "decoder.norm": model.decoder.norm}
-        for stack in ("encoder", "decoder"):
-            for i, layer in enumerate(getattr(model, stack).layers):
-                p = f"{stack}.layers.{i}"
-                names[p] = layer
-                names[f"{p}.self_attn"] = layer.self_attn
-                names[f"{p}.linear2"] = layer.feed_forward.w_2
-                names[f"{p}.linear1"] = layer.feed_forward.w_1
-                names[f"{p}.norm1"] = layer.residual1.norm
-                names[f"{p}.norm2"] = layer.residual2.norm
-                if stack == "decoder":
-                    names[f"{p}.multihead_attn"] = layer.cross_attn
-                    names[f"{p}.norm3"] = layer.residual3.norm
-        return names
+        """nn.Transformer submodule name -> handmade's module of the same dotted name.
+
+        Every handmade submodule is named as torch's except those inside attention that torch does not have:
+        the separate q_proj, k_proj, v_proj (torch packs them into in_proj_weight) and equation 1's module.
+        """
+        attention = {f"{name}.{child}" for name, module in model.named_modules()
+                     if isinstance(module, HandmadeAttention) for child in ("q_proj", "k_proj", "v_proj", "attention")}
+        return {name: module for name, module in model.named_modules() if name and name not in attention}
 
 
 handmade = HandmadeAdapter()  # the default target: reference.targets:handmade

@@ -1,31 +1,27 @@
-"""The weight bridge: one declarative map between nn.Transformer's parameter names and handmade's.
+"""The weight bridge between nn.Transformer's parameter names and handmade's.
 
-torch packs q, k and v into ``in_proj_weight`` (3E, E) and ``in_proj_bias`` (3E); handmade keeps the
-paper's separate projections. Every other difference is a rename. The map works on any component
-(attention, layer norm, layers, stacks, the whole model) because it rewrites names, not prefixes.
+handmade names its submodules and parameters as torch does, so every tensor has the same dotted name on
+both sides except inside attention: torch packs q, k and v into ``in_proj_weight`` (3E, E) and
+``in_proj_bias`` (3E) (or ``q_proj_weight``, ``k_proj_weight``, ``v_proj_weight`` when kdim/vdim differ
+from embed_dim), where handmade keeps the paper's separate projections ``q_proj``, ``k_proj``, ``v_proj``.
+The map works on any component (attention, layer norm, layers, stacks, the whole model) because it
+rewrites leaf names, not prefixes.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-# (torch name pattern, handmade replacement) applied in order to every dotted name.
-RENAMES: tuple[tuple[str, str], ...] = (
-    (r"(^|\.)multihead_attn\.", r"\1cross_attn."),
-    (r"(^|\.)linear1\.", r"\1feed_forward.w_1."),
-    (r"(^|\.)linear2\.", r"\1feed_forward.w_2."),
-    (r"(^|\.)norm([123])\.", r"\1residual\2.norm."),
-    (r"(^|\.)([qkv])_proj_weight$", r"\1\2_proj.weight"),  # MultiheadAttention with kdim/vdim
-)
 # A packed torch tensor -> the three handmade tensors it holds, in row order.
 PACKED: dict[str, tuple[str, str, str]] = {
     "in_proj_weight": ("q_proj.weight", "k_proj.weight", "v_proj.weight"),
     "in_proj_bias": ("q_proj.bias", "k_proj.bias", "v_proj.bias"),
 }
+# torch's separate projections (kdim/vdim differ from embed_dim) -> handmade's.
+SEPARATE: dict[str, str] = {f"{x}_proj_weight": f"{x}_proj.weight" for x in "qkv"}
 
 
 class WeightMapError(ValueError):
@@ -43,14 +39,11 @@ class Link:
 
 def handmade_keys(torch_key: str) -> list[tuple[str, int | None]]:
     """The handmade name(s) of one torch parameter name, with the chunk each holds."""
-    name = torch_key
-    for pattern, replacement in RENAMES:
-        name = re.sub(pattern, replacement, name)
-    prefix, _, leaf = name.rpartition(".")
+    prefix, _, leaf = torch_key.rpartition(".")
+    base = f"{prefix}." if prefix else ""
     if leaf in PACKED:
-        base = f"{prefix}." if prefix else ""
         return [(base + part, i) for i, part in enumerate(PACKED[leaf])]
-    return [(name, None)]
+    return [(base + SEPARATE.get(leaf, leaf), None)]
 
 
 def plan(torch_model: nn.Module, handmade_model: nn.Module) -> list[Link]:

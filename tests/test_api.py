@@ -15,7 +15,6 @@ from torch import nn
 
 import handmade
 from handmade.embeddings import PositionalEncoding, sinusoidal_table
-from handmade.layers import ResidualConnection
 from handmade.masks import generate_square_subsequent_mask, padding_mask, subsequent_mask
 from handmade.seq2seq import Seq2SeqTransformer
 from reference.tolerance import judge
@@ -93,7 +92,7 @@ def test_default_arguments_build_the_builtins_default_model():
     for ours in (handmade.Transformer(device="meta"), Seq2SeqTransformer(7, 9, device="meta").transformer):
         plan(theirs, ours)  # strict: every parameter paired once with the same shape
         for name, mod in ours.named_modules():
-            if isinstance(mod, ResidualConnection):
+            if isinstance(mod, (handmade.TransformerEncoderLayer, handmade.TransformerDecoderLayer)):
                 assert mod.norm_first is False, name
             if isinstance(mod, nn.Dropout):
                 assert mod.p == 0.1, name

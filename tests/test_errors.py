@@ -18,10 +18,11 @@ from hypothesis import strategies as st
 from torch import Tensor, nn
 
 import handmade
-from reference.assertions import Context, Triple, assert_matches, examples
-from reference.strategies import configs, seeds
+from reference.assertions import Context, assert_parity, examples
 from reference.build import Config, build_pair, build_torch, randomize_
 from reference.compare import fastpath
+from reference.strategies import configs, seeds
+from reference.tolerance import judge
 from reference.weights import WeightMapError, copy_torch_to_handmade
 
 pytestmark = pytest.mark.handmade
@@ -51,28 +52,30 @@ BAD_CALLS: dict[str, tuple[Callable[[nn.Module], object], str]] = {
     "batch_mismatch": (lambda m: m(SRC, TGT[:, :1]), r"batch size"),
     "src_d_model": (lambda m: m(rand(S, N, D + 1), TGT), r"d_model=8"),
     "tgt_d_model": (lambda m: m(SRC, rand(T, N, D - 1)), r"d_model=8"),
-    "src_mask_wrong_2d_shape": (lambda m: m(SRC, TGT, src_mask=torch.zeros(S + 1, S, dtype=F64)), r"attn_mask.*shape"),
+    "src_mask_wrong_2d_shape": (lambda m: m(SRC, TGT, src_mask=torch.zeros(S + 1, S, dtype=F64)), r"^src_mask.*shape"),
     "src_mask_3d_batch_not_times_heads": (lambda m: m(SRC, TGT, src_mask=torch.zeros(N, S, S, dtype=BOOL)),
-                                          r"attn_mask.*N\*nhead"),
-    "src_mask_4d": (lambda m: m(SRC, TGT, src_mask=torch.zeros(1, 1, S, S, dtype=BOOL)), r"attn_mask.*shape"),
-    "tgt_mask_int": (lambda m: m(SRC, TGT, tgt_mask=torch.zeros(T, T, dtype=torch.int64)), r"attn_mask.*bool"),
+                                          r"^src_mask.*N\*num_heads"),
+    "src_mask_4d": (lambda m: m(SRC, TGT, src_mask=torch.zeros(1, 1, S, S, dtype=BOOL)), r"^src_mask.*shape"),
+    "tgt_mask_int": (lambda m: m(SRC, TGT, tgt_mask=torch.zeros(T, T, dtype=torch.int64)), r"^tgt_mask.*bool"),
     "memory_mask_transposed": (lambda m: m(SRC, TGT, memory_mask=torch.zeros(S, T, dtype=BOOL)),
-                               r"attn_mask.*\(4, 5\)"),
+                               r"^memory_mask.*\(4, 5\)"),
     "src_key_padding_mask_transposed": (lambda m: m(SRC, TGT, src_key_padding_mask=torch.zeros(S, N, dtype=BOOL)),
-                                        r"key_padding_mask.*\(2, 5\)"),
+                                        r"^src_key_padding_mask.*\(2, 5\)"),
     "tgt_key_padding_mask_3d": (lambda m: m(SRC, TGT, tgt_key_padding_mask=torch.zeros(N, 1, T, dtype=BOOL)),
-                                r"key_padding_mask.*shape"),
+                                r"^tgt_key_padding_mask.*shape"),
     "memory_key_padding_mask_target_length": (
-        lambda m: m(SRC, TGT, memory_key_padding_mask=torch.zeros(N, T, dtype=BOOL)), r"key_padding_mask.*\(2, 5\)"),
+        lambda m: m(SRC, TGT, memory_key_padding_mask=torch.zeros(N, T, dtype=BOOL)),
+        r"^memory_key_padding_mask.*\(2, 5\)"),
     "memory_key_padding_mask_uint8": (
         lambda m: m(SRC, TGT, memory_key_padding_mask=torch.zeros(N, S, dtype=torch.uint8)),
-        r"key_padding_mask.*bool.*uint8"),
+        r"^memory_key_padding_mask.*bool.*uint8"),
     "src_mask_float16_for_float64": (lambda m: m(SRC, TGT, src_mask=torch.zeros(S, S, dtype=torch.float16)),
-                                     r"attn_mask.*dtype.*float16"),
+                                     r"src_mask.*dtype.*float16"),
     "input_dtype_differs_from_parameters": (lambda m: m(SRC.float(), TGT.float()), r"dtype.*float32.*float64"),
-    "src_is_causal_without_mask": (lambda m: m(SRC, TGT, src_is_causal=True), r"is_causal.*attn_mask"),
-    "tgt_is_causal_without_mask": (lambda m: m(SRC, TGT, tgt_is_causal=True), r"is_causal.*attn_mask"),
-    "memory_is_causal_without_mask": (lambda m: m(SRC, TGT, memory_is_causal=True), r"is_causal.*attn_mask"),
+    "src_is_causal_without_mask": (lambda m: m(SRC, TGT, src_is_causal=True), r"^src_is_causal=True needs src_mask"),
+    "tgt_is_causal_without_mask": (lambda m: m(SRC, TGT, tgt_is_causal=True), r"^tgt_is_causal=True needs tgt_mask"),
+    "memory_is_causal_without_mask": (lambda m: m(SRC, TGT, memory_is_causal=True),
+                                      r"^memory_is_causal=True needs memory_mask"),
 }
 
 
@@ -90,10 +93,11 @@ def test_handmade_rejects_bad_forward_input_that_torch_rejects(name):
 
 
 BAD_CONSTRUCTIONS: dict[str, tuple[dict, str]] = {
-    "nhead_does_not_divide_d_model": ({"d_model": 8, "nhead": 3}, r"d_model=8 and nhead=3"),
+    "nhead_does_not_divide_d_model": ({"d_model": 8, "nhead": 3},
+                                      r"^d_model must be divisible by nhead, got d_model=8 and nhead=3$"),
     "unknown_activation": ({"activation": "tanh"}, r"activation.*'tanh'"),
-    "zero_d_model": ({"d_model": 0, "nhead": 1}, r"embed_dim=0"),
-    "zero_nhead": ({"nhead": 0}, r"num_heads=0"),
+    "zero_d_model": ({"d_model": 0, "nhead": 1}, r"^d_model and nhead must be greater than 0, got d_model=0"),
+    "zero_nhead": ({"nhead": 0}, r"^d_model and nhead must be greater than 0, got d_model=8 and nhead=0$"),
     "dropout_above_one": ({"dropout": 1.5}, r"dropout.*1\.5"),
     "negative_dropout": ({"dropout": -0.1}, r"dropout.*-0\.1"),
 }
@@ -113,22 +117,97 @@ def test_handmade_rejects_bad_constructor_arguments_that_torch_rejects(name):
 
 
 @examples(1.0)
-@given(d_model=st.integers(2, 64), nhead=st.integers(2, 16))
-def test_handmade_rejects_every_nhead_that_does_not_divide_d_model(d_model, nhead):
-    """Exactly the (d_model, nhead) the built-in rejects; the message names both values."""
+@given(embed_dim=st.integers(2, 64), num_heads=st.integers(2, 16))
+def test_handmade_rejects_every_num_heads_that_does_not_divide_embed_dim(embed_dim, num_heads):
+    """Exactly the (embed_dim, num_heads) the built-in rejects; the message names both, as the caller does.
+
+    MultiheadAttention takes embed_dim and num_heads, the layers d_model and nhead: each names its own.
+    """
     try:
-        nn.MultiheadAttention(d_model, nhead)
+        nn.MultiheadAttention(embed_dim, num_heads)
         torch_rejects = False
     except Exception:
         torch_rejects = True
-    try:
-        handmade.MultiheadAttention(d_model, nhead)
-        message = None
-    except ValueError as exc:
-        message = str(exc)
-    assert torch_rejects == (message is not None), f"d_model={d_model} nhead={nhead}: torch rejects {torch_rejects}"
-    if message is not None:
-        assert f"d_model={d_model}" in message and f"nhead={nhead}" in message, message
+    messages = []
+    for build, names in ((lambda: handmade.MultiheadAttention(embed_dim, num_heads), ("embed_dim", "num_heads")),
+                         (lambda: handmade.TransformerEncoderLayer(embed_dim, num_heads), ("d_model", "nhead"))):
+        try:
+            build()
+        except ValueError as exc:
+            messages.append((str(exc), names))
+    assert torch_rejects == bool(messages), f"embed_dim={embed_dim} num_heads={num_heads}: torch {torch_rejects}"
+    assert torch_rejects == (len(messages) == 2), messages
+    for message, (e, h) in messages:
+        assert message == f"{e} must be divisible by {h}, got {e}={embed_dim} and {h}={num_heads}", message
+
+
+def test_multihead_attention_names_embed_dim_and_num_heads():
+    with pytest.raises(ValueError) as info:
+        handmade.MultiheadAttention(embed_dim=5, num_heads=2)
+    assert str(info.value) == "embed_dim must be divisible by num_heads, got embed_dim=5 and num_heads=2"
+
+
+@pytest.mark.parametrize("name", ["TransformerEncoderLayer", "TransformerDecoderLayer", "Transformer"])
+def test_layers_and_transformer_name_d_model_and_nhead(name):
+    with pytest.raises(ValueError) as info:
+        getattr(handmade, name)(d_model=5, nhead=2)
+    assert str(info.value) == "d_model must be divisible by nhead, got d_model=5 and nhead=2"
+
+
+LAYER_KW = {"d_model": D, "nhead": H, "dim_feedforward": 16, "dtype": F64}
+ENCODER_MASKS = {"src_mask": (S, S), "src_key_padding_mask": (N, S)}
+DECODER_MASKS = {"tgt_mask": (T, T), "memory_mask": (T, S), "tgt_key_padding_mask": (N, T),
+                 "memory_key_padding_mask": (N, S)}
+DECODER_HINTS = {"tgt_is_causal": "tgt_mask", "memory_is_causal": "memory_mask"}
+
+
+def entry_points() -> dict[str, tuple[Callable[..., object], dict[str, tuple[int, ...]], dict[str, str]]]:
+    """Public module -> (call with mask keywords, its mask arguments and valid shapes, its hints -> their masks)."""
+    mha = handmade.MultiheadAttention(D, H, dtype=F64)
+    enc, dec = handmade.TransformerEncoderLayer(**LAYER_KW), handmade.TransformerDecoderLayer(**LAYER_KW)
+    model = handmade.Transformer(**KW, dtype=F64)
+    return {
+        "MultiheadAttention": (lambda **kw: mha(TGT, SRC, SRC, **kw),
+                               {"attn_mask": (T, S), "key_padding_mask": (N, S)}, {"is_causal": "attn_mask"}),
+        "TransformerEncoderLayer": (lambda **kw: enc(SRC, **kw), ENCODER_MASKS, {"is_causal": "src_mask"}),
+        "TransformerEncoder": (lambda **kw: handmade.TransformerEncoder(enc, 2)(SRC, **kw),
+                               {"mask": (S, S), "src_key_padding_mask": (N, S)}, {"is_causal": "mask"}),
+        "TransformerDecoderLayer": (lambda **kw: dec(TGT, SRC, **kw), DECODER_MASKS, DECODER_HINTS),
+        "TransformerDecoder": (lambda **kw: handmade.TransformerDecoder(dec, 2)(TGT, SRC, **kw), DECODER_MASKS,
+                               DECODER_HINTS),
+        "Transformer": (lambda **kw: model(SRC, TGT, **kw), {**ENCODER_MASKS, **DECODER_MASKS},
+                        {"src_is_causal": "src_mask", **DECODER_HINTS}),
+    }
+
+
+MASK_CASES = [(entry, arg) for entry, (_, masks, _) in entry_points().items() for arg in masks]
+HINT_CASES = [(entry, hint) for entry, (_, _, hints) in entry_points().items() for hint in hints]
+
+
+@pytest.mark.parametrize(("entry", "argument"), MASK_CASES)
+def test_a_bad_mask_is_named_as_the_caller_named_it(entry, argument):
+    """An int mask and a mask of a wrong shape: the message starts with the argument the caller passed."""
+    call, masks, _ = entry_points()[entry]
+    shape = masks[argument]
+    int_message = rf"^{argument} must be a bool or floating point tensor, got dtype torch.int64$"
+    with pytest.raises(TypeError, match=int_message):
+        call(**{argument: torch.zeros(shape, dtype=torch.int64)})
+    with pytest.raises(ValueError, match=rf"^{argument} must have shape .*, got \({shape[1]}, {shape[0]}, 1\)$"):
+        call(**{argument: torch.zeros(shape[1], shape[0], 1, dtype=BOOL)})
+
+
+@pytest.mark.parametrize(("entry", "hint"), HINT_CASES)
+def test_a_causal_hint_without_its_mask_is_named_as_the_caller_named_it(entry, hint):
+    call, _, hints = entry_points()[entry]
+    with pytest.raises(ValueError, match=rf"^{hint}=True needs {hints[hint]}: "):
+        call(**{hint: True})
+
+
+def test_mixed_bool_and_float_masks_warn_with_the_callers_names():
+    call, _, _ = entry_points()["TransformerDecoderLayer"]
+    kpm, mask = torch.zeros(N, T, dtype=BOOL), torch.zeros(T, T, dtype=F64)
+    with pytest.warns(UserWarning, match="^Support for mismatched tgt_key_padding_mask and tgt_mask is deprecated"):
+        call(tgt_mask=mask, tgt_key_padding_mask=kpm)
 
 
 MASK_ARGS = {  # argument -> (valid shape, the length of its query side, of its key side)
@@ -184,7 +263,7 @@ def test_handmade_accepts_exactly_the_masks_torch_accepts(mask, kind, seed):
         assert "mask" in str(handmade_error), f"the message does not name the mask: {handmade_error}"
     else:
         assert handmade_error is None, f"torch accepts but handmade raises {handmade_error!r}: {context}"
-        assert_matches([Triple("output", got, expected, None)], context)
+        assert_parity([judge("output", got, expected, None)], context)
 
 
 DIFFERENCES: dict[str, Callable[[Config], dict]] = {  # changes that change the parameters (others are not weights)

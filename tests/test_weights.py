@@ -10,8 +10,9 @@ from torch import nn
 
 import handmade
 from reference.assertions import examples
+from reference.build import Config, build_handmade, build_pair, build_torch, randomize_
+from reference.registry import COMPONENTS
 from reference.strategies import configs, seeds
-from reference.build import COMPONENTS, Config, build_handmade, build_pair, build_torch, randomize_
 from reference.weights import WeightMapError, copy_handmade_to_torch, copy_torch_to_handmade, plan
 
 pytestmark = pytest.mark.handmade
