@@ -13,11 +13,11 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
-from reference.assertions import Context, assert_verdicts, examples
-from reference.strategies import cases
+from reference.assertions import Context, assert_parity, examples
 from reference.build import build_torch, randomize_
 from reference.cases import CAUSAL_KINDS, Case
 from reference.compare import fastpath, forward_kwargs
+from reference.strategies import cases
 from reference.targets import Target
 from reference.tolerance import judge
 
@@ -45,7 +45,7 @@ def seq_dim(case: Case) -> int:
 
 
 def check(what: str, case: Case, candidate: Tensor, expected: Tensor) -> None:
-    assert_verdicts([judge(what, candidate, expected)], Context(f"transformer ({what})", F64, "cpu", case.describe()))
+    assert_parity([judge(what, candidate, expected)], Context(f"transformer ({what})", F64, "cpu", case.describe()))
 
 
 def pad_keys(mask: Tensor | None, extra: int, rows: int = 0) -> Tensor | None:
@@ -73,7 +73,7 @@ def grow(x: Tensor, extra: int, dim: int, seed: int) -> Tensor:
 def test_extra_padded_source_positions_change_no_output(target, case, extra):
     src, tgt, kw = case.tensors()
     expected = run(target, case, src, tgt, kw)
-    S = case.src_len  # noqa: N806
+    S = case.src_len
     grown = dict(kw, src_mask=pad_keys(kw["src_mask"], extra, extra), memory_mask=pad_keys(kw["memory_mask"], extra),
                  src_key_padding_mask=pad_padding(kw["src_key_padding_mask"], extra, S, case.batch),
                  memory_key_padding_mask=pad_padding(kw["memory_key_padding_mask"], extra, S, case.batch))
@@ -88,7 +88,7 @@ def test_extra_padded_source_positions_change_no_output(target, case, extra):
 def test_extra_padded_target_positions_change_no_earlier_output(target, case, extra):
     src, tgt, kw = case.tensors()
     expected = run(target, case, src, tgt, kw)
-    T = case.tgt_len  # noqa: N806
+    T = case.tgt_len
     grown = dict(kw, tgt_mask=pad_keys(kw["tgt_mask"], extra, extra), tgt_is_causal=None,
                  tgt_key_padding_mask=pad_padding(kw["tgt_key_padding_mask"], extra, T, case.batch),
                  memory_mask=pad_keys(kw["memory_mask"], 0, extra))

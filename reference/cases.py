@@ -27,7 +27,7 @@ CAUSAL_KINDS = ("causal_float", "causal_bool")
 
 
 def attn_mask(
-    kind: str, L: int, S: int, batch: int | None, nhead: int, dtype: torch.dtype, g: torch.Generator  # noqa: N803
+    kind: str, L: int, S: int, batch: int | None, nhead: int, dtype: torch.dtype, g: torch.Generator
 ) -> Tensor | None:
     """An attention mask of ``kind`` for queries of length L over keys of length S."""
     if kind == "none":
@@ -48,7 +48,7 @@ def attn_mask(
     raise ValueError(f"attention mask kind must be one of {ATTN_MASKS}, got {kind!r}")
 
 
-def padding_mask(kind: str, batch: int | None, S: int, dtype: torch.dtype, g: torch.Generator) -> Tensor | None:  # noqa: N803
+def padding_mask(kind: str, batch: int | None, S: int, dtype: torch.dtype, g: torch.Generator) -> Tensor | None:
     """A key padding mask of ``kind``: (N, S), or (S,) when unbatched; True / -inf / a penalty at pads."""
     if kind == "none":
         return None
@@ -92,7 +92,7 @@ class Case:
     def tensors(self, dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor, dict[str, object]]:
         """(src, tgt, forward kwargs) on the CPU at ``dtype``: values drawn in float64 then rounded."""
         g = torch.Generator().manual_seed(self.seed)
-        c, n, S, T = self.config, self.batch, self.src_len, self.tgt_len  # noqa: N806
+        c, n, S, T = self.config, self.batch, self.src_len, self.tgt_len
 
         def sequence(length: int) -> Tensor:
             x = torch.randn(length, n or 1, c.d_model, generator=g, dtype=torch.float64)

@@ -25,8 +25,6 @@ from reference.strategies import configs, seeds
 from reference.tolerance import judge
 from reference.weights import WeightMapError, copy_torch_to_handmade
 
-pytestmark = pytest.mark.handmade
-
 D, H, S, T, N = 8, 2, 5, 4, 2
 F64 = torch.float64
 KW = {"d_model": D, "nhead": H, "num_encoder_layers": 1, "num_decoder_layers": 1, "dim_feedforward": 16}

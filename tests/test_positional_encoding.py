@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
 
 import handmade
-from reference.assertions import Context, Triple, assert_matches, examples, skip_unless_dtype_runs
+from reference.assertions import Context, assert_parity, examples, skip_unless_dtype_runs
 from reference.strategies import dtypes, positional_encoding_cases, seeds
-
-pytestmark = pytest.mark.handmade
+from reference.tolerance import judge
 
 
 def paper_table(length: int, d_model: int) -> np.ndarray:
@@ -56,4 +54,4 @@ def test_positional_encoding_adds_the_papers_formula(device, shape, layout, dtyp
     out = module(x.to(device))
     own = None if dtype == torch.float64 else best
     description = f"d_model={d_model} max_len={max_len} S={length} {layout} dropout={dropout}"
-    assert_matches([Triple("output", out, expected, own)], Context("positional_encoding", dtype, device, description))
+    assert_parity([judge("output", out, expected, own)], Context("positional_encoding", dtype, device, description))

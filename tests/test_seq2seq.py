@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import example, given
@@ -13,19 +12,17 @@ from torch import Tensor, nn
 import handmade
 from reference.assertions import (
     Context,
-    assert_matches,
+    assert_parity,
     compare_pair,
     examples,
     low_precision_grads_comparable,
     skip_unless_dtype_runs,
 )
-from reference.strategies import Seq2SeqCase, dtypes, is_smooth, seq2seq_cases
-from tests.test_positional_encoding import paper_table
 from reference.build import Config, build_torch, randomize_
 from reference.cases import Case
+from reference.strategies import Seq2SeqCase, dtypes, is_smooth, seq2seq_cases
 from reference.weights import copy_torch_to_handmade
-
-pytestmark = pytest.mark.handmade
+from tests.test_positional_encoding import paper_table
 
 
 class TorchSeq2Seq(nn.Module):
@@ -98,6 +95,6 @@ def test_seq2seq_matches_torch_embedding_encoding_transformer_and_linear(device,
     _, _, kw = case.case.tensors(dtype)
     masks = {k: v for k, v in kw.items() if k.endswith("mask")}
     grads = low_precision_grads_comparable(dtype, is_smooth(cfg))
-    triples = compare_pair(reference, twin, call_seq2seq, {}, {"src": src, "tgt": tgt, **masks}, dtype=dtype,
+    verdicts = compare_pair(reference, twin, call_seq2seq, {}, {"src": src, "tgt": tgt, **masks}, dtype=dtype,
                            device=device, grads=grads, seed=case.case.seed)
-    assert_matches(triples, Context("seq2seq", dtype, device, case.describe()))
+    assert_parity(verdicts, Context("seq2seq", dtype, device, case.describe()))

@@ -15,8 +15,6 @@ from reference.registry import COMPONENTS
 from reference.strategies import configs, seeds
 from reference.weights import WeightMapError, copy_handmade_to_torch, copy_torch_to_handmade, plan
 
-pytestmark = pytest.mark.handmade
-
 components = st.sampled_from(COMPONENTS)
 
 
