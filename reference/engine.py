@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from reference.targets import TargetError
+from reference.targets import NotSupportedError, TargetError
 from reference.tolerance import Verdict, jittered, judge, with_jittered
 from reference.weights import copy_torch_to_handmade, plan
 
@@ -181,7 +181,7 @@ def compare_modules(
             model.eval()
             cand = _run(lambda xs, kw: candidate.call(model, call, xs, kw), model, inputs, kwargs, device, None, cot)
             named = candidate.param_grads(model, own) if grads else {}
-        except TargetError:
+        except (NotSupportedError, TargetError):  # a declined configuration; an already named failure
             raise
         except Exception as exc:  # the candidate's crash is the candidate's failure, reported as such
             raise TargetError(f"{candidate.name} raised {type(exc).__name__}: {exc}") from exc

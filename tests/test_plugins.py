@@ -100,7 +100,7 @@ def _pytest(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_a_suite_run_where_the_target_supports_nothing_fails():
-    run = _pytest("equivalence_tests/test_transformer.py", "-k", "float64",
+    run = _pytest("equivalence_tests/test_components.py", "-k", "transformer_matches_torch and float64",
                   "--impl", "tests.plugin_targets:declines_everything", "--hypothesis-profile=ci")
     assert run.returncode != 0, run.stdout[-2000:]
     assert "supported none" in run.stdout or "not supported" in run.stdout, run.stdout[-2000:]
