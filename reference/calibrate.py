@@ -62,7 +62,7 @@ def _unit(verdict: tolerance.Verdict, dtype: torch.dtype) -> float:
 
 def collect(target_spec: str, dtype: torch.dtype, examples: int, seed: int, all_grads: bool = False) -> list[Sample]:
     """Judge ``examples`` drawn cases at ``dtype`` on the CPU and return every comparison's numbers."""
-    from hypothesis import HealthCheck, given, settings
+    from hypothesis import HealthCheck, Phase, given, settings
     from hypothesis import seed as hypothesis_seed
 
     from reference.strategies import cases, is_smooth
@@ -71,7 +71,7 @@ def collect(target_spec: str, dtype: torch.dtype, examples: int, seed: int, all_
     samples: list[Sample] = []
 
     @settings(max_examples=examples, database=None, deadline=None, derandomize=False,
-              suppress_health_check=list(HealthCheck), phases=["generate"])
+              suppress_health_check=list(HealthCheck), phases=[Phase.generate])
     @hypothesis_seed(seed)  # reproducible draws
     @given(case=cases())
     def run(case: Case) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -86,7 +87,7 @@ class Case:
     weight_scale: float = 1.0
     seed: int = 0
 
-    def replace(self, **changes: object) -> Case:
+    def replace(self, **changes: Any) -> Case:
         return dataclasses.replace(self, **changes)
 
     def tensors(self, dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor, dict[str, object]]:

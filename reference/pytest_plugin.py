@@ -46,7 +46,7 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 
-PARITY_KEY = pytest.StashKey[list]()
+PARITY_KEY = pytest.StashKey[list[dict]]()
 MARKERS = (
     "level(name): the registry level a property checks; deselected when the target does not provide it",
     "edge: path-dependent behaviour of the built-in (fast path, nested tensors, fully masked rows)",
@@ -160,11 +160,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         crash = getattr(report.longrepr, "reprcrash", None)
         message = crash.message if crash is not None else str(report.longrepr)
     match = _FALSIFYING.search(message) or _FALSIFYING.search(getattr(item, "hypothesis_report_information", ""))
+    records: list[dict] = item.stash[PARITY_KEY] if PARITY_KEY in item.stash else []
     report.user_properties.append(("parity", {
         "property": getattr(item, "originalname", item.name),
         "falsifying_example": match.group(0).strip()[:4000] if match else None,
         "message": message[:4000],
-        "records": list(item.stash.get(PARITY_KEY, [])),
+        "records": [*records],
     }))
 
 
@@ -188,7 +189,7 @@ class ParityReport:
             if isinstance(report.longrepr, tuple):
                 test["message"] = str(report.longrepr[2])
         for name, value in report.user_properties:
-            if name != "parity":
+            if name != "parity" or not isinstance(value, dict):
                 continue
             test["property"] = value["property"]
             test["falsifying_example"] = value["falsifying_example"] or test["falsifying_example"]

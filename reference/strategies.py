@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -98,7 +99,7 @@ def cases(
     batched: bool | None = None,
 ) -> Case:
     """A whole-model example: configuration, sizes (batch None = unbatched), masks, causal hints, seed."""
-    config = draw(config if config is not None else configs(), label="config")
+    drawn: Config = draw(config if config is not None else configs(), label="config")
     if batched is None:
         batch = draw(st.one_of(st.none(), st.integers(1, 3)), label="batch")
     else:
@@ -109,7 +110,7 @@ def cases(
     pad = st.sampled_from(PADDING_MASKS) if masks else st.just("none")
     src_mask, tgt_mask, memory_mask = (draw(attn, label=n) for n in ("src_mask", "tgt_mask", "memory_mask"))
     return Case(
-        config=config,
+        config=drawn,
         batch=batch,
         src_len=src_len,
         tgt_len=tgt_len,
@@ -167,7 +168,7 @@ class AttentionCase:
     seed: int = 0
     weight_scale: float = 1.0
 
-    def replace(self, **changes: object) -> AttentionCase:
+    def replace(self, **changes: Any) -> AttentionCase:
         return dataclasses.replace(self, **changes)
 
     def describe(self) -> str:
@@ -226,7 +227,7 @@ class LayerNormCase:
     seed: int = 0
     weight_scale: float = 1.0
 
-    def replace(self, **changes: object) -> LayerNormCase:
+    def replace(self, **changes: Any) -> LayerNormCase:
         return dataclasses.replace(self, **changes)
 
     def describe(self) -> str:

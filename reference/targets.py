@@ -18,6 +18,7 @@ import inspect
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -40,7 +41,7 @@ class TargetError(Exception):
 class HandmadeAdapter:
     """The adapter for handmade.Transformer: its names are torch's, but q, k and v go through the weight map."""
 
-    def build(self, **config: object) -> nn.Module:
+    def build(self, **config: Any) -> nn.Module:
         return HandmadeTransformer(**config)
 
     def load_reference(self, model: nn.Module, reference: nn.Module) -> None:
@@ -68,7 +69,7 @@ class Target:
     """An implementation under test, seen through the adapter interface whatever its kind."""
 
     spec: str
-    obj: object
+    obj: Any  # a drop-in class or an adapter object
 
     @property
     def is_drop_in(self) -> bool:
