@@ -1,193 +1,211 @@
-"""``parity zoo``: run the equivalence suite against every bug-zoo entry and print the kill matrix.
+"""``parity zoo``: hunt every bug-zoo entry in-process, diagnose each one caught, print what caught and what was named.
 
-Each entry (equivalence_tests/zoo, one classic Transformer bug each) is a plug-in target. For each, the whole
-suite runs in its own pytest process (``--impl SPEC --parity-report FILE``); component-level tests of
-handmade skip themselves under another target, so what runs is the set of properties any plug-in faces.
-The matrix shows, per entry and property, whether the property caught the bug (X, or C when the target
-crashed), and then the shrunk example of the first property that caught it. Exit status 1 if an entry
-survives, 0 if every entry is caught.
+Each entry (reference/catalogue/zoo.py: handmade with one catalogue deviation) meets a fixed panel of
+discriminating cases, then cases drawn from ``reference.strategies.cases()`` (generate phase only: a kill
+needs no shrinking), in float64 and in any other dtype its deviation lists. Every caught entry is then
+diagnosed (``parity diagnose`` on the families its catching case belongs to, no reproducer) and the report
+says which catalogue key diagnosis named, and whether it is the entry's own. Exit status 1 if an entry
+escapes or the control is caught, 0 otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
-import subprocess
 import sys
-import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+import warnings
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-# Tests that do not take the --impl target (the zoo's own check, timing, the diagnose and plug-in machinery)
-NOT_PROPERTIES = (
-    "test_zoo.py", "test_benchmarks.py", "test_diagnose.py", "test_plugins.py", "test_verdicts.py",
+import torch
+from hypothesis import HealthCheck, Phase, given, settings
+
+from reference import strategies
+from reference.build import Config
+from reference.cases import Case
+from reference.compare import whole_model
+from reference.targets import Target, TargetError, load_target
+
+# Between them, these three cases touch every option and mask kind a zoo bug hides behind.
+PANEL = (
+    Case(Config(16, 4, 2, 2, 32, 0.5, "gelu", 1e-3, batch_first=False, norm_first=False), batch=3, src_len=5,
+         tgt_len=4, tgt_mask="causal_float", memory_mask="additive", src_key_padding_mask="bool",
+         memory_key_padding_mask="float_finite", seed=1),
+    Case(Config(16, 4, 2, 1, 32, 0.1, "relu", 1e-6, batch_first=True, norm_first=True), batch=2, src_len=6,
+         tgt_len=6, src_mask="per_head_additive", tgt_mask="per_head_bool", memory_mask="random_inf",
+         src_key_padding_mask="float_inf", tgt_key_padding_mask="bool", memory_key_padding_mask="bool", seed=2),
+    Case(Config(12, 3, 1, 2, 16, 0.0, "gelu", 0.5, norm_first=True, bias=False), batch=None, src_len=4, tgt_len=5,
+         src_mask="random_bool", tgt_mask="causal_bool", tgt_is_causal=True, seed=3),
 )
-SYMBOL = {"failed": "X", "error": "X", "crashed": "C", "passed": ".", "skipped": "-"}
+DRAWN = 12  # strategy-drawn cases after the panel: the derandomized sequence reaches every entry within a few
+
+
+@dataclass(frozen=True)
+class Catch:
+    """How a case exposed the target: the first failing verdict, or the target's crash."""
+
+    case: Case
+    index: int  # in the sequence hunted: the panel first, then the drawn cases
+    dtype: str
+    what: str
+    detail: str
+    crashed: bool
+
+
+def drawn_cases(count: int = DRAWN) -> list[Case]:
+    """``count`` cases from ``strategies.cases()``, the same ones every run (derandomized, no database)."""
+    out: list[Case] = []
+
+    @settings(max_examples=count, derandomize=True, database=None, phases=[Phase.generate], deadline=None,
+              suppress_health_check=list(HealthCheck))
+    @given(strategies.cases())
+    def collect(case: Case) -> None:
+        out.append(case)
+
+    collect()
+    return out[:count]
+
+
+def first_catch(target: Target, cases: Iterable[Case], dtype: torch.dtype = torch.float64) -> Catch | None:
+    """The first case on which ``target`` fails a whole-model comparison at ``dtype``, or None if it passes all."""
+    for index, case in enumerate(cases):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                verdicts = whole_model(target, case, "cpu", dtype)
+        except TargetError as exc:
+            return Catch(case, index, str(dtype), "crash", str(exc).splitlines()[0][:160], True)
+        failed = [v for v in verdicts if not v.passed]
+        if failed:
+            return Catch(case, index, str(dtype), failed[0].what, str(failed[0]).splitlines()[0][:200], False)
+    return None
+
+
+def hunt(target: Target, dtypes: Iterable[torch.dtype] = (torch.float64,), drawn: list[Case] | None = None
+         ) -> Catch | None:
+    """The panel, then the drawn cases, in each dtype in turn: the first catch."""
+    cases = [*PANEL, *(drawn_cases() if drawn is None else drawn)]
+    for dtype in dict.fromkeys((torch.float64, *dtypes)):
+        catch = first_catch(target, cases, dtype)
+        if catch is not None:
+            return catch
+    return None
 
 
 @dataclass
 class EntryResult:
-    """One entry's run: the outcome of each property and how the first killing property caught it."""
+    """One entry: how it was caught, and which catalogue keys diagnosis named for it."""
 
-    name: str
-    spec: str
+    key: str
     bug: str
-    outcomes: dict[str, str] = field(default_factory=dict)
-    killer: str | None = None
-    example: str = ""
+    caught: bool = False
+    by: str = ""  # panel case i / drawn case i, dtype, verdict
+    detail: str = ""
+    named: list[str] = field(default_factory=list)
     seconds: float = 0.0
-    problem: str = ""
 
     @property
-    def caught(self) -> bool:
-        return self.killer is not None
+    def named_own(self) -> bool:
+        return self.key in self.named
+
+
+def run_entry(key: str, diagnose_it: bool = True) -> EntryResult:
+    """Hunt one entry (``control`` for the control) and, when caught, diagnose it on the families it fails."""
+    from reference.catalogue import BY_KEY
+    from reference.catalogue.zoo import spec
+
+    start = time.perf_counter()
+    torch.set_num_threads(1)
+    target = load_target(spec(key))
+    result = EntryResult(key, target.obj.bug)
+    deviation = BY_KEY.get(key)
+    catch = hunt(target, deviation.dtypes if deviation else ())
+    if catch is not None:
+        where = f"panel case {catch.index}" if catch.index < len(PANEL) else f"drawn case {catch.index - len(PANEL)}"
+        result.caught, result.detail = True, catch.detail
+        result.by = f"{where} ({catch.dtype.removeprefix('torch.')}): {'crash' if catch.crashed else catch.what}"
+        if diagnose_it:
+            result.named = named_keys(target, catch.case)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def diagnosis_families(target: Target, case: Case, count: int = 2) -> tuple[str, ...]:
+    """The first ``count`` diagnosis families (in ``parity diagnose``'s order) whose probe case the target fails
+    (two, so that deviations alike on one family are told apart); else the families like ``case``."""
+    from reference.diagnose.families import families_like, family_grid
+
+    failing = tuple(f.name for f in family_grid() if first_catch(target, f.cases[:1]) is not None)
+    return failing[:count] or families_like(case)
+
+
+def named_keys(target: Target, case: Case) -> list[str]:
+    """The catalogue keys ``parity diagnose`` names for ``target``, on the families that show its difference."""
+    from reference.diagnose import diagnose
+
+    d = diagnose(target, out_dir=None, family_names=diagnosis_families(target, case), reproduce=False)
+    return [c.key for c in d.causes]
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="parity zoo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--entries", default="", help="comma-separated entry names (default: every entry)")
-    parser.add_argument("--profile", default="ci", help="hypothesis profile for the suite (default ci)")
-    parser.add_argument("-m", "--marker", default="not edge", help='pytest -m expression (default "not edge")')
-    parser.add_argument("-k", "--keyword", default="", help="pytest -k expression (default: every property)")
-    parser.add_argument("--jobs", type=int, default=1, help="entries run in parallel (default 1)")
+    parser.add_argument("--entries", default="", help="comma-separated entry keys (default: every entry)")
+    parser.add_argument("--jobs", type=int, default=2, help="entries hunted in parallel processes (default 2)")
+    parser.add_argument("--no-diagnose", action="store_true", help="only hunt: do not diagnose the entries caught")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
-    parser.add_argument("--reports", metavar="DIR", help="keep each entry's parity report as DIR/ENTRY.json")
     parser.add_argument("--list", action="store_true", help="list the entries and their bugs, run nothing")
-    parser.add_argument("--render", metavar="PATH", help="print the matrix of an earlier --json PATH, run nothing")
     return parser.parse_args(argv)
 
 
-def _property(test: dict) -> str:
-    return test.get("property") or re.sub(r"\[.*\]$", "", test["nodeid"].split("::")[-1])
-
-
-def _outcome(test: dict) -> str:
-    if test["outcome"] in ("failed", "error") and "the target crashed" in (test.get("message") or ""):
-        return "crashed"
-    return test["outcome"]
-
-
-def _example(test: dict) -> str:
-    """The shrunk example: hypothesis' falsifying example if reported, else the failure's context line."""
-    if test.get("falsifying_example"):
-        return " ".join(test["falsifying_example"].split())
-    message = (test.get("message") or "").strip()
-    first = message.splitlines()[0] if message else ""
-    context = first.split("tolerance: ", 1)[-1].split("context: ", 1)[-1]
-    numbers = next((line.strip() for line in message.splitlines() if line.strip().startswith("[FAIL]")), "")
-    return f"{context} {numbers}".strip()
-
-
-RANK = {"crashed": 0, "failed": 1, "error": 1, "skipped": 2, "passed": 3}
-
-
-def summarize(result: EntryResult, report: dict) -> None:
-    """Fill ``result`` from a parity report: per property the worst outcome; the first numeric kill."""
-    kills: list[tuple[int, str, str]] = []
-    for test in report.get("tests", []):
-        prop, outcome = _property(test), _outcome(test)
-        current = result.outcomes.get(prop)
-        if current is None or RANK[outcome] < RANK[current]:  # parametrized tests: the worst of their outcomes
-            result.outcomes[prop] = outcome
-        if outcome in ("failed", "error", "crashed"):
-            kills.append((outcome == "crashed", prop, _example(test)))
-    if kills:  # the first numeric kill in suite order; a crash only if nothing else caught it
-        _, result.killer, result.example = min(kills, key=lambda k: k[0])
-
-
-def run_entry(name: str, spec: str, args: argparse.Namespace) -> EntryResult:
-    """Run the suite against one entry in a fresh pytest process and read its parity report."""
-    from reference.targets import load_target
-
-    result = EntryResult(name, spec, getattr(load_target(spec).obj, "bug", ""))
-    with tempfile.TemporaryDirectory() as tmp:
-        report_path = Path(tmp) / "report.json"
-        command = [
-            sys.executable, "-m", "pytest", "equivalence_tests", "--impl", spec, "--parity-report", str(report_path),
-            "-p", "no:cacheprovider", f"--hypothesis-profile={args.profile}", "-q", "-m", args.marker,
-            *[f"--ignore=equivalence_tests/{f}" for f in NOT_PROPERTIES],
-            *(["-k", args.keyword] if args.keyword else []),
-        ]
-        start = time.perf_counter()
-        proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
-                              env={**os.environ, "PYTHONWARNINGS": "ignore"})
-        result.seconds = time.perf_counter() - start
-        if not report_path.exists():
-            result.problem = f"pytest exited {proc.returncode} without a report: {(proc.stdout + proc.stderr)[-600:]}"
-            return result
-        if args.reports:
-            Path(args.reports).mkdir(parents=True, exist_ok=True)
-            (Path(args.reports) / f"{name}.json").write_text(report_path.read_text())
-        summarize(result, json.loads(report_path.read_text()))
-    return result
-
-
-def kill_matrix(results: list[EntryResult]) -> str:
-    """The entry x property table, a legend, and each entry's shrunk killing example."""
-    seen = {p for r in results for p in r.outcomes}  # a property every entry skipped (handmade-only) says nothing
-    props = sorted(p for p in seen if any(r.outcomes.get(p) not in (None, "skipped") for r in results))
-    keys = {p: f"p{i + 1}" for i, p in enumerate(props)}
-    width = max([len(r.name) for r in results] + [5])
-    lines = ["properties:"] + [f"  {keys[p]:>4} {p}" for p in props]
-    lines.append(f"{'entry':<{width}}  " + " ".join(f"{keys[p]:>3}" for p in props) + "  caught by")
+def report(results: list[EntryResult], control: EntryResult) -> str:
+    width = max(len(r.key) for r in results)
+    lines = [f"{'entry':<{width}}  caught  {'by (case, dtype, verdict)':<44}  diagnosis named"]
     for r in results:
-        cells = " ".join(f"{SYMBOL[r.outcomes[p]] if p in r.outcomes else '?':>3}" for p in props)
-        verdict = keys[r.killer] if r.killer else ("ERROR" if r.problem else "SURVIVED")
-        lines.append(f"{r.name:<{width}}  {cells}  {verdict}")
+        named = ", ".join(r.named) or "-"
+        own = "" if not r.caught or not r.named else ("  (its own)" if r.named_own else "  (NOT its own)")
+        lines.append(f"{r.key:<{width}}  {'yes' if r.caught else 'NO':6s}  {r.by:<44}  {named}{own}")
     caught = sum(r.caught for r in results)
-    lines += ["", f"X caught (a property failed), C caught by a crash, . passed, - skipped. "
-                  f"Caught {caught}/{len(results)}."]
-    lines += ["", "shrunk examples (the first property that caught each entry):"]
-    for r in results:
-        example = re.sub(r"target=Target\(spec='[^']*', obj=<[^>]*>\),\s*", "", r.example)
-        detail = f"[{keys[r.killer]}] {example}" if r.killer else (r.problem or "SURVIVED every property")
-        lines.append(f"  {r.name}: {r.bug}\n      {detail[:600]}")
+    own = sum(r.named_own for r in results)
+    lines += ["", f"caught {caught}/{len(results)}; diagnosis named the entry's own key for {own}/{caught} caught",
+              f"control ({control.bug}): {'CAUGHT: ' + control.by if control.caught else 'not caught (as it must be)'}"]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``parity zoo``; exit 1 if any entry survives."""
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    from equivalence_tests.zoo import ENTRIES
-    from reference.targets import load_target
+    """Run ``parity zoo``; exit 1 if any entry escapes or the control is caught."""
+    from reference.catalogue.zoo import ENTRIES
 
-    names = [n.strip() for n in args.entries.split(",") if n.strip()] or list(ENTRIES)
-    unknown = [n for n in names if n not in ENTRIES]
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    keys = [n.strip() for n in args.entries.split(",") if n.strip()] or list(ENTRIES)
+    unknown = [n for n in keys if n not in ENTRIES]
     if unknown:
         print(f"unknown entries {unknown}; known: {', '.join(ENTRIES)}", file=sys.stderr)
         return 2
-    if args.render:
-        fields = {f for f in EntryResult.__dataclass_fields__}
-        print(kill_matrix([EntryResult(**{k: v for k, v in r.items() if k in fields})
-                           for r in json.loads(Path(args.render).read_text())]))
-        return 0
     if args.list:
-        for n in names:
-            print(f"{n:32s} {load_target(ENTRIES[n]).obj.bug}")
+        for k in keys:
+            print(f"{k:32s} {ENTRIES[k].bug}")
         return 0
-    print(f"parity zoo: {len(names)} entries, suite profile {args.profile}, -m {args.marker!r}"
-          f"{f', -k {args.keyword!r}' if args.keyword else ''}, {args.jobs} job(s)", flush=True)
+    print(f"parity zoo: {len(keys)} entries + the control, {args.jobs} process(es)", flush=True)
     start = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        futures = [pool.submit(run_entry, n, ENTRIES[n], args) for n in names]
+    with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        futures = [pool.submit(run_entry, k, not args.no_diagnose) for k in keys]
+        control_future = pool.submit(run_entry, "control", False)
         results = []
         for future in futures:
-            results.append(future.result())
-            r = results[-1]
-            print(f"  {r.name}: {'caught' if r.caught else 'SURVIVED'} ({r.seconds:.0f} s)", flush=True)
+            r = future.result()
+            results.append(r)
+            print(f"  {r.key}: {'caught' if r.caught else 'ESCAPED'}"
+                  f"{'; named ' + ', '.join(r.named) if r.named else ''} ({r.seconds:.0f} s)", flush=True)
+        control = control_future.result()
     print()
-    print(kill_matrix(results))
-    print(f"\n{len(results)} entries in {time.perf_counter() - start:.0f} s")
+    print(report(results, control))
+    print(f"\n{len(results)} entries and the control in {time.perf_counter() - start:.0f} s")
     if args.json:
-        Path(args.json).write_text(json.dumps([{**asdict(r), "caught": r.caught} for r in results], indent=1))
-    return 0 if all(r.caught for r in results) else 1
+        with open(args.json, "w") as f:
+            json.dump([{**asdict(r), "named_own": r.named_own} for r in [*results, control]], f, indent=1)
+    return 0 if all(r.caught for r in results) and not control.caught else 1
 
 
 if __name__ == "__main__":

@@ -13,13 +13,19 @@ from pathlib import Path
 import pytest
 import torch
 
+import handmade
+from reference.catalogue import CATALOGUE
+from reference.catalogue._base import become
+from reference.catalogue.attention_math import Equation1
+from reference.catalogue.norms import Formula
+from reference.catalogue.zoo import ENTRIES, spec
 from reference.diagnose import diagnose, main
-from reference.diagnose.deviations import CATALOGUE
 from reference.diagnose.families import family_grid
+from reference.diagnose.probes import candidate
 from reference.diagnose.reproducer import minimal_failing_case, write
 from reference.diagnose.runs import observe, one_thread
-from reference.diagnose.variants import VariantError, forward
 from reference.targets import load_target
+from reference.zoo import PANEL, diagnosis_families, first_catch
 
 ROOT = Path(__file__).resolve().parents[1]
 EINSUM = "examples.einsum_transformer"
@@ -40,11 +46,23 @@ def observations():
         return [observe(target, case) for family in family_grid() for case in family.cases]
 
 
-def test_the_variant_without_deviations_is_nn_transformer(observations):
+def _with_steps(model):
+    """``model`` with every attention and LayerNorm turned into the catalogue's step-by-step copies of them."""
+    for m in list(model.modules()):
+        if isinstance(m, handmade.ScaledDotProductAttention):
+            become(m, Equation1)
+        elif isinstance(m, handmade.LayerNorm):
+            become(m, Formula)
+    return model
+
+
+def test_the_candidate_without_deviations_is_nn_transformer(observations):
     for o in observations:
         with torch.no_grad():
-            out = forward(o.state, o.case.config, o.src, o.tgt, o.kwargs, {})
-        assert o.ratio(out) <= 1.0, o.case.describe()
+            plain = candidate(o)(o.src, o.tgt, **o.kwargs)
+            stepwise = _with_steps(candidate(o))(o.src, o.tgt, **o.kwargs)
+        assert o.ratio(plain) <= 1.0, o.case.describe()
+        assert o.ratio(stepwise) <= 1.0, f"the catalogue's step-by-step attention or LayerNorm: {o.case.describe()}"
 
 
 def test_every_deviation_changes_the_output_on_some_case_it_claims_to_show_on(observations):
@@ -53,9 +71,9 @@ def test_every_deviation_changes_the_output_on_some_case_it_claims_to_show_on(ob
         for o in (o for o in observations if dev.shows_on(o.case)):
             try:
                 with torch.no_grad():
-                    changed = o.ratio(forward(o.state, o.case.config, o.src, o.tgt, o.kwargs, dev.changes)) > 1.0
-            except (VariantError, RuntimeError):  # the deviation cannot run on these shapes
-                continue
+                    changed = o.ratio(candidate(o, [dev])(o.src, o.tgt, **o.kwargs)) > 1.0
+            except (ValueError, RuntimeError):  # the deviation crashes on these shapes: that changes it too
+                changed = True
             if changed:
                 break
         assert changed, f"{dev.key} changes nothing on the family cases"
@@ -71,8 +89,8 @@ def test_the_course_example_is_explained_completely():
     d = diagnose("examples.course_transformer:adapter", reproduce=False)
     assert d.verdict == "divergent"
     assert {c.key for c in d.causes} == {
-        "pre_norm", "unbiased_variance", "eps_outside_sqrt", "cross_uses_self", "float_as_bool",
-        "memory_padding_ignored", "memory_mask_ignored"}
+        "pre_norm", "layer_norm_unbiased_variance", "layer_norm_eps_outside_sqrt", "cross_uses_self_attention",
+        "float_mask_as_bool_fill_1e9", "memory_padding_ignored", "memory_mask_ignored"}
     assert d.explanation.explained, d.explanation.unexplained
     assert "norm_first=True" in d.best_match
     verdicts = {f.name: f for f in d.families}
@@ -85,20 +103,20 @@ def test_the_course_example_is_explained_completely():
 
 # bug -> (families tried, causes expected, the submodule isolated mode names first, or one it finds uncalled)
 BUGS = {
-    "no_scale": (("default",), {"no_scale"}, "encoder.layers.0.self_attn"),
-    "softmax_queries": (("default",), {"softmax_queries"}, "encoder.layers.0.self_attn"),
-    "unbiased_ln": (("default",), {"unbiased_variance"}, "encoder.layers.0.norm1"),
-    "eps_outside": (("default",), {"eps_outside_sqrt"}, "encoder.layers.0.norm1"),
+    "no_scale": (("default",), {"scale_missing"}, "encoder.layers.0.self_attn"),
+    "softmax_queries": (("default",), {"softmax_over_queries"}, "encoder.layers.0.self_attn"),
+    "unbiased_ln": (("default",), {"layer_norm_unbiased_variance"}, "encoder.layers.0.norm1"),
+    "eps_outside": (("default",), {"layer_norm_eps_outside_sqrt"}, "encoder.layers.0.norm1"),
     "pre_norm": (("default",), {"pre_norm"}, "encoder.layers.0"),
     "no_final_norm": (("default",), {"no_final_norms"}, "encoder.norm"),
     "kqv_order": (("default",), {"qkv_as_kqv"}, "encoder.layers.0.self_attn"),
     "heads_interleaved": (("default",), {"heads_interleaved"}, "encoder.layers.0.self_attn"),
-    "shared_layers": (("default",), {"layers_last"}, "encoder.layers.0.self_attn"),
-    "shared_attention": (("default",), {"self_uses_cross"}, "decoder.layers.0.self_attn"),
-    "gelu_tanh": (("activation",), {"gelu_tanh"}, "encoder.layers.0.linear2"),
-    "dropout_in_eval": (("dropout",), {"dropout_in_eval"}, "encoder.layers.0.self_attn"),
-    "mask_polarity": (("bool attention", "-inf float attention"), {"keep_bool_masks"}, "encoder.layers.0.self_attn"),
-    "float_as_bool": (("additive",), {"float_as_bool_inf"}, "encoder.layers.0.self_attn"),
+    "shared_layers": (("default",), {"layers_shared_last"}, "encoder.layers.0.self_attn"),
+    "shared_attention": (("default",), {"self_uses_cross_attention"}, "decoder.layers.0.self_attn"),
+    "gelu_tanh": (("activation",), {"gelu_tanh_approximation"}, "encoder.layers.0.linear2"),
+    "dropout_in_eval": (("dropout",), {"attention_dropout_in_eval"}, "encoder.layers.0.self_attn"),  # in attention
+    "mask_polarity": (("bool attention", "-inf float attention"), {"bool_mask_inverted"}, "encoder.layers.0.self_attn"),
+    "float_as_bool": (("additive",), {"float_mask_as_bool"}, "encoder.layers.0.self_attn"),
     "padding_ignored": (("bool key padding",), {"padding_ignored"}, "encoder.layers.0.self_attn"),
     "hint_drops_mask": (("causal",), {"hint_drops_mask"}, "decoder.layers.0.self_attn"),
 }
@@ -118,7 +136,7 @@ def test_a_classic_bug_is_named_with_its_submodule_and_cause(bug):
 
 def test_without_submodules_the_cause_is_found_and_the_report_says_why_it_is_not_localized():
     d = diagnose("tests.plugin_targets:no_scale_no_map", family_names=("default",), reproduce=False)
-    assert {c.key for c in d.causes} == {"no_scale"}
+    assert {c.key for c in d.causes} == {"scale_missing"}
     assert not d.localization and "submodules(model)" in d.not_localized
 
 
@@ -151,7 +169,7 @@ def test_the_command_prints_json_for_machines(capsys):
     code = main([f"{EINSUM}:bugs.no_scale", "--json", "--no-reproducer", "--family", "default"])
     data = json.loads(capsys.readouterr().out)
     assert code == 1 and data["verdict"] == "divergent"
-    assert [c["key"] for c in data["causes"]] == ["no_scale"]
+    assert [c["key"] for c in data["causes"]] == ["scale_missing"]
     assert data["first_diverging"]["isolated"]["name"] == "encoder.layers.0.self_attn"
     assert set(data["first_diverging"]["isolated"]["worst"]) == {"batch", "position", "feature"}
 
@@ -159,3 +177,14 @@ def test_the_command_prints_json_for_machines(capsys):
 def test_the_command_rejects_a_bad_target_spec(capsys):
     assert main(["no_colon_here"]) == 2
     assert "MODULE:OBJECT" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("key", list(ENTRIES))
+def test_diagnosing_a_zoo_entry_names_its_own_catalogue_key(key):
+    """The real path on the families the entry fails first (as ``parity zoo`` diagnoses it): its key is named."""
+    target = load_target(spec(key))
+    catch = first_catch(target, PANEL)
+    assert catch is not None
+    d = diagnose(target, out_dir=None, family_names=diagnosis_families(target, catch.case), reproduce=False)
+    named = [c.key for c in d.causes]
+    assert named == [key], f"diagnosis of zoo entry {key} named {named} ({[c.probe for c in d.causes]})"

@@ -4,8 +4,9 @@ Steps, each in its own module:
 
 - families.py    verdict per family of configurations (compare.whole_model, the suite's tolerance policy);
 - localize.py    the first diverging submodule, propagated and isolated (needs ``submodules()``);
-- probes.py      likely causes, each a probe run on the target (variants of nn.Transformer: variants.py,
-                 deviations.py; dropout in eval: the target run twice);
+- probes.py      likely causes, each a probe run on the target (handmade with deviations from the bug
+                 catalogue, reference/catalogue, planted; dropout in eval: the target run twice; a crash:
+                 handmade with a deviation crashing the same way);
 - reproducer.py  hypothesis' minimal failing example, as a standalone script + tensors;
 - report.py      text and ``--json``.
 
@@ -23,7 +24,7 @@ import torch
 
 from reference.diagnose import families as fam
 from reference.diagnose.localize import localize
-from reference.diagnose.probes import dropout_in_eval, explain
+from reference.diagnose.probes import dropout_in_eval, explain, same_crash
 from reference.diagnose.report import Diagnosis, render, to_json
 from reference.diagnose.reproducer import minimal_failing_case, write
 from reference.diagnose.runs import Observation, observe, one_thread
@@ -65,7 +66,8 @@ def diagnose(
                                 probe_count=sum(first for _, _, first in observed))
         for f in d.families:
             if f.name in by_name:
-                fam.closest_configuration(f, by_name[f.name], d.explanation.changes)
+                fam.closest_configuration(f, by_name[f.name], d.explanation.keys)
+        d.extra_causes += _crash_causes(target, d, device)
         d.best_match = _best_match(d.families)
         divergent = next((f for f in d.families if f.verdict == "divergent"), None)
         if divergent is None:
@@ -102,6 +104,21 @@ def _observe(target: Target, families: list[fam.Family],
             except NotSupportedError:
                 continue
     return observed
+
+
+def _crash_causes(target: Target, d: Diagnosis, device: torch.device | str) -> list:
+    """Causes of the crashes: per crashing family, a deviation that makes handmade crash the same way."""
+    found = []
+    for f in d.families:
+        if f.verdict != "crashes":
+            continue
+        try:
+            cause = same_crash(observe(target, f.probe_case, device))
+        except NotSupportedError:
+            continue
+        if cause is not None and cause.key not in {c.key for c in [*d.causes, *found]}:
+            found.append(cause)
+    return found
 
 
 def _best_match(families: list[fam.Family]) -> str:

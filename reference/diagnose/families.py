@@ -15,8 +15,9 @@ import torch
 
 from reference.build import Config
 from reference.cases import Case
+from reference.catalogue import BY_KEY
+from reference.catalogue._base import KPM_FIELDS, MASK_FIELDS
 from reference.compare import whole_model
-from reference.diagnose.deviations import BY_KEY
 from reference.diagnose.probes import Scorer
 from reference.diagnose.runs import Observation
 from reference.targets import NotSupportedError, Target, TargetError
@@ -46,6 +47,7 @@ FAMILIES: tuple[tuple[str, str, Config, dict], ...] = (
     ("batch_first=True", "configuration", Config(**{**LAYER.kwargs(), "batch_first": True}), {}),
     ("bias=False", "configuration", Config(**{**LAYER.kwargs(), "bias": False}), {}),
     ("dropout=0.1 in eval", "configuration", Config(**{**LAYER.kwargs(), "dropout": 0.1}), {}),
+    ("layer_norm_eps=0.01", "configuration", Config(**{**LAYER.kwargs(), "layer_norm_eps": 0.01}), {}),
     ("unbatched input", "configuration", LAYER, {"batch": None}),
     ("causal masks + is_causal hints", "masks", LAYER,
      {"src_mask": "causal_bool", "tgt_mask": "causal_float", "tgt_is_causal": True}),
@@ -59,7 +61,7 @@ FAMILIES: tuple[tuple[str, str, Config, dict], ...] = (
     ("finite float key padding masks", "masks", LAYER, _masks(padding="float_finite")),
 )
 # nn.Transformer options a target may apply whatever it is asked: tried as "the closest configuration"
-CONFIG_SWITCHES = ("pre_norm", "post_norm", "always_relu", "always_gelu", "eps_1e-6", "eps_1e-12")
+CONFIG_SWITCHES = tuple(key for key, d in BY_KEY.items() if d.option)
 
 
 @dataclass
@@ -133,7 +135,7 @@ def judge_family(target: Target, family: Family, device: torch.device | str = "c
     return family
 
 
-def closest_configuration(family: Family, obs: Observation, changes: dict[str, object]) -> None:
+def closest_configuration(family: Family, obs: Observation, keys: list[str]) -> None:
     """Name the nn.Transformer options the target follows on this family (from the causes found), if any.
 
     "matches" when those options alone make nn.Transformer equal the target here; "closest" otherwise (the
@@ -141,22 +143,29 @@ def closest_configuration(family: Family, obs: Observation, changes: dict[str, o
     """
     if obs.got is None or family.verdict != "divergent":
         return
-    switches = [k for k in CONFIG_SWITCHES if all(changes.get(s) == v for s, v in BY_KEY[k].changes.items())
-                and BY_KEY[k].shows_on(obs.case)]
+    switches = [BY_KEY[k] for k in keys if k in CONFIG_SWITCHES and BY_KEY[k].shows_on(obs.case)]
     if not switches:
         return
-    only = {s: v for k in switches for s, v in BY_KEY[k].changes.items()}
-    ratio = Scorer([obs]).ratio(0, only)
-    family.closest = " + ".join(_option(k) for k in switches)
+    ratio = Scorer([obs]).ratio(0, switches)
+    family.closest = " + ".join(d.option for d in switches)
     family.closest_err = ratio * obs.bound
     family.closest_matches = ratio <= 1.0
 
 
-def _option(key: str) -> str:
-    """A config switch as the nn.Transformer keyword the target behaves like."""
-    changes = BY_KEY[key].changes
-    if "norm_first" in changes:
-        return f"norm_first={changes['norm_first']}"
-    if "activation" in changes:
-        return f"activation={changes['activation']!r}"
-    return f"layer_norm_eps={changes['ln_eps_value']:g}"
+def families_like(case: Case) -> tuple[str, ...]:
+    """The families whose probe case sets what ``case`` sets (its options and mask kinds): where it can show."""
+    config = case.config
+    wanted = {
+        "norm_first": config.norm_first, "activation=gelu": config.activation == "gelu",
+        "batch_first": config.batch_first and case.batch is not None, "bias=False": not config.bias,
+        "dropout": config.dropout > 0, "unbatched": case.batch is None,
+        "causal": bool(case.src_is_causal or case.tgt_is_causal),
+        "bool attention": any(getattr(case, f) in ("random_bool", "causal_bool") for f in MASK_FIELDS),
+        "-inf float attention": any(getattr(case, f) in ("random_inf", "causal_float") for f in MASK_FIELDS),
+        "additive": any(getattr(case, f) == "additive" for f in MASK_FIELDS),
+        "per-head": any(getattr(case, f).startswith("per_head") for f in MASK_FIELDS),
+        "bool key padding": any(getattr(case, f) == "bool" for f in KPM_FIELDS),
+        "-inf float key padding": any(getattr(case, f) == "float_inf" for f in KPM_FIELDS),
+        "finite float key padding": any(getattr(case, f) == "float_finite" for f in KPM_FIELDS),
+    }
+    return ("default", *(name for name, on in wanted.items() if on))

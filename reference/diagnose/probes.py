@@ -1,29 +1,35 @@
 """Causes, each backed by a probe run on the target: never guessed from names.
 
-The main probe compares the target's outputs with *variants* of nn.Transformer (variants.py), each with
-known deviations (deviations.py), all driven by the same weights. A greedy search adds, one at a time, the
-deviation that brings the variant closest to the target (in orders of magnitude of error, summed over the
-probe cases) until the variant matches the target within the tolerance or no deviation helps. Every
-deviation kept is a cause, reported with its numbers: the error against nn.Transformer, against the variant
-with every cause found, and against that variant without this one. Probes that are experiments rather than
-variants (dropout in eval) run the target again.
+The main probe compares the target's outputs with handmade loaded with the same weights and carrying
+candidate deviations from the bug catalogue (reference/catalogue), planted the way the bug zoo plants them.
+A greedy search adds, one at a time, the deviation that brings the candidate closest to the target (in
+orders of magnitude of error, summed over the probe cases) until it matches the target within the tolerance
+or no deviation helps. Every deviation kept is a cause, reported with its numbers: the error against
+nn.Transformer, against the candidate with every cause found, and against that candidate without this one.
+Deviations whose outputs are random (dropout in eval) cannot be matched: their probe runs the target twice.
 """
 
 from __future__ import annotations
 
+import copy
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 
-from reference.diagnose.deviations import CATALOGUE, Deviation
-from reference.diagnose.runs import Observation, observe
-from reference.diagnose.variants import VariantError, forward
-from reference.targets import NotSupportedError, Target
+from reference.build import build_torch
+from reference.catalogue import BY_KEY, CATALOGUE, Deviation, apply_all, extends
+from reference.diagnose.runs import Observation, build_loaded, observe, run_target
+from reference.targets import HandmadeAdapter, NotSupportedError, Target
 
 MIN_GAIN = 0.3  # log10 units summed over cases: a deviation must at least halve one case's error
-CRASHED = 30.0  # the score of a variant that cannot run on a case
+CRASHED = 30.0  # the score of a candidate that cannot run on a case
+VARIANTS = tuple(d for d in CATALOGUE if d.probe == "variant")
+TWICE = tuple(d for d in CATALOGUE if d.probe == "twice in eval")
+HANDMADE = Target("reference.targets:handmade", HandmadeAdapter())
 
 
 @dataclass
@@ -51,45 +57,60 @@ class Explanation:
     explained: bool = True
     residual: float = 0.0  # max abs err of the target against the variant with every cause
     unexplained: list[str] = field(default_factory=list)  # case labels the causes do not account for
-    changes: dict[str, object] = field(default_factory=dict)
+    keys: list[str] = field(default_factory=list)  # the catalogue keys of the causes, in the order found
+
+
+def candidate(obs: Observation, deviations: Sequence[Deviation] = ()) -> nn.Module:
+    """handmade for ``obs``'s case with nn.Transformer's weights (float64, eval) and ``deviations`` planted."""
+    reference = build_torch("transformer", obs.case.config, "cpu", torch.float64)
+    reference.load_state_dict(obs.state)
+    model = build_loaded(HANDMADE, obs.case, reference, "cpu")
+    return apply_all(model, obs.case.config.kwargs(), deviations)
+
+
+def fresh_modules(module: nn.Module, memo: dict[int, nn.Module] | None = None) -> nn.Module:
+    """A copy of ``module``'s tree of modules that shares its parameters and buffers (a deviation plants by
+    changing modules, never tensors); shared modules stay shared. Several times faster than a deepcopy."""
+    memo = {} if memo is None else memo
+    if id(module) not in memo:
+        new = copy.copy(module)
+        memo[id(module)] = new
+        new._modules = {k: None if m is None else fresh_modules(m, memo) for k, m in module._modules.items()}
+        new._parameters, new._buffers = dict(module._parameters), dict(module._buffers)
+    return memo[id(module)]
 
 
 class Scorer:
-    """Scores variants against the target's outputs, memoized (a variant run costs a few milliseconds)."""
+    """Scores candidates against the target's outputs, memoized; each observation's loaded handmade is reused."""
 
     def __init__(self, observations: Sequence[Observation]) -> None:
         self.obs = [o for o in observations if o.got is not None]
-        self.memo: dict[tuple[int, tuple], float] = {}
+        self.memo: dict[tuple[int, frozenset[str]], float] = {}
+        self.bases: dict[int, nn.Module] = {}
 
-    def ratio(self, i: int, devs: dict[str, object]) -> float:
-        """max |target - variant| / bound on observation ``i``."""
-        key = (i, tuple(sorted(devs.items(), key=lambda kv: kv[0])))
+    def ratio(self, i: int, deviations: Sequence[Deviation]) -> float:
+        """max |target - candidate| / bound on observation ``i``."""
+        key = (i, frozenset(d.key for d in deviations))
         if key not in self.memo:
             o = self.obs[i]
             try:
+                if i not in self.bases:
+                    self.bases[i] = candidate(o)
+                model = apply_all(fresh_modules(self.bases[i]), o.case.config.kwargs(), deviations)
                 with torch.no_grad():
-                    out = forward(o.state, o.case.config, o.src, o.tgt, o.kwargs, devs)
+                    out = model(o.src, o.tgt, **o.kwargs)
                 self.memo[key] = o.ratio(out)
-            except (VariantError, RuntimeError, ValueError):
+            except Exception:
                 self.memo[key] = math.inf
         return self.memo[key]
 
-    def score(self, i: int, devs: dict[str, object]) -> float:
+    def score(self, i: int, deviations: Sequence[Deviation]) -> float:
         """Orders of magnitude above the tolerance (0 = matches)."""
-        r = self.ratio(i, devs)
+        r = self.ratio(i, deviations)
         return CRASHED if not math.isfinite(r) else math.log10(max(r, 1.0))
 
 
-def _merge(devs: dict[str, object], dev: Deviation) -> dict[str, object] | None:
-    """``devs`` plus ``dev``'s switches; None when they conflict or ``dev`` adds nothing."""
-    if any(k in devs and devs[k] != v for k, v in dev.changes.items()):
-        return None
-    if all(devs.get(k) == v for k, v in dev.changes.items()):
-        return None
-    return {**devs, **dev.changes}
-
-
-def search(scorer: Scorer, catalogue: Sequence[Deviation] = CATALOGUE, max_steps: int = 12) -> list[Deviation]:
+def search(scorer: Scorer, catalogue: Sequence[Deviation] = VARIANTS, max_steps: int = 12) -> list[Deviation]:
     """Greedy: add the deviation that lowers the summed score most, until it is 0 or nothing helps.
 
     Lazy evaluation: a candidate is re-scored only while its last known gain could beat the best gain
@@ -98,11 +119,10 @@ def search(scorer: Scorer, catalogue: Sequence[Deviation] = CATALOGUE, max_steps
     """
     n = len(scorer.obs)
     chosen: list[Deviation] = []
-    devs: dict[str, object] = {}
-    current = [scorer.score(i, devs) for i in range(n)]
+    current = [scorer.score(i, chosen) for i in range(n)]
     stale = {d.key: math.inf for d in catalogue}
     while sum(current) > 0 and len(chosen) < max_steps:
-        best: tuple[float, Deviation, list[float], dict] | None = None
+        best: tuple[float, Deviation, list[float]] | None = None
         for full_sweep in (False, True):
             if full_sweep:
                 if best is not None and best[0] >= MIN_GAIN:
@@ -111,18 +131,18 @@ def search(scorer: Scorer, catalogue: Sequence[Deviation] = CATALOGUE, max_steps
             for dev in sorted(catalogue, key=lambda d: -stale[d.key]):
                 if best is not None and stale[dev.key] <= best[0]:
                     break
-                trial = _merge(devs, dev)
-                if trial is None:
+                if not extends(chosen, dev):
                     stale[dev.key] = -math.inf
                     continue
+                trial = [*chosen, dev]
                 new = [scorer.score(i, trial) if dev.shows_on(scorer.obs[i].case) else current[i] for i in range(n)]
                 gain = sum(current) - sum(new)
                 stale[dev.key] = gain
                 if best is None or gain > best[0]:
-                    best = (gain, dev, new, trial)
+                    best = (gain, dev, new)
         if best is None or best[0] < MIN_GAIN:
             break
-        _, dev, current, devs = best
+        _, dev, current = best
         chosen.append(dev)
     return _prune(scorer, chosen)
 
@@ -137,16 +157,8 @@ def _prune(scorer: Scorer, chosen: list[Deviation]) -> list[Deviation]:
     return kept
 
 
-def _switches(devs: Sequence[Deviation]) -> dict[str, object]:
-    out: dict[str, object] = {}
-    for d in devs:
-        out.update(d.changes)
-    return out
-
-
 def _total(scorer: Scorer, devs: Sequence[Deviation]) -> float:
-    switches = _switches(devs)
-    return sum(scorer.score(i, switches) for i in range(len(scorer.obs)))
+    return sum(scorer.score(i, devs) for i in range(len(scorer.obs)))
 
 
 def explain(observations: Sequence[Observation], labels: Sequence[str], probe_count: int | None = None) -> Explanation:
@@ -155,24 +167,26 @@ def explain(observations: Sequence[Observation], labels: Sequence[str], probe_co
     searched = Scorer(observations[:probe_count])
     chosen = search(searched)
     scorer = Scorer(observations)
+    scorer.bases.update(searched.bases)  # same observations first: reuse their loaded handmade
     label_of = [labels[i] for i, o in enumerate(observations) if o.got is not None]
-    all_switches = _switches(chosen)
-    result = Explanation(changes=all_switches)
+    result = Explanation(keys=[d.key for d in chosen])
     for i, o in enumerate(scorer.obs):
-        r = scorer.ratio(i, all_switches)
+        r = scorer.ratio(i, chosen)
         result.residual = max(result.residual, r * o.bound)
         if r > 1.0:
             result.explained = False
             result.unexplained.append(label_of[i])
     for dev in chosen:
-        without = _switches([d for d in chosen if d is not dev])
+        without = [d for d in chosen if d is not dev]
         where = [i for i, o in enumerate(scorer.obs) if dev.shows_on(o.case)
-                 and scorer.ratio(i, without) > max(1.0, 2 * scorer.ratio(i, all_switches))]
-        def worst(devs: dict[str, object], where: list[int] = where) -> float:
+                 and scorer.ratio(i, without) > max(1.0, 2 * scorer.ratio(i, chosen))]
+
+        def worst(devs: Sequence[Deviation], where: list[int] = where) -> float:
             return max((scorer.ratio(i, devs) * scorer.obs[i].bound for i in where), default=0.0)
+
         result.causes.append(Cause(
             dev.key, dev.cause, dev.does, dev.fix, dev.sites, [label_of[i] for i in where],
-            worst({}), worst(all_switches), worst(without), alternatives=_twins(scorer, chosen, dev),
+            worst([]), worst(chosen), worst(without), alternatives=_twins(scorer, chosen, dev),
         ))
     return result
 
@@ -182,8 +196,8 @@ def _twins(scorer: Scorer, chosen: list[Deviation], dev: Deviation) -> list[str]
     others = [d for d in chosen if d is not dev]
     best = _total(scorer, chosen)
     twins = []
-    for alt in CATALOGUE:
-        if alt is dev or alt.cause != dev.cause or _merge(_switches(others), alt) is None:
+    for alt in VARIANTS:
+        if alt is dev or alt.cause != dev.cause or not extends(others, alt):
             continue
         if _total(scorer, [*others, alt]) <= best:
             twins.append(alt.does)
@@ -191,7 +205,11 @@ def _twins(scorer: Scorer, chosen: list[Deviation], dev: Deviation) -> list[str]
 
 
 def dropout_in_eval(target: Target, first: Observation, device: torch.device | str = "cpu") -> Cause | None:
-    """Run the target twice in eval mode on a dropout > 0 case: different outputs mean dropout is active."""
+    """Run the target twice in eval mode on a dropout > 0 case: different outputs mean dropout is active.
+
+    Which dropout: the catalogue deviation (probe "twice in eval") whose sites hold the first submodule whose
+    output differs between the two runs (the target's submodules() map); the feed-forward one without a map.
+    """
     if first.got is None or first.case.config.dropout == 0:
         return None
     try:
@@ -204,9 +222,64 @@ def dropout_in_eval(target: Target, first: Observation, device: torch.device | s
     if ratio <= 1.0:
         return None
     spread = ratio * first.bound
+    varies = _first_varying(target, first, device)
+    dev = next((d for d in TWICE if varies and any(re.search(s, varies) for s in d.sites)), BY_KEY["dropout_in_eval"])
+    where = f"; {varies} is the first submodule whose output varies" if varies else ""
     return Cause(
-        "dropout_in_eval", "dropout active in eval", "gives a different output each run in eval mode "
-        f"(two runs on the same input differ by {spread:.3g}): dropout is applied although model.eval() was called",
-        "use nn.Dropout modules (or F.dropout(x, p, training=self.training)), never training=True",
-        (), [first.case.describe()], first.max_abs, spread, spread, probe="twice in eval",
+        dev.key, dev.cause, f"gives a different output each run in eval mode (two runs on the same input differ by "
+        f"{spread:.3g}{where}): it {dev.does}", dev.fix, dev.sites, [first.case.describe()], first.max_abs, spread,
+        spread, probe="twice in eval",
     )
+
+
+def _first_varying(target: Target, obs: Observation, device: torch.device | str) -> str:
+    """The first mapped submodule (in completion order) whose output differs between two runs; "" if unknown."""
+    from reference.diagnose.localize import TRACKED, _Recorder, target_map
+
+    try:
+        reference = build_torch("transformer", obs.case.config, "cpu", torch.float64)
+        reference.load_state_dict(obs.state)
+        model = build_loaded(target, obs.case, reference, device)
+        names = [n for n, _ in reference.named_modules() if TRACKED.match(n)]
+        mapping, _ = target_map(target, model, names)
+        runs = []
+        for _ in range(2):
+            rec = _Recorder(mapping, {n: i for i, n in enumerate(names)})
+            handles = rec.attach()
+            try:
+                run_target(target, model, obs.src, obs.tgt, obs.kwargs, device)
+            finally:
+                for h in handles:
+                    h.remove()
+            runs.append(rec)
+    except Exception:
+        return ""
+    a, b = runs
+    for name in a.order:
+        x, y = a.outputs[name], b.outputs.get(name)
+        if y is None or x.shape != y.shape or not torch.equal(x.nan_to_num(), y.nan_to_num()):
+            return name
+    return ""
+
+
+def same_crash(obs: Observation) -> Cause | None:
+    """The catalogue deviation with which handmade crashes exactly as the target did (same exception, same message).
+
+    A crash has no output to compare, so the variant search cannot see it; a deviation that makes handmade fail
+    in the very same way on the same case is the probe's candidate explanation.
+    """
+    if obs.got is not None or not obs.error or " raised " not in obs.error:
+        return None
+    wanted = obs.error.split(" raised ", 1)[1]
+    for dev in VARIANTS:
+        if not dev.shows_on(obs.case):
+            continue
+        try:
+            model = candidate(obs, [dev])
+            with torch.no_grad():
+                model(obs.src, obs.tgt, **obs.kwargs)
+        except Exception as exc:
+            if f"{type(exc).__name__}: {exc}" == wanted:
+                return Cause(dev.key, dev.cause, dev.does, dev.fix, dev.sites, [obs.case.describe()], math.inf, 0.0,
+                             math.inf, probe="same crash")
+    return None

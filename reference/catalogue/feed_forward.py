@@ -1,0 +1,73 @@
+"""Feed-forward bugs: the activation, its place, and dropout that forgets the mode."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import handmade
+from reference.catalogue._base import LAYERS, Deviation, become, dropout, layers
+
+
+def _activation(fn: object, only_for: str | None = None) -> object:
+    def plant(model: nn.Module, config: Mapping[str, object]) -> None:
+        if only_for is not None and config.get("activation") != only_for:
+            return
+        for layer in layers(model):
+            layer.activation = fn
+
+    return plant
+
+
+class ActivationLast(handmade.TransformerEncoderLayer):
+    """Shared by both layer kinds: act(W2 W1 x), not W2 act(W1 x)."""
+
+    def _ff_block(self, x: Tensor) -> Tensor:
+        out = self.activation(self.linear2(self.dropout(self.linear1(x))))
+        return (self.dropout3 if hasattr(self, "dropout3") else self.dropout2)(out)
+
+
+class DecoderActivationLast(handmade.TransformerDecoderLayer):
+    _ff_block = ActivationLast._ff_block
+
+
+def _activation_last(model: nn.Module, config: Mapping[str, object]) -> None:
+    for layer in layers(model):
+        become(layer, DecoderActivationLast if isinstance(layer, handmade.TransformerDecoderLayer) else ActivationLast)
+
+
+class AlwaysDrops(nn.Dropout):
+    def forward(self, input: Tensor) -> Tensor:
+        return F.dropout(input, self.p)  # training=True is F.dropout's default: drops in eval mode too
+
+
+def _functional_dropout(model: nn.Module, config: Mapping[str, object]) -> None:
+    for layer in layers(model):
+        become(layer.dropout, AlwaysDrops)
+
+
+GELU = "GELU variant"
+CATALOGUE = (
+    Deviation("gelu_tanh_approximation", GELU, "uses the tanh approximation of GELU",
+              "nn.Transformer's 'gelu' is the exact (erf) GELU: F.gelu(x), not approximate='tanh'",
+              _activation(functools.partial(F.gelu, approximate="tanh"), "gelu"), LAYERS,
+              lambda c: c.config.activation == "gelu", claims=(("activation", "gelu tanh"),)),
+    Deviation("always_relu", GELU, "applies ReLU whatever activation says", "honour activation='gelu' (exact GELU)",
+              _activation(F.relu), LAYERS, lambda c: c.config.activation != "relu", claims=(("activation", "relu"),),
+              option="activation='relu'"),
+    Deviation("always_gelu", GELU, "applies GELU whatever activation says", "honour activation='relu'",
+              _activation(F.gelu), LAYERS, lambda c: c.config.activation != "gelu", claims=(("activation", "gelu"),),
+              option="activation='gelu'"),
+    Deviation("activation_after_second_linear", "feed-forward order",
+              "applies the feed-forward activation after the second linear: act(W2 W1 x)",
+              "FFN(x) = linear2(dropout(activation(linear1(x))))", _activation_last, (r"\.linear2$", *LAYERS),
+              claims=(("feed_forward.order", "activation last"),)),
+    Deviation("dropout_in_eval", "dropout active in eval",
+              "drops feed-forward activations in eval mode too (F.dropout(x, p): training defaults to True)",
+              "use nn.Dropout modules (or F.dropout(x, p, training=self.training)), never training=True",
+              _functional_dropout, (r"\.linear2$", *LAYERS), dropout, claims=(("feed_forward.dropout", "always"),),
+              probe="twice in eval"),
+)

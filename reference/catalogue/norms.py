@@ -1,0 +1,116 @@
+"""LayerNorm bugs: the formula (each a faulty step of handmade's LayerNorm), its eps, and final norms skipped."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+
+import handmade
+from reference.catalogue._base import NORMS, Deviation, become, instances
+
+LOW = (torch.float16, torch.bfloat16)
+
+
+class Formula(handmade.LayerNorm):
+    """handmade's LayerNorm in overridable steps (variance, normalize); without an override it equals handmade's."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        dims = tuple(range(-len(self.normalized_shape), 0))
+        dtype = input.dtype
+        x = input.float() if dtype in LOW else input
+        centered = x - x.mean(dim=dims, keepdim=True)
+        y = self.normalize(centered, self.variance(centered, dims))
+        y = y if self.weight is None else y * self.weight
+        y = y if self.bias is None else y + self.bias
+        return y.to(dtype)
+
+    def variance(self, centered: Tensor, dims: tuple[int, ...]) -> Tensor:
+        return centered.square().mean(dim=dims, keepdim=True)
+
+    def normalize(self, centered: Tensor, var: Tensor) -> Tensor:
+        return centered * torch.rsqrt(var + self.eps)
+
+
+class UnbiasedVariance(Formula):
+    def variance(self, centered: Tensor, dims: tuple[int, ...]) -> Tensor:
+        n = 1
+        for d in dims:
+            n *= centered.size(d)
+        return centered.square().sum(dim=dims, keepdim=True) / (n - 1)  # as x.std(): divides by n - 1
+
+
+class EpsOutsideSqrt(Formula):
+    def normalize(self, centered: Tensor, var: Tensor) -> Tensor:
+        return centered / (var.sqrt() + self.eps)  # eps added to the std
+
+
+class Skipped(handmade.LayerNorm):
+    """A final norm that is built (its weights load) but never applied."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        return input
+
+
+def _every_norm(cls: type) -> object:
+    def plant(model: nn.Module, config: Mapping[str, object]) -> None:
+        for norm in instances(model, handmade.LayerNorm):
+            become(norm, cls)
+
+    return plant
+
+
+def _eps(value: float) -> object:
+    def plant(model: nn.Module, config: Mapping[str, object]) -> None:
+        for norm in instances(model, handmade.LayerNorm):
+            norm.eps = value
+
+    return plant
+
+
+def _skip(*stacks: str) -> object:
+    classes = {"encoder": handmade.TransformerEncoder, "decoder": handmade.TransformerDecoder}
+
+    def plant(model: nn.Module, config: Mapping[str, object]) -> None:
+        for stack in instances(model, tuple(classes[s] for s in stacks)):
+            if stack.norm is not None:
+                become(stack.norm, Skipped)
+
+    return plant
+
+
+LN = "layer-norm formula"
+FINAL = "missing final norm"
+
+
+def eps(value: float, text: str) -> Deviation:
+    """The deviation "every LayerNorm uses eps = ``value``, not layer_norm_eps" (``text``: the value as written)."""
+    return Deviation(f"layer_norm_eps_{text}", LN, f"uses eps = {text} in every LayerNorm, not layer_norm_eps",
+                     "pass layer_norm_eps to every LayerNorm", _eps(value), NORMS,
+                     lambda c: c.config.layer_norm_eps != value, claims=(("layer_norm.eps", value),),
+                     option=f"layer_norm_eps={text}")
+
+
+CATALOGUE = (
+    Deviation("layer_norm_unbiased_variance", LN,
+              "normalizes by the unbiased standard deviation (divides by n - 1, as x.std() does)",
+              "use the biased variance: ((x - mean) ** 2).mean(-1), or x.var(-1, unbiased=False)",
+              _every_norm(UnbiasedVariance), NORMS, claims=(("layer_norm.variance", "unbiased"),)),
+    Deviation("layer_norm_eps_outside_sqrt", LN, "adds eps to the standard deviation instead of to the variance",
+              "divide by sqrt(var + eps), not by std + eps", _every_norm(EpsOutsideSqrt), NORMS,
+              claims=(("layer_norm.eps_at", "std"),)),
+    eps(1e-5, "1e-5"),  # layer_norm_eps not passed on: the default
+    eps(1e-6, "1e-6"),
+    eps(1e-12, "1e-12"),
+    Deviation("no_encoder_norm", FINAL, "skips the encoder's final LayerNorm (encoder.norm)",
+              "apply encoder.norm after the last encoder layer: nn.Transformer always has it, even post-norm",
+              _skip("encoder"), (r"^encoder\.norm$",), claims=(("encoder.norm", "skipped"),)),
+    Deviation("no_decoder_norm", FINAL, "skips the decoder's final LayerNorm (decoder.norm)",
+              "apply decoder.norm after the last decoder layer: nn.Transformer always has it, even post-norm",
+              _skip("decoder"), (r"^decoder\.norm$",), claims=(("decoder.norm", "skipped"),)),
+    Deviation("no_final_norms", FINAL, "skips both final LayerNorms (encoder.norm and decoder.norm)",
+              "apply encoder.norm and decoder.norm after the last layer of each stack: nn.Transformer always has "
+              "them, even post-norm", _skip("encoder", "decoder"), (r"^(en|de)coder\.norm$",),
+              claims=(("encoder.norm", "skipped"), ("decoder.norm", "skipped"))),
+)

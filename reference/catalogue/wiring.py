@@ -1,0 +1,162 @@
+"""Bugs in how layers, residuals, norms, attentions and the two stacks are wired together."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from torch import Tensor, nn
+
+import handmade
+from reference.catalogue._base import ATTN, LAYERS, Deviation, become, delegate, instances, layers
+
+
+def _norm_first(value: bool) -> object:
+    def plant(model: nn.Module, config: Mapping[str, object]) -> None:
+        for layer in layers(model):
+            layer.norm_first = value  # built with the wrong norm_first: norm_first not passed on
+
+    return plant
+
+
+class EncoderResidualFromNormed(handmade.TransformerEncoderLayer):
+    def forward(self, src: Tensor, src_mask: Tensor | None = None, src_key_padding_mask: Tensor | None = None,
+                is_causal: bool = False) -> Tensor:
+        if not self.norm_first:
+            return super().forward(src, src_mask, src_key_padding_mask, is_causal)
+        x = self.norm1(src)  # the residual path now carries norm(x), not x
+        x = x + self._sa_block(x, src_mask, src_key_padding_mask, is_causal)
+        x = self.norm2(x)
+        return x + self._ff_block(x)
+
+
+class DecoderResidualFromNormed(handmade.TransformerDecoderLayer):
+    def forward(self, tgt: Tensor, memory: Tensor, tgt_mask: Tensor | None = None, memory_mask: Tensor | None = None,
+                tgt_key_padding_mask: Tensor | None = None, memory_key_padding_mask: Tensor | None = None,
+                tgt_is_causal: bool = False, memory_is_causal: bool = False) -> Tensor:
+        if not self.norm_first:
+            return super().forward(tgt, memory, tgt_mask, memory_mask, tgt_key_padding_mask, memory_key_padding_mask,
+                                   tgt_is_causal, memory_is_causal)
+        x = self.norm1(tgt)
+        x = x + self._sa_block(x, tgt_mask, tgt_key_padding_mask, tgt_is_causal)
+        x = self.norm2(x)
+        x = x + self._mha_block(x, memory, memory_mask, memory_key_padding_mask, memory_is_causal)
+        x = self.norm3(x)
+        return x + self._ff_block(x)
+
+
+def _residual_from_normed(model: nn.Module, config: Mapping[str, object]) -> None:
+    for layer in instances(model, handmade.TransformerEncoderLayer):
+        become(layer, EncoderResidualFromNormed)
+    for layer in instances(model, handmade.TransformerDecoderLayer):
+        become(layer, DecoderResidualFromNormed)
+
+
+class ReadsItsQuery(handmade.MultiheadAttention):
+    """Cross-attention that attends over its own query stream instead of the encoder memory."""
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor, *args: object, **kwargs: object
+                ) -> tuple[Tensor, Tensor | None]:
+        return super().forward(query, query, query, *args, **kwargs)
+
+
+def _cross_reads_decoder(model: nn.Module, config: Mapping[str, object]) -> None:
+    for layer in instances(model, handmade.TransformerDecoderLayer):
+        become(layer.multihead_attn, ReadsItsQuery)
+
+
+class DecoderReadsSource(handmade.Transformer):
+    def forward(self, src: Tensor, tgt: Tensor, src_mask: Tensor | None = None, tgt_mask: Tensor | None = None,
+                memory_mask: Tensor | None = None, src_key_padding_mask: Tensor | None = None,
+                tgt_key_padding_mask: Tensor | None = None, memory_key_padding_mask: Tensor | None = None,
+                src_is_causal: bool | None = None, tgt_is_causal: bool | None = None,
+                memory_is_causal: bool = False) -> Tensor:
+        self.encoder(src, mask=src_mask, src_key_padding_mask=src_key_padding_mask, is_causal=src_is_causal)
+        return self.decoder(  # the bug: src where the encoder's output (memory) belongs
+            tgt, src, tgt_mask=tgt_mask, memory_mask=memory_mask, tgt_key_padding_mask=tgt_key_padding_mask,
+            memory_key_padding_mask=memory_key_padding_mask, tgt_is_causal=tgt_is_causal,
+            memory_is_causal=memory_is_causal)
+
+
+def _decoder_reads_src(model: nn.Module, config: Mapping[str, object]) -> None:
+    for transformer in instances(model, handmade.Transformer):
+        become(transformer, DecoderReadsSource)
+
+
+def _shared_layers(stacks: tuple[str, ...], which: str) -> object:
+    classes = {"encoder": handmade.TransformerEncoder, "decoder": handmade.TransformerDecoder}
+
+    def plant(model: nn.Module, config: Mapping[str, object]) -> None:
+        for stack in instances(model, tuple(classes[s] for s in stacks)):
+            source = stack.layers[0 if which == "first" else -1]
+            for layer in stack.layers:
+                delegate(layer, source)
+
+    return plant
+
+
+def _shared_attention(use: str) -> object:
+    def plant(model: nn.Module, config: Mapping[str, object]) -> None:
+        for layer in instances(model, handmade.TransformerDecoderLayer):
+            if use == "self":
+                delegate(layer.multihead_attn, layer.self_attn)
+            else:
+                delegate(layer.self_attn, layer.multihead_attn)
+
+    return plant
+
+
+def _layers_alike(stacks: tuple[str, ...]) -> object:
+    return lambda c: any(getattr(c.config, f"num_{s}_layers") > 1 for s in stacks)
+
+
+PLACEMENT = "pre/post-norm placement"
+SHARED = "weights shared between layers"
+SHARED_ATTN = "weights shared between self- and cross-attention"
+STACKS = {"encoder": ("encoder",), "decoder": ("decoder",), "both": ("encoder", "decoder")}
+
+CATALOGUE = (
+    Deviation("pre_norm", PLACEMENT, "normalizes before each sublayer (x + f(norm(x))), whatever norm_first says",
+              "honour norm_first: post-norm (the default) is norm(x + f(x))", _norm_first(True), LAYERS,
+              lambda c: not c.config.norm_first, claims=(("norm_first", True),), option="norm_first=True"),
+    Deviation("post_norm", PLACEMENT, "normalizes after each residual sum (norm(x + f(x))), whatever norm_first says",
+              "honour norm_first=True: x + f(norm(x))", _norm_first(False), LAYERS, lambda c: c.config.norm_first,
+              claims=(("norm_first", False),), option="norm_first=False"),
+    Deviation("prenorm_residual_from_normed", PLACEMENT,
+              "adds the normalised x on the pre-norm residual path: norm(x) + f(norm(x))",
+              "keep x on the residual path: x + f(norm(x))", _residual_from_normed, LAYERS,
+              lambda c: c.config.norm_first, claims=(("residual", "from normed"),)),
+    *(Deviation(("layers" if stack == "both" else f"{stack}_layers") + f"_shared_{which}", SHARED,
+                ("runs every layer of both stacks" if stack == "both" else f"runs every {stack} layer")
+                + f" with the {which} layer's weights (one layer object used N times)",
+                "build N separate layers (copy.deepcopy each), not [layer] * N", _shared_layers(STACKS[stack], which),
+                (r"layers\.\d+",) if stack == "both" else (rf"^{stack}\.layers\.\d+",), _layers_alike(STACKS[stack]),
+                claims=tuple((f"{s}.layers", which) for s in STACKS[stack]))
+      for stack in ("encoder", "decoder", "both") for which in ("first", "last")),
+    Deviation("cross_uses_self_attention", SHARED_ATTN,
+              "uses the self-attention weights for cross-attention (one attention object for both)",
+              "give each decoder layer its own cross-attention (nn.Transformer's multihead_attn)",
+              _shared_attention("self"), (r"^decoder\.layers\.\d+\.multihead_attn$",),
+              claims=(("decoder.attention", "self for both"),)),
+    Deviation("self_uses_cross_attention", SHARED_ATTN,
+              "uses the cross-attention weights for self-attention (one attention object for both)",
+              "give each decoder layer its own self-attention and cross-attention", _shared_attention("cross"),
+              (r"^decoder\.layers\.\d+\.self_attn$",), claims=(("decoder.attention", "cross for both"),)),
+    Deviation("cross_attention_reads_decoder", "cross-attention inputs",
+              "takes cross-attention keys and values from the decoder stream instead of the encoder memory",
+              "multihead_attn(x, memory, memory): queries from the decoder, keys and values from the encoder",
+              _cross_reads_decoder, (r"^decoder\.layers\.\d+\.multihead_attn$",),
+              claims=(("cross.inputs", "decoder"),)),
+    Deviation("decoder_reads_src", "cross-attention inputs",
+              "gives the decoder src where the encoder's output (memory) belongs",
+              "memory = self.encoder(src, ...); then self.decoder(tgt, memory, ...)", _decoder_reads_src,
+              (r"^decoder\.layers\.\d+\.multihead_attn$",), claims=(("cross.inputs", "src"),)),
+    Deviation("batch_first_ignored", "batch_first ignored",
+              "builds the attention modules without batch_first: they read (N, L, E) input as (L, N, E)",
+              "pass batch_first to every MultiheadAttention", lambda m, c: _batch_first_off(m), ATTN,
+              lambda c: c.config.batch_first and c.batch is not None, claims=(("attention.batch_first", False),)),
+)
+
+
+def _batch_first_off(model: nn.Module) -> None:
+    for attn in instances(model, handmade.MultiheadAttention):
+        attn.batch_first = False
