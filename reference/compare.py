@@ -47,7 +47,8 @@ class TargetCandidate:
             return param_grads(model)
         if isinstance(self.target.obj, HandmadeAdapter):
             return repacked_grads(model, builtin)
-        return None  # an adapter's parameter names are its own; inputs' gradients are still compared
+        named = getattr(self.target.obj, "param_grads", None)  # an adapter may name its gradients itself
+        return None if named is None else dict(named(model, builtin))  # else only inputs' gradients are judged
 
 
 def whole_model(

@@ -11,6 +11,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from reference.catalogue import CATALOGUE, Deviation
+from reference.engine import repacked_grads
 from reference.targets import HandmadeAdapter
 
 _HANDMADE = HandmadeAdapter()
@@ -42,6 +43,10 @@ class ZooEntry:
 
     def submodules(self, model: nn.Module) -> dict[str, nn.Module]:
         return _HANDMADE.submodules(model)
+
+    def param_grads(self, model: nn.Module, reference: nn.Module) -> dict[str, Tensor]:
+        """Its parameter gradients under nn.Transformer's names (handmade's q/k/v re-packed), so they are judged."""
+        return repacked_grads(model, reference)
 
     def __repr__(self) -> str:
         return f"ZooEntry({self.key})"
