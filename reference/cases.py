@@ -1,6 +1,6 @@
 """Test cases as plain data: sizes, options, mask kinds and an integer seed; tensors come from the seed.
 
-Hypothesis draws ``Case`` fields (equivalence_tests/strategies.py); ``Case.tensors`` turns them into tensors
+Hypothesis draws ``Case`` fields (reference/strategies.py); ``Case.tensors`` turns them into tensors
 with a seeded ``torch.Generator``, so a failing case replays from what hypothesis prints, and a reproducer
 script can rebuild it with torch alone.
 """

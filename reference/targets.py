@@ -6,7 +6,8 @@ A target is named ``MODULE:OBJECT`` (importable; the current directory is on the
    signature and conventions, and loadable with ``model.load_state_dict(reference.state_dict())``; or
 2. an adapter object with ``build(**config) -> nn.Module`` (raise NotImplementedError for "not supported"),
    ``load_reference(model, reference)``, ``run(model, src, tgt, **kwargs) -> Tensor`` and, optionally,
-   ``supports(**config) -> bool`` and ``submodules(model) -> dict[str, nn.Module]``.
+   ``supports(**config) -> bool``, ``submodules(model) -> dict[str, nn.Module]`` and
+   ``param_grads(model, reference) -> dict[str, Tensor]`` (its gradients under nn.Transformer's names).
 
 ``Target`` wraps either kind behind the adapter interface. ``handmade`` (the default target) is an adapter.
 """

@@ -37,7 +37,7 @@ from reference.targets import load_target
 from reference.tolerance import judge
 from reference.weights import copy_torch_to_handmade
 
-pytestmark = [pytest.mark.edge, pytest.mark.handmade]
+pytestmark = pytest.mark.edge
 F64 = torch.float64
 
 fast_path_configs = (  # what the fast path needs: batch-first, even heads, biases, post-norm, relu or gelu
