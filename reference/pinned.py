@@ -57,6 +57,12 @@ DECODER = (
                     memory_mask="causal_float", memory_is_causal=True), final_norm=False), F64),
 )
 
+DECODER_ONLY = (  # GPT-style: pre-norm, gelu, a final norm; and the built-in's post-norm default
+    (StackCase(Case(Config(d_model=12, nhead=3, num_encoder_layers=2, norm_first=True, activation="gelu"),
+                    batch=2, src_len=6, seed=6)), F64),
+    (StackCase(Case(Config(num_encoder_layers=2, batch_first=True), batch=None, src_len=1), final_norm=False), F64),
+)
+
 WHOLE_MODEL = (
     # the smallest model: unbatched, one token each side, one head, one feed-forward unit
     Case(Config(d_model=2, nhead=1, dim_feedforward=1), batch=None, src_len=1, tgt_len=1, seed=1),

@@ -175,6 +175,14 @@ def transformer_inputs(c: Case, dtype: torch.dtype) -> Inputs:
     return {"src": src, "tgt": tgt}, present(kw)
 
 
+def decoder_only_inputs(c: StackCase, dtype: torch.dtype) -> Inputs:
+    """A GPT's input: one sequence and the causal mask (float, -inf above the diagonal) with its hint."""
+    src = c.case.tensors(dtype)[0]
+    causal = torch.zeros(c.case.src_len, c.case.src_len, dtype=dtype).masked_fill(
+        torch.ones(c.case.src_len, c.case.src_len, dtype=torch.bool).triu(1), float("-inf"))
+    return {"src": src}, {"mask": causal, "is_causal": True}
+
+
 def _layer_cases() -> st.SearchStrategy[Case]:
     return strat.cases(config=strat.configs(max_layers=1))
 
@@ -209,6 +217,9 @@ LEVELS: dict[str, Level] = {level.name: level for level in (
     Level("decoder", "nn.TransformerDecoder", _stack(nn, "Decoder"), _stack(handmade, "Decoder"), decoder_inputs,
           lambda m, tgt, memory, **kw: m(tgt, memory, **kw), strat.stack_cases, smooth=_smooth, examples=0.25,
           pinned=pinned.DECODER, from_config=lambda c: StackCase(Case(c))),
+    Level("decoder_only", "nn.TransformerEncoder with a causal mask", _stack(nn, "Encoder"),
+          _stack(handmade, "Encoder"), decoder_only_inputs, lambda m, src, **kw: m(src, **kw), strat.stack_cases,
+          smooth=_smooth, examples=0.25, pinned=pinned.DECODER_ONLY, from_config=lambda c: StackCase(Case(c))),
     Level("transformer", "nn.Transformer", _transformer(nn.Transformer), _transformer(handmade.Transformer),
           transformer_inputs, lambda m, src, tgt, **kw: m(src, tgt, **kw), strat.cases, smooth=_smooth,
           examples=1.0, pinned=pinned.TRANSFORMER),
