@@ -7,6 +7,7 @@ weights, loaded through the target's own ``load_reference``. Float64; the tolera
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import assume, given
@@ -20,6 +21,8 @@ from reference.compare import fastpath, forward_kwargs
 from reference.strategies import cases
 from reference.targets import Target
 from reference.tolerance import judge
+
+pytestmark = pytest.mark.level("transformer")  # whole-model properties
 
 F64 = torch.float64
 
@@ -45,7 +48,8 @@ def seq_dim(case: Case) -> int:
 
 
 def check(what: str, case: Case, candidate: Tensor, expected: Tensor) -> None:
-    assert_parity([judge(what, candidate, expected)], Context(f"transformer ({what})", F64, "cpu", case.describe()))
+    context = Context("transformer (metamorphic)", F64, "cpu", f"{what}: {case.describe()}")
+    assert_parity([judge(what, candidate, expected)], context)
 
 
 def pad_keys(mask: Tensor | None, extra: int, rows: int = 0) -> Tensor | None:

@@ -16,6 +16,7 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
+from reference.registry import LEVELS
 from reference.targets import DEFAULT_TARGET
 
 DTYPE_ORDER = {"float64": 0, "float32": 1, "bfloat16": 2, "float16": 3}
@@ -25,6 +26,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="parity check", description=__doc__.splitlines()[0])
     parser.add_argument("target", nargs="?", default=DEFAULT_TARGET,
                         help=f"the implementation under test, MODULE:OBJECT (default {DEFAULT_TARGET})")
+    parser.add_argument("--as", dest="level", choices=LEVELS, default=None, metavar="LEVEL",
+                        help=f"the level the target implements, one of {', '.join(LEVELS)} (default: the whole "
+                             "model; handmade provides every level)")
     parser.add_argument("--profile", choices=("ci", "dev", "thorough"), default="dev",
                         help="hypothesis profile: ci (deterministic), dev (default), thorough (10x ci)")
     parser.add_argument("--device", choices=("cpu", "cuda", "all"), default="all",
@@ -51,14 +55,15 @@ def table(report: dict) -> list[str]:
         row["ratio"] = max(row["ratio"], _number(v["ratio"]))
     for r in report["not_supported"]:
         rows[(r["component"], r["dtype"], r["device"])]["declined"] += 1
+    width = max([len("component"), *(len(component) for component, _, _ in rows)])
     lines = [f"parity check: {report['impl']} (hypothesis profile {report['profile']}, torch {report['torch']})",
              "",
-             f"{'component':24s} {'dtype':9s} {'device':6s} {'examples':>8s} {'worst error':>12s} "
+             f"{'component':{width}s} {'dtype':9s} {'device':6s} {'examples':>8s} {'worst error':>12s} "
              f"{'worst ratio':>12s} {'failed':>6s} {'not supported':>13s}"]
     for (component, dtype, device), row in sorted(rows.items(), key=lambda kv: (
             kv[0][0], DTYPE_ORDER.get(kv[0][1], 9), kv[0][2])):
         ratio = f"{row['ratio']:.3g}" if math.isfinite(row["ratio"]) else "inf"
-        lines.append(f"{component:24s} {dtype:9s} {device:6s} {row['examples']:8d} {row['max_abs']:12.3g} "
+        lines.append(f"{component:{width}s} {dtype:9s} {device:6s} {row['examples']:8d} {row['max_abs']:12.3g} "
                      f"{ratio:>12s} {row['failed']:6d} {row['declined']:13d}")
     lines.append("(ratio: error / PyTorch's own error at that dtype and device; in float64 on the CPU, "
                  "where PyTorch's own error is 0, error / the float64 floor)")
@@ -83,28 +88,36 @@ def table(report: dict) -> list[str]:
     return lines
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the suite on the target; print the table; nonzero on failures or when nothing was supported."""
+def run_suite(spec: str, *, level: str | None = None, profile: str = "dev", device: str = "all",
+              exitfirst: bool = False, extra: tuple[str, ...] = (),
+              report_path: Path | None = None) -> tuple[int, dict]:
+    """Run the installed suite on ``spec`` in this process; (pytest's exit status, the parity report)."""
     import pytest
 
     import equivalence_tests
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    extra = argv[argv.index("--") + 1:] if "--" in argv else []
-    args = _parser().parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     suite = Path(equivalence_tests.__file__).parent
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(args.report) if args.report else Path(tmp) / "parity.json"
-        pytest_args = [
-            str(suite), "-p", "no:cacheprovider", "-q", f"--impl={args.target}", f"--parity-report={path}",
-            f"--hypothesis-profile={args.profile}", f"--parity-device={args.device}", *(["-x"] if args.exitfirst
-                                                                                        else []), *extra,
-        ]
-        status = int(pytest.main(pytest_args))
-        if not path.exists():
-            print(f"parity check: the suite did not run (pytest exit status {status})", file=sys.stderr)
-            return status or 1
-        report = json.loads(path.read_text())
+        path = report_path or Path(tmp) / "parity.json"
+        args = [str(suite), "-p", "no:cacheprovider", "-q", f"--impl={spec}", *([f"--as={level}"] if level else []),
+                f"--parity-report={path}", f"--hypothesis-profile={profile}", f"--parity-device={device}",
+                *(["-x"] if exitfirst else []), *extra]
+        status = int(pytest.main(args))
+        report = json.loads(path.read_text()) if path.exists() else {}
+    return status, report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the suite on the target; print the table; nonzero on failures or when nothing was supported."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = tuple(argv[argv.index("--") + 1:]) if "--" in argv else ()
+    args = _parser().parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    status, report = run_suite(args.target, level=args.level, profile=args.profile, device=args.device,
+                               exitfirst=args.exitfirst, extra=extra,
+                               report_path=Path(args.report) if args.report else None)
+    if not report:
+        print(f"parity check: the suite did not run (pytest exit status {status})", file=sys.stderr)
+        return status or 1
     print("\n".join(table(report)))
     nothing = bool(report["not_supported"]) and not report["verdicts"]
     return status or int(nothing)

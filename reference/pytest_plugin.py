@@ -7,6 +7,7 @@ paths are given (and no ``testpaths`` configured), it runs the installed suite (
 Options:
   --impl MODULE:OBJECT      the implementation under test (default reference.targets:handmade); properties of
                             a level the target does not provide (``@pytest.mark.level``) are deselected
+  --as LEVEL                the level the target implements (a registry level; default: the whole model)
   --parity-report PATH      write a JSON report at the end: one record per test (nodeid, outcome, property,
                             falsifying example), one per judged comparison, and every not-supported config
   --parity-device WHICH     cpu, cuda or all (default): which ``device`` parametrizations run
@@ -33,6 +34,7 @@ from hypothesis import HealthCheck, settings
 
 from reference import assertions
 from reference.compare import levels_of
+from reference.registry import LEVELS
 from reference.targets import DEFAULT_TARGET, Target, load_target
 
 CI_EXAMPLES = 20
@@ -61,6 +63,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("parity", "transformer-parity equivalence suite")
     group.addoption("--impl", default=None, metavar="MODULE:OBJECT",
                     help=f"the Transformer implementation under test (default {DEFAULT_TARGET})")
+    group.addoption("--as", dest="parity_level", default=None, choices=LEVELS, metavar="LEVEL",
+                    help=f"the level the target implements, one of {', '.join(LEVELS)} (default: the whole model; "
+                         "handmade provides every level); only that level's properties run")
     group.addoption("--parity-report", default=None, metavar="PATH",
                     help="write a JSON report of tests, verdicts and not-supported configurations to PATH")
     group.addoption("--parity-device", default="all", choices=("cpu", "cuda", "all"),
@@ -102,7 +107,8 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Deselect the devices not asked for and the levels the target does not provide."""
     wanted = config.getoption("--parity-device")
-    provided = levels_of(load_target(impl(config)))
+    level = config.getoption("parity_level")
+    provided = levels_of(load_target(impl(config))) if level is None else (level,)
     deselected, kept = [], []
     for item in items:
         callspec = getattr(item, "callspec", None)
@@ -160,7 +166,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         crash = getattr(report.longrepr, "reprcrash", None)
         message = crash.message if crash is not None else str(report.longrepr)
     match = _FALSIFYING.search(message) or _FALSIFYING.search(getattr(item, "hypothesis_report_information", ""))
-    records: list[dict] = item.stash[PARITY_KEY] if PARITY_KEY in item.stash else []
+    none: list[dict] = []
+    records = item.stash.get(PARITY_KEY, none)
     report.user_properties.append(("parity", {
         "property": getattr(item, "originalname", item.name),
         "falsifying_example": match.group(0).strip()[:4000] if match else None,
