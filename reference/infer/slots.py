@@ -133,7 +133,8 @@ def fits(shape: tuple[int, ...], use: Use | None, slot: Slot) -> Fit | None:
         if orientation == "in_out":
             return Fit(slot, True) if flipped else None
         return Fit(slot, False) if same else Fit(slot, True) if flipped else None
-    if vector_like(shape) and slot.kind in ("scale", "shift", "tensor") and vector_like(slot.shape):
+    stacked = len(shape) >= 2 and use is not None and use.kind is not None and use.orientation is None
+    if (vector_like(shape) or stacked) and slot.kind in ("scale", "shift", "tensor") and vector_like(slot.shape):
         if math.prod(shape) != math.prod(slot.shape):
             return None
         kind = use.kind if use else None
