@@ -13,7 +13,7 @@ Options:
   --parity-device WHICH     cpu, cuda or all (default): which ``device`` parametrizations run
 
 Profiles (``--hypothesis-profile``): ``ci`` (deterministic, used by .ci/run), ``dev`` (the default for runs of
-the suite), ``thorough`` (10x ci's examples). Tests weight their example counts with ``examples(weight)``
+the suite), ``thorough`` (10x ci's examples), ``kill`` (ci without shrinking, for bug-planting runs). Tests weight their example counts with ``examples(weight)``
 (reference/assertions.py), a multiple of the profile's max_examples, so a profile change scales every test.
 
 Markers and warning filters are registered here, in one place, so that they hold in an installed copy too.
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 
 from reference import assertions
 from reference.compare import levels_of
@@ -47,6 +47,8 @@ settings.register_profile(
     "thorough", deadline=None, print_blob=True, max_examples=10 * CI_EXAMPLES,
     suppress_health_check=[HealthCheck.too_slow],
 )
+# ci without shrinking: for runs that only ask whether a planted bug is caught (a kill needs no minimal example)
+settings.register_profile("kill", parent=settings.get_profile("ci"), phases=[Phase.explicit, Phase.generate])
 
 PARITY_KEY = pytest.StashKey[list[dict]]()
 MARKERS = (
