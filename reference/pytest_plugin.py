@@ -13,8 +13,9 @@ Options:
   --parity-device WHICH     cpu, cuda or all (default): which ``device`` parametrizations run
 
 Profiles (``--hypothesis-profile``): ``ci`` (deterministic, used by .ci/run), ``dev`` (the default for runs of
-the suite), ``thorough`` (10x ci's examples), ``kill`` (ci without shrinking, for bug-planting runs). Tests weight their example counts with ``examples(weight)``
-(reference/assertions.py), a multiple of the profile's max_examples, so a profile change scales every test.
+the suite), ``thorough`` (10x ci's examples), ``kill`` (ci without shrinking, for bug-planting runs). Tests
+weight their example counts with ``examples(weight)`` (reference/assertions.py), a multiple of the profile's
+max_examples, so a profile change scales every test.
 
 Markers and warning filters are registered here, in one place, so that they hold in an installed copy too.
 Records travel through ``report.user_properties`` (the standard report hooks), so the report is complete
