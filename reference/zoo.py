@@ -167,8 +167,8 @@ def report(results: list[EntryResult], control: EntryResult) -> str:
         own = "" if not r.caught or not r.named else ("  (its own)" if r.named_own else "  (NOT its own)")
         lines.append(f"{r.key:<{width}}  {'yes' if r.caught else 'NO':6s}  {r.by:<44}  {named}{own}")
     caught = sum(r.caught for r in results)
-    own = sum(r.named_own for r in results)
-    lines += ["", f"caught {caught}/{len(results)}; diagnosis named the entry's own key for {own}/{caught} caught",
+    n_own = sum(r.named_own for r in results)
+    lines += ["", f"caught {caught}/{len(results)}; diagnosis named the entry's own key for {n_own}/{caught} caught",
               f"control ({control.bug}): {'CAUGHT: ' + control.by if control.caught else 'not caught (as it must be)'}"]
     return "\n".join(lines)
 

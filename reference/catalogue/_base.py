@@ -9,9 +9,9 @@ plant is idempotent, so deviations compose: ``apply_all`` plants several, in cat
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar, overload
 
 import torch
 from torch import nn
@@ -20,6 +20,11 @@ import handmade
 from reference.cases import Case
 
 Plant = Callable[[nn.Module, Mapping[str, object]], None]
+M = TypeVar("M", bound=nn.Module)
+N = TypeVar("N", bound=nn.Module)
+Layer = handmade.TransformerEncoderLayer | handmade.TransformerDecoderLayer
+Stack = handmade.TransformerEncoder | handmade.TransformerDecoder
+STACK_CLASSES: dict[str, type[Stack]] = {"encoder": handmade.TransformerEncoder, "decoder": handmade.TransformerDecoder}
 
 MASK_FIELDS = ("src_mask", "tgt_mask", "memory_mask")
 KPM_FIELDS = ("src_key_padding_mask", "tgt_key_padding_mask", "memory_key_padding_mask")
@@ -93,9 +98,14 @@ def dropout(case: Case) -> bool:
 # ---- planting tools -------------------------------------------------------------------------------------
 
 
-@functools.cache
+_MIXED: dict[tuple[type, type], type] = {}  # one mixed class per (mixin, class): planting twice reuses it
+
+
 def _mixed(mixin: type, cls: type) -> type:
-    return type(mixin.__name__, (mixin, cls), {"__module__": mixin.__module__, "__qualname__": mixin.__qualname__})
+    if (mixin, cls) not in _MIXED:
+        _MIXED[mixin, cls] = type(mixin.__name__, (mixin, cls),
+                                  {"__module__": mixin.__module__, "__qualname__": mixin.__qualname__})
+    return _MIXED[mixin, cls]
 
 
 def become(module: nn.Module, mixin: type, **attributes: object) -> None:
@@ -123,7 +133,14 @@ def delegate(module: nn.Module, source: nn.Module) -> None:
         become(module, Delegates, source=source)
 
 
-def instances(model: nn.Module, cls: type) -> list[nn.Module]:
+@overload
+def instances(model: nn.Module, cls: type[M]) -> list[M]: ...
+@overload
+def instances(model: nn.Module, cls: tuple[type[M], type[N]]) -> list[M | N]: ...
+@overload
+def instances(model: nn.Module, cls: tuple[type[M], ...]) -> list[M]: ...
+def instances(model: nn.Module, cls: type | tuple[type, ...]) -> list:
+    """The submodules of ``model`` (itself included) that are instances of ``cls`` (a class or a tuple of them)."""
     return [m for m in model.modules() if isinstance(m, cls)]
 
 
@@ -143,7 +160,7 @@ def attentions(model: nn.Module, which: str = "all") -> Iterator[handmade.Multih
                 yield layer.multihead_attn
 
 
-def layers(model: nn.Module) -> list[nn.Module]:
+def layers(model: nn.Module) -> list[Layer]:
     return instances(model, (handmade.TransformerEncoderLayer, handmade.TransformerDecoderLayer))
 
 

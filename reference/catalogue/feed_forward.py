@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import cast
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 import handmade
-from reference.catalogue._base import LAYERS, Deviation, become, dropout, layers
+from reference.catalogue._base import LAYERS, Deviation, Plant, become, dropout, layers
 
 
-def _activation(fn: object, only_for: str | None = None) -> object:
+def _activation(fn: Callable[[Tensor], Tensor], only_for: str | None = None) -> Plant:
     def plant(model: nn.Module, config: Mapping[str, object]) -> None:
         if only_for is not None and config.get("activation") != only_for:
             return
@@ -27,7 +28,8 @@ class ActivationLast(handmade.TransformerEncoderLayer):
 
     def _ff_block(self, x: Tensor) -> Tensor:
         out = self.activation(self.linear2(self.dropout(self.linear1(x))))
-        return (self.dropout3 if hasattr(self, "dropout3") else self.dropout2)(out)
+        last = cast(nn.Dropout, self.dropout3) if hasattr(self, "dropout3") else self.dropout2  # dropout3: a decoder's
+        return last(out)
 
 
 class DecoderActivationLast(handmade.TransformerDecoderLayer):

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from reference.catalogue._base import ATTN, Deviation, attentions, become
+from reference.catalogue._base import ATTN, Deviation, Plant, attentions, become
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj")
 
@@ -72,7 +72,7 @@ class ReadsPackedRows(nn.Linear):
         return F.linear(x, weight, bias)
 
 
-def _projections(cls: type, names: tuple[str, ...]) -> object:
+def _projections(cls: type, names: tuple[str, ...]) -> Plant:
     def plant(model: nn.Module, config: Mapping[str, object]) -> None:
         for attn in list(attentions(model)):
             for name in names:
@@ -86,7 +86,7 @@ def _interleaved(model: nn.Module, config: Mapping[str, object]) -> None:
     _projections(InterleavedInput, ("out_proj",))(model, config)
 
 
-def _reads_packed(order: str = "qkv", head_major: bool = False) -> object:
+def _reads_packed(order: str = "qkv", head_major: bool = False) -> Plant:
     """q/k/v read the packed rows in ``order`` (kqv: q takes W_k's rows), or unpacked as (nhead, 3, head_dim)."""
 
     def plant(model: nn.Module, config: Mapping[str, object]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -79,7 +80,8 @@ def _on_queries(attn, query, key, kpm, attn_mask, is_causal, need_weights) -> Ma
     if kpm is None:
         return kpm, attn_mask, is_causal
     n, length, keys = sizes(attn, query, key)
-    pad = handmade.masks.to_additive(kpm, "key_padding_mask", query.dtype).reshape(n, 1, -1, 1)  # (N, 1, L, 1): rows
+    additive = cast(Tensor, handmade.masks.to_additive(kpm, "key_padding_mask", query.dtype))  # kpm is not None
+    pad = additive.reshape(n, 1, -1, 1)  # (N, 1, L, 1): rows
     base = handmade.masks.to_additive(attn_mask, "attn_mask", query.dtype)
     base = torch.zeros(length, keys, dtype=query.dtype, device=query.device) if base is None else base
     base = base.view(n, attn.num_heads, length, keys) if base.dim() == 3 else base

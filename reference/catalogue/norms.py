@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 import handmade
-from reference.catalogue._base import NORMS, Deviation, become, instances
+from reference.catalogue._base import NORMS, STACK_CLASSES, Deviation, Plant, become, instances
 
 LOW = (torch.float16, torch.bfloat16)
 
@@ -53,7 +53,7 @@ class Skipped(handmade.LayerNorm):
         return input
 
 
-def _every_norm(cls: type) -> object:
+def _every_norm(cls: type) -> Plant:
     def plant(model: nn.Module, config: Mapping[str, object]) -> None:
         for norm in instances(model, handmade.LayerNorm):
             become(norm, cls)
@@ -61,7 +61,7 @@ def _every_norm(cls: type) -> object:
     return plant
 
 
-def _eps(value: float) -> object:
+def _eps(value: float) -> Plant:
     def plant(model: nn.Module, config: Mapping[str, object]) -> None:
         for norm in instances(model, handmade.LayerNorm):
             norm.eps = value
@@ -69,11 +69,9 @@ def _eps(value: float) -> object:
     return plant
 
 
-def _skip(*stacks: str) -> object:
-    classes = {"encoder": handmade.TransformerEncoder, "decoder": handmade.TransformerDecoder}
-
+def _skip(*stacks: str) -> Plant:
     def plant(model: nn.Module, config: Mapping[str, object]) -> None:
-        for stack in instances(model, tuple(classes[s] for s in stacks)):
+        for stack in instances(model, tuple(STACK_CLASSES[s] for s in stacks)):
             if stack.norm is not None:
                 become(stack.norm, Skipped)
 

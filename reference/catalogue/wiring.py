@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from torch import Tensor, nn
 
 import handmade
-from reference.catalogue._base import ATTN, LAYERS, Deviation, become, delegate, instances, layers
+from reference.cases import Case
+from reference.catalogue._base import ATTN, LAYERS, STACK_CLASSES, Deviation, Plant, become, delegate, instances, layers
 
 
-def _norm_first(value: bool) -> object:
+def _norm_first(value: bool) -> Plant:
     def plant(model: nn.Module, config: Mapping[str, object]) -> None:
         for layer in layers(model):
             layer.norm_first = value  # built with the wrong norm_first: norm_first not passed on
@@ -45,18 +46,20 @@ class DecoderResidualFromNormed(handmade.TransformerDecoderLayer):
 
 
 def _residual_from_normed(model: nn.Module, config: Mapping[str, object]) -> None:
-    for layer in instances(model, handmade.TransformerEncoderLayer):
-        become(layer, EncoderResidualFromNormed)
-    for layer in instances(model, handmade.TransformerDecoderLayer):
-        become(layer, DecoderResidualFromNormed)
+    for encoder_layer in instances(model, handmade.TransformerEncoderLayer):
+        become(encoder_layer, EncoderResidualFromNormed)
+    for decoder_layer in instances(model, handmade.TransformerDecoderLayer):
+        become(decoder_layer, DecoderResidualFromNormed)
 
 
 class ReadsItsQuery(handmade.MultiheadAttention):
     """Cross-attention that attends over its own query stream instead of the encoder memory."""
 
-    def forward(self, query: Tensor, key: Tensor, value: Tensor, *args: object, **kwargs: object
-                ) -> tuple[Tensor, Tensor | None]:
-        return super().forward(query, query, query, *args, **kwargs)
+    def forward(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None = None,
+                need_weights: bool = True, attn_mask: Tensor | None = None, average_attn_weights: bool = True,
+                is_causal: bool = False) -> tuple[Tensor, Tensor | None]:
+        return super().forward(query, query, query, key_padding_mask, need_weights, attn_mask, average_attn_weights,
+                               is_causal)
 
 
 def _cross_reads_decoder(model: nn.Module, config: Mapping[str, object]) -> None:
@@ -82,11 +85,9 @@ def _decoder_reads_src(model: nn.Module, config: Mapping[str, object]) -> None:
         become(transformer, DecoderReadsSource)
 
 
-def _shared_layers(stacks: tuple[str, ...], which: str) -> object:
-    classes = {"encoder": handmade.TransformerEncoder, "decoder": handmade.TransformerDecoder}
-
+def _shared_layers(stacks: tuple[str, ...], which: str) -> Plant:
     def plant(model: nn.Module, config: Mapping[str, object]) -> None:
-        for stack in instances(model, tuple(classes[s] for s in stacks)):
+        for stack in instances(model, tuple(STACK_CLASSES[s] for s in stacks)):
             source = stack.layers[0 if which == "first" else -1]
             for layer in stack.layers:
                 delegate(layer, source)
@@ -94,7 +95,7 @@ def _shared_layers(stacks: tuple[str, ...], which: str) -> object:
     return plant
 
 
-def _shared_attention(use: str) -> object:
+def _shared_attention(use: str) -> Plant:
     def plant(model: nn.Module, config: Mapping[str, object]) -> None:
         for layer in instances(model, handmade.TransformerDecoderLayer):
             if use == "self":
@@ -105,7 +106,7 @@ def _shared_attention(use: str) -> object:
     return plant
 
 
-def _layers_alike(stacks: tuple[str, ...]) -> object:
+def _layers_alike(stacks: tuple[str, ...]) -> Callable[[Case], bool]:
     return lambda c: any(getattr(c.config, f"num_{s}_layers") > 1 for s in stacks)
 
 

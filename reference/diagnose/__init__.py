@@ -24,7 +24,7 @@ import torch
 
 from reference.diagnose import families as fam
 from reference.diagnose.localize import localize
-from reference.diagnose.probes import dropout_in_eval, explain, same_crash
+from reference.diagnose.probes import Cause, dropout_in_eval, explain, same_crash
 from reference.diagnose.report import Diagnosis, render, to_json
 from reference.diagnose.reproducer import minimal_failing_case, write
 from reference.diagnose.runs import Observation, observe, one_thread
@@ -106,9 +106,9 @@ def _observe(target: Target, families: list[fam.Family],
     return observed
 
 
-def _crash_causes(target: Target, d: Diagnosis, device: torch.device | str) -> list:
+def _crash_causes(target: Target, d: Diagnosis, device: torch.device | str) -> list[Cause]:
     """Causes of the crashes: per crashing family, a deviation that makes handmade crash the same way."""
-    found = []
+    found: list[Cause] = []
     for f in d.families:
         if f.verdict != "crashes":
             continue

@@ -28,7 +28,7 @@ LAYER = Config()  # one layer each: enough for masks
 
 def _masks(**kinds: str) -> dict[str, str]:
     """The same mask kind at every site it names: src/tgt/memory attention masks or padding masks."""
-    out = {}
+    out: dict[str, str] = {}
     for site, kind in kinds.items():
         if site == "attn":
             out.update(src_mask=kind, tgt_mask=kind, memory_mask=kind)

@@ -158,11 +158,11 @@ class _Recorder:
         self.inputs[name] = [a.detach() for a in args if isinstance(a, Tensor)]
         if self.feed is None or name not in self.feed:
             return None
-        args, kwargs = list(args), dict(kwargs)
+        new_args, new_kwargs = list(args), dict(kwargs)
         slots = [("a", i) for i, a in enumerate(args) if isinstance(a, Tensor)]
         slots += [("k", key) for key, v in kwargs.items() if isinstance(v, Tensor)]
         for (where, key), ref in zip(slots, self.feed[name], strict=False):
-            mine = args[key] if where == "a" else kwargs[key]
+            mine = new_args[key] if where == "a" else new_kwargs[key]
             layout = _layout(ref.shape, mine.shape)
             if layout is None or not mine.is_floating_point():
                 break
@@ -171,10 +171,10 @@ class _Recorder:
                 self.fed[name] = fed
             value = layout[0](ref).to(mine.device, mine.dtype)
             if where == "a":
-                args[key] = value
+                new_args[key] = value
             else:
-                kwargs[key] = value
-        return tuple(args), kwargs
+                new_kwargs[key] = value
+        return tuple(new_args), new_kwargs
 
     def _post(self, module: nn.Module, args: tuple, kwargs: dict, output: object) -> object:
         name = self.stack[id(module)].pop()

@@ -7,6 +7,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
+from typing import cast
 
 from reference.diagnose.families import Family
 from reference.diagnose.localize import Localization, SubmoduleError
@@ -216,7 +217,7 @@ def _plain(value: object) -> object:
 
 def to_json(d: Diagnosis) -> str:
     """The diagnosis as JSON (non-finite numbers as the strings "inf" / "-inf", NaN as null)."""
-    data = _plain(d)
+    data = cast(dict[str, object], _plain(d))  # a dataclass: _plain makes it a dict of its fields
     data["causes"] = _plain(d.causes)
     data["first_diverging"] = {loc.mode: _plain(loc.first) for loc in d.localization}
     return json.dumps(data, indent=1)

@@ -95,8 +95,12 @@ def minimal_failing_case(target: Target, device: torch.device | str = "cpu", exa
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the target's own warnings, once per example, would drown the report
         for crashes in (False, True):
+
+            def failing(case: Case, crashes: bool = crashes) -> bool:
+                return fails(target, case, device, crashes)
+
             try:
-                return find(case_strategy(), lambda case, c=crashes: fails(target, case, device, c), settings=config)
+                return find(case_strategy(), failing, settings=config)
             except NoSuchExample:
                 continue
     return None
