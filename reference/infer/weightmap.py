@@ -120,14 +120,14 @@ class WeightMap:
         params = dict(model.named_parameters())
         out: dict[str, Tensor] = {}
         for name, shape in self.builtin_shapes.items():
-            pieces = [(link, source) for link in self.links for source in link.sources if source.name == name]
-            got = [(link, s) for link, s in pieces if params[link.target].grad is not None]
+            got = [link for link in self.links if params[link.target].grad is not None
+                   and any(s.name == name for s in link.sources)]
             if not got:
                 continue
-            first = params[got[0][0].target].grad
+            first = params[got[0].target].grad
             assert first is not None
             full = torch.zeros(shape, dtype=first.dtype, device=first.device)
-            for link, _ in got:
+            for link in got:
                 grad = params[link.target].grad
                 assert grad is not None
                 rows = [self.builtin_shapes[s.name][0] if s.rows is None else s.rows[1] - s.rows[0]
