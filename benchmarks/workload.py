@@ -32,7 +32,9 @@ class Impl:
 
 
 def target_name(spec: str) -> str:
-    return "handmade" if spec == DEFAULT_TARGET else spec
+    """handmade's own targets by their short names (handmade, handmade_tiled), a plug-in by its spec."""
+    module, _, name = spec.partition(":")
+    return name if module == DEFAULT_TARGET.partition(":")[0] and name.startswith("handmade") else spec
 
 
 def implementations(targets: list[str], compile: bool) -> list[Impl]:

@@ -4,6 +4,8 @@ Modules in paper order ("Attention Is All You Need", Vaswani et al. 2017):
 
 - ``embeddings``     token embeddings, sinusoidal positional encoding, output layer (3.4, 3.5)
 - ``attention``      scaled dot-product attention (3.2.1) and multi-head attention (3.2.2)
+- ``tiled_attention`` a second, memory-efficient attention core: tiles with an online softmax, forward and
+                     backward by hand (FlashAttention); ``use_tiled_attention(model)`` selects it
 - ``normalization``  layer normalization (Ba et al. 2016; used in 3.1)
 - ``layers``         encoder and decoder layers: residual sublayers, the position-wise feed-forward network (3.1, 3.3)
 - ``transformer``    encoder and decoder stacks and the Transformer (3.1, Figure 1)
@@ -26,6 +28,7 @@ from handmade.layers import TransformerDecoderLayer, TransformerEncoderLayer
 from handmade.masks import generate_square_subsequent_mask, padding_mask, subsequent_mask
 from handmade.normalization import LayerNorm
 from handmade.seq2seq import Seq2SeqTransformer
+from handmade.tiled_attention import TiledAttention, use_tiled_attention
 from handmade.transformer import Transformer, TransformerDecoder, TransformerEncoder
 
 __all__ = [
@@ -36,6 +39,7 @@ __all__ = [
     "PositionalEncoding",
     "ScaledDotProductAttention",
     "Seq2SeqTransformer",
+    "TiledAttention",
     "Transformer",
     "TransformerDecoder",
     "TransformerDecoderLayer",
@@ -44,4 +48,5 @@ __all__ = [
     "generate_square_subsequent_mask",
     "padding_mask",
     "subsequent_mask",
+    "use_tiled_attention",
 ]

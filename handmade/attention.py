@@ -24,6 +24,8 @@ def check_heads(embed_dim: int, num_heads: int, names: tuple[str, str] = ("embed
 class ScaledDotProductAttention(nn.Module):
     """Attention(Q, K, V) = softmax(Q Kᵀ / sqrt(d_k)) V (section 3.2.1, equation 1), plus an additive mask."""
 
+    returns_weights = True  # the default core; handmade.tiled_attention.TiledAttention returns none
+
     def forward(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float) -> tuple[Tensor, Tensor]:
         """q (N, H, L, D), k and v (N, H, S, D), mask broadcastable to (N, H, L, S) -> out, probabilities.
 
@@ -69,7 +71,7 @@ class MultiheadAttention(nn.Module):
         self.q_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **factory)
         self.k_proj = nn.Linear(self.kdim, embed_dim, bias=bias, **factory)
         self.v_proj = nn.Linear(self.vdim, embed_dim, bias=bias, **factory)
-        self.attention = ScaledDotProductAttention()
+        self.attention: nn.Module = ScaledDotProductAttention()  # equation 1; handmade.use_tiled_attention swaps it
         self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **factory)
         self.bias_k = nn.Parameter(torch.randn(1, 1, embed_dim, **factory) * embed_dim**-0.5) if add_bias_kv else None
         self.bias_v = nn.Parameter(torch.randn(1, 1, embed_dim, **factory) * embed_dim**-0.5) if add_bias_kv else None
@@ -99,7 +101,9 @@ class MultiheadAttention(nn.Module):
         # 2) apply attention (equation 1) on all heads
         causal = is_causal and key_padding_mask is None and not need_weights  # the hint replaces the mask
         mask = self._merge_masks(attn_mask, key_padding_mask, causal, q, k.size(2))
-        out, weights = self.attention(q, k, v, mask, self.dropout if self.training else 0.0)
+        # a core that returns no weights (the tiled one) gives way to equation 1 when they are asked for
+        core = self.attention if self.attention.returns_weights or not need_weights else ScaledDotProductAttention()
+        out, weights = core(q, k, v, mask, self.dropout if self.training else 0.0)
         # 3) concatenate heads and apply the output projection W^O
         out = self.out_proj(out.permute(2, 0, 1, 3).reshape(L, N, H * D))  # (L, N, E)
         if not batched:

@@ -88,4 +88,4 @@ def candidate_for(target: Target, level: str, case: Any) -> Candidate:
         return TargetCandidate(target, config)
     if level not in levels_of(target):
         raise ValueError(f"{target.spec} provides the levels {', '.join(levels_of(target))}, not level={level!r}")
-    return HandmadeTwin(LEVELS[level].build("handmade", case))
+    return HandmadeTwin(target.obj.component(LEVELS[level].build("handmade", case)))  # the target's variant

@@ -26,6 +26,8 @@ from torch import Tensor, nn
 
 from handmade import MultiheadAttention as HandmadeAttention
 from handmade import Transformer as HandmadeTransformer
+from handmade import use_tiled_attention
+from handmade.tiled_attention import KEY_BLOCK, QUERY_BLOCK
 from reference.weights import copy_torch_to_handmade
 
 DEFAULT_TARGET = "reference.targets:handmade"
@@ -51,6 +53,10 @@ class HandmadeAdapter:
     def run(self, model: nn.Module, src: Tensor, tgt: Tensor, **kwargs: object) -> Tensor:
         return model(src, tgt, **kwargs)
 
+    def component(self, module: nn.Module) -> nn.Module:
+        """handmade's module at a component level (reference/registry.py builds it), as this target runs it."""
+        return module
+
     def submodules(self, model: nn.Module) -> dict[str, nn.Module]:
         """nn.Transformer submodule name -> handmade's module of the same dotted name.
 
@@ -63,6 +69,25 @@ class HandmadeAdapter:
 
 
 handmade = HandmadeAdapter()  # the default target: reference.targets:handmade
+
+
+class HandmadeTiledAdapter(HandmadeAdapter):
+    """handmade with the tiled attention core (handmade/tiled_attention.py) in every MultiheadAttention."""
+
+    def __init__(self, query_block: int = QUERY_BLOCK, key_block: int = KEY_BLOCK) -> None:
+        self.query_block, self.key_block = query_block, key_block
+
+    def build(self, **config: Any) -> nn.Module:
+        return self.component(super().build(**config))
+
+    def component(self, module: nn.Module) -> nn.Module:
+        return use_tiled_attention(module, self.query_block, self.key_block)
+
+
+handmade_tiled = HandmadeTiledAdapter()  # the default block sizes: reference.targets:handmade_tiled
+# Blocks of 2 queries by 3 keys: the suite's lengths (up to 8) then span several tiles, ragged at the ends,
+# so its properties check the online softmax across tiles, not only a single tile
+handmade_tiled_small_blocks = HandmadeTiledAdapter(query_block=2, key_block=3)
 
 
 @dataclass
