@@ -9,6 +9,11 @@
 - ``StackedAttention``: q/k/v weights ``w1``, ``w2``, ``w3`` first used together in one ``torch.stack``,
   where ``w1`` is the key projection: nothing says which is which (the ambiguous model).
 - ``SharedNorm``: a pre-norm layer that applies one LayerNorm twice (the built-in has two).
+- ``MatmulAttention``: square (in, out) weights applied as ``x @ W``: only the product tells the orientation.
+- ``ShiftFirstNorm``: a LayerNorm whose shift is touched before its scale (``beta.view(...) + gamma * x_hat``),
+  with names that say nothing: only how each is used tells them apart.
+- ``KVCrossAttention``: ``forward(x, context)``, a query Linear and one packed ``to_kv`` Linear (2E, E) for
+  keys and values.
 """
 
 from __future__ import annotations
@@ -134,3 +139,46 @@ class SharedNorm(nn.Module):
         h = self.norm(src)
         src = src + self.attn(h, h, h, need_weights=False)[0]
         return src + self.ff(self.norm(src))
+
+
+class MatmulAttention(nn.Module):
+    def __init__(self, embed_dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.h = num_heads
+        self.P = nn.ParameterList(nn.Parameter(torch.randn(embed_dim, embed_dim)) for _ in range(4))  # q, k, v, o
+        self.c = nn.ParameterList(nn.Parameter(torch.zeros(embed_dim)) for _ in range(4))
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        N, L, E = q.shape
+        qh, kh, vh = ((x @ self.P[i] + self.c[i]).view(N, -1, self.h, E // self.h).transpose(1, 2)
+                      for i, x in enumerate((q, k, v)))
+        y = F.scaled_dot_product_attention(qh, kh, vh).transpose(1, 2).reshape(N, L, E)
+        return y @ self.P[3] + self.c[3]
+
+
+class ShiftFirstNorm(nn.Module):
+    def __init__(self, features: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.p = nn.Parameter(torch.zeros(features))  # the shift, touched first
+        self.r = nn.Parameter(torch.ones(features))  # the scale
+
+    def forward(self, x: Tensor) -> Tensor:
+        x_hat = (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, keepdim=True, unbiased=False) + self.eps)
+        return self.p.view(*[1] * (x.dim() - 1), -1) + self.r * x_hat
+
+
+class KVCrossAttention(nn.Module):
+    def __init__(self, embed_dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.h = num_heads
+        self.to_kv = nn.Linear(embed_dim, 2 * embed_dim)
+        self.to_q = nn.Linear(embed_dim, embed_dim)
+        self.to_out = nn.Linear(embed_dim, embed_dim)
+
+    def forward(self, x: Tensor, context: Tensor) -> Tensor:
+        N, L, E = x.shape
+        k, v = self.to_kv(context).chunk(2, dim=-1)
+        q = self.to_q(x)
+        qh, kh, vh = (t.reshape(N, -1, self.h, E // self.h).transpose(1, 2) for t in (q, k, v))
+        return self.to_out(F.scaled_dot_product_attention(qh, kh, vh).transpose(1, 2).reshape(N, L, E))

@@ -36,13 +36,16 @@ from reference.infer import (
     sizes_from_model,
 )
 from reference.registry import level
-from reference.strategies import AttentionCase, StackCase
+from reference.strategies import AttentionCase, LayerNormCase, StackCase
 from reference.targets import NotSupportedError
 from tests.infer_fixtures import (
     EinsumEncoderLayer,
     GPT2Attention,
+    KVCrossAttention,
+    MatmulAttention,
     PerHeadAttention,
     SharedNorm,
+    ShiftFirstNorm,
     StackedAttention,
 )
 
@@ -56,6 +59,8 @@ SEQ2SEQ = Config(d_model=8, nhead=2, num_encoder_layers=2, num_decoder_layers=2,
 
 def options(case: Any) -> dict[str, Any]:
     """The level's configuration as a constructor would be offered it (torch's keyword names)."""
+    if isinstance(case, LayerNormCase):
+        return {"normalized_shape": case.normalized_shape, "eps": case.eps, "bias": case.bias}
     if isinstance(case, AttentionCase):
         return {"embed_dim": case.embed_dim, "num_heads": case.num_heads, "bias": case.bias,
                 "dropout": case.dropout, "batch_first": case.batch_first}
@@ -64,6 +69,8 @@ def options(case: Any) -> dict[str, Any]:
 
 
 def batch_first(case: Any) -> bool:
+    if isinstance(case, LayerNormCase):
+        return True
     return case.batch_first if isinstance(case, AttentionCase) else (
         case.case.config if isinstance(case, StackCase) else case.config).batch_first
 
@@ -227,6 +234,37 @@ def test_per_head_modules_without_biases() -> None:
     check_equal("attention", case, inference, model)
     with pytest.raises(UnpairedError, match="no biases there: compare it with a built-in built with bias=False"):
         infer("attention", ATTENTION, PerHeadAttention)
+
+
+def test_square_in_out_weights_by_their_product() -> None:
+    inference, model = infer("attention", ATTENTION, MatmulAttention)
+    links = {link.target: link.text() for link in inference.weight_map.links}
+    assert links["P.1"] == "in_proj_weight[rows 8:16].T" and links["P.3"] == "out_proj.weight.T"
+    check_equal("attention", ATTENTION, inference, model)
+
+
+def test_a_norm_told_apart_by_use_not_order() -> None:
+    case = LayerNormCase((6,), 1e-5, lead_shape=(2, 3))
+    inference, model = infer("layer_norm", case, ShiftFirstNorm)
+    assert {link.target: link.text() for link in inference.weight_map.links} == {"p": "bias", "r": "weight"}
+    check_equal("layer_norm", case, inference, model)
+
+
+def test_packed_keys_and_values_from_one_context() -> None:
+    lv = level("attention")
+    inputs, kwargs = lv.inputs(ATTENTION, F64)
+    inputs["value"] = inputs["key"]  # a cross-attention: keys and values from one context
+    model = build(KVCrossAttention, options(ATTENTION), "attention").model.to(F64)
+    inference = infer_target(lv.reference(ATTENTION), model, "attention", lv.call, inputs, kwargs, batch_first=True)
+    links = {link.target: link.text() for link in inference.weight_map.links}
+    assert links["to_kv.weight"] == "in_proj_weight[rows 8:24]" and links["to_kv.bias"] == "in_proj_bias[rows 8:24]"
+    assert links["to_q.weight"] == "in_proj_weight[rows 0:8]" and inference.convention.key_is_value
+    builtin = randomize_(lv.build("torch", ATTENTION), torch.Generator().manual_seed(4))
+    inference.weight_map.load(model, builtin)
+    torch.testing.assert_close(inference.convention(model, inputs, kwargs, batch_first=True)["output"],
+                               lv.call(builtin, **inputs, **kwargs)["output"])
+    with pytest.raises(NotSupportedError, match="one input for keys and values"):
+        inference.convention(model, *lv.inputs(ATTENTION, F64), batch_first=True)
 
 
 def test_handmade_is_just_another_target() -> None:

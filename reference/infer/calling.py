@@ -92,6 +92,7 @@ class Convention:
     keep_mask: bool = False
     merge_padding: bool = False  # attention: key_padding_mask merged into the one mask the target takes
     self_attention_only: bool = False
+    key_is_value: bool = False  # two inputs: (query, context), keys and values from the one context
     always_causal: bool = False  # the target takes no mask: the level's causal mask is its behaviour
     unbatched: bool | None = None  # whether the target takes unbatched input; None: not tried
     returns_weights: bool | None = None
@@ -110,8 +111,11 @@ class Convention:
         if not batched and self.unbatched is False:
             raise NotSupportedError("the target does not take unbatched input")
         flip = batched and self.batch_first is not None and self.batch_first != batch_first
-        if self.self_attention_only and any(k in given and given[k] is not given["query"] for k in ("key", "value")):
+        if self.self_attention_only and any(k in given and not _same(given[k], given["query"])
+                                            for k in ("key", "value")):
             raise NotSupportedError("the target's attention takes one input (self-attention only)")
+        if self.key_is_value and "value" in given and not _same(given["value"], given.get("key", given["query"])):
+            raise NotSupportedError("the target's attention takes one input for keys and values")
         args = [given[name].transpose(0, 1) if flip else given[name] for name, _ in self.inputs if name in given]
         if self.level == "attention" and not self.self_attention_only:
             query = args[0]
@@ -145,6 +149,10 @@ class Convention:
             elif weights.dim() == args[0].dim() and kwargs.get("average_attn_weights") is False:
                 raise NotSupportedError("the target returns head-averaged attention weights only")
         return out
+
+
+def _same(a: Tensor, b: Tensor) -> bool:
+    return a is b or (a.shape == b.shape and bool(torch.equal(a.detach(), b.detach())))
 
 
 def _keep(mask: Tensor) -> Tensor:
@@ -245,8 +253,11 @@ def infer_calling(model: nn.Module, level: str, inputs: Mapping[str, Tensor], kw
     notes = [f"called as forward({', '.join(t for _, t in pairs)}"
              + "".join(f", {t}=<{k}>" for k, t in masks.items()) + ")"]
     self_only = level == "attention" and len(pairs) == 1
+    key_is_value = level == "attention" and len(pairs) == 2
     if self_only:
         notes.append("its attention takes one input: self-attention only")
+    if key_is_value:
+        notes.append("its attention takes (query, context): keys and values from one input")
     if level == "attention" and "key_padding_mask" not in masks and "attn_mask" in masks:
         merge = masks["attn_mask"] != "attn_mask"
     else:
@@ -259,7 +270,8 @@ def infer_calling(model: nn.Module, level: str, inputs: Mapping[str, Tensor], kw
         notes.append("it takes no mask: assumed always causal (the level's causal mask is not passed)")
     notes.append("masks passed as keep-masks (True = may attend), as declared" if keep_mask
                  else "masks passed as torch's (True or -inf = blocked)")
-    conv = Convention(level, tuple(pairs), masks, flags, None, keep_mask, merge, self_only, always_causal)
+    conv = Convention(level, tuple(pairs), masks, flags, None, keep_mask, merge, self_only, key_is_value,
+                      always_causal)
     sample = {k: v for k, v in inputs.items() if v is not None}
     batched = next(iter(sample.values())).dim() == 3
     want = read_outputs(expected)["output"].shape if expected is not None else \

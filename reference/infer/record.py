@@ -97,8 +97,9 @@ def _einsum_orientation(args: tuple[Any, ...], index: int) -> str | None:
 
 
 class _Recorder(TorchFunctionMode):
-    def __init__(self, names: dict[int, str]) -> None:
+    def __init__(self, names: dict[int, str], matrices: set[str]) -> None:
         super().__init__()
+        self.matrices = matrices  # parameters with two or more dimensions longer than 1
         self.derived: dict[int, _Derived] = {pid: _Derived(name) for pid, name in names.items()}
         self.keep: list[Any] = []  # derived tensors stay alive, so their ids are not reused
         self.uses: dict[str, Use] = {}
@@ -139,7 +140,7 @@ class _Recorder(TorchFunctionMode):
         return out
 
     def _is_matrix(self, root: str, tensors: list[tuple[int, str | None, Tensor, _Derived]]) -> bool:
-        return any(d.root == root and t.dim() >= 2 for _, _, t, d in tensors)
+        return root in self.matrices
 
     def _consume(self, name: str, args: tuple[Any, ...], position: int, kwarg: str | None, tensor: Tensor,
                  info: _Derived) -> None:
@@ -148,7 +149,7 @@ class _Recorder(TorchFunctionMode):
         use.uses += 1
         if use.uses > 1:
             return
-        if tensor.dim() >= 2:
+        if info.root in self.matrices and sum(1 for d in tensor.shape if d != 1) >= 2:
             orientation = None
             if info.reshaped:
                 orientation = None
@@ -190,7 +191,8 @@ class Recording:
 def record_uses(model: nn.Module, run: Callable[[nn.Module], Any]) -> Recording:
     """Run ``run(model)`` once under a recording mode; how each of ``model``'s parameters was used."""
     names = {id(p): name for name, p in model.named_parameters()}
-    recorder = _Recorder(names)
+    matrices = {name for name, p in model.named_parameters() if sum(1 for d in p.shape if d != 1) >= 2}
+    recorder = _Recorder(names, matrices)
     with recorder:
         run(model)
     unused = tuple(n for n in names.values() if n not in recorder.uses)

@@ -1,11 +1,11 @@
 """The built-in's parameters as slots a target tensor can fill, and the target's tensors as what fills them.
 
 A built-in parameter is a slot, and so is each part of it a target may hold separately: the q, k and v
-thirds of ``in_proj_weight``/``in_proj_bias`` and, within each, one head's rows. Each slot knows its
-shape in torch's (out, in) orientation, its kind (matrix, a norm's scale, a bias-like shift), its role
-(q/k/v) and its partner (the bias of a weight, the shift of a norm's scale). The target's side is read
-from its names (``W_q``, ``query``, ``to_k`` give a role) and from the recorded use (order, orientation,
-kind).
+thirds of ``in_proj_weight``/``in_proj_bias``, k and v together, and, within each third, one head's
+rows. Each slot knows its shape in torch's (out, in) orientation, its kind (matrix, a norm's scale, a
+bias-like shift), its role (q/k/v/kv) and its partner (the bias of a weight, the shift of a norm's
+scale). The target's side is read from its names (``W_q``, ``query``, ``to_k`` give a role) and from the
+recorded use (order, orientation, kind).
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from reference.infer.record import Recording, Use
 ROLES = ("q", "k", "v")
 ROLE_WORDS = {"q": {"q", "query", "queries", "wq", "toq", "qproj", "qlin", "wquery"},
               "k": {"k", "key", "keys", "wk", "tok", "kproj", "klin", "wkey"},
-              "v": {"v", "value", "values", "wv", "tov", "vproj", "vlin", "wvalue"}}
+              "v": {"v", "value", "values", "wv", "tov", "vproj", "vlin", "wvalue"},
+              "kv": {"kv", "tokv", "kvproj", "wkv", "keyvalue", "kvlin"}}
 NORMS: tuple[type[nn.Module], ...] = (nn.LayerNorm, nn.RMSNorm) if hasattr(nn, "RMSNorm") else (nn.LayerNorm,)
 
 
@@ -36,14 +37,6 @@ class Slot:
     role: str | None
     order: float
     partner: tuple[str, tuple[int, int]] | None = None  # (name, rows) of its bias / its norm's shift
-
-    @property
-    def whole(self) -> bool:
-        return self.rows == (0, self.shape[0] if self.shape else 1) and self.part == ""
-
-    @property
-    def part(self) -> str:
-        return "" if self.role is None else self.role
 
     def describe(self, full: int) -> str:
         return self.name if self.rows == (0, full) else f"{self.name}[rows {self.rows[0]}:{self.rows[1]}]"
@@ -67,6 +60,8 @@ def builtin_slots(builtin: nn.Module, recording: Recording) -> tuple[list[Slot],
             bias = f"{pre}in_proj_bias" if kind == "matrix" and f"{pre}in_proj_bias" in shapes else None
             slots.append(Slot(name, rows0, shape, kind, None, base, (bias, rows0) if bias else None))
             E, H = owner.embed_dim, owner.num_heads
+            kv = (E, 3 * E)  # k and v packed together (a cross-attention's ``to_kv``)
+            slots.append(Slot(name, kv, (2 * E, *shape[1:]), kind, "kv", base + 0.25, (bias, kv) if bias else None))
             for r, role in enumerate(ROLES):
                 rows = (r * E, (r + 1) * E)
                 partner = (bias, rows) if bias else None
