@@ -142,3 +142,27 @@ def test_mixed_bool_and_float_masks_warn_as_torch_warns():
     hint_error = r"^is_causal=True needs attn_mask: .* \(use generate_square_subsequent_mask\)$"
     with pytest.raises(ValueError, match=hint_error):
         handmade.MultiheadAttention(4, 2)(x, x, x, is_causal=True)
+
+
+@pytest.mark.parametrize("name", ["TransformerEncoderLayer", "TransformerDecoderLayer"])
+def test_the_attention_blocks_take_no_causal_hint_by_default_as_torchs_do(name):
+    """The private sublayer blocks are called as torch's are (test_train_mode calls _ff_block): no hint, no mask."""
+    from reference.engine import fastpath
+    from reference.weights import copy_torch_to_handmade
+
+    theirs = getattr(nn, name)(8, 2, 16, dropout=0.0, dtype=torch.float64).eval()
+    ours = getattr(handmade, name)(8, 2, 16, dropout=0.0, dtype=torch.float64).eval()
+    copy_torch_to_handmade(theirs, ours)
+    x, mem = torch.randn(5, 2, 8, dtype=torch.float64), torch.randn(4, 2, 8, dtype=torch.float64)
+    blocks = {"_sa_block": (x, None, None)} | ({"_mha_block": (x, mem, None, None)} if "Decoder" in name else {})
+    for block, args in blocks.items():
+        with fastpath(False):
+            expected = getattr(theirs, block)(*args)
+        verdict = judge(block, getattr(ours, block)(*args), expected)
+        assert verdict.passed, verdict
+
+
+def test_factory_arguments_reach_the_extra_key_and_value_biases():
+    attn = handmade.MultiheadAttention(8, 2, add_bias_kv=True, device="meta", dtype=torch.float64)
+    for name, p in attn.named_parameters():
+        assert (p.dtype, p.device.type) == (torch.float64, "meta"), name

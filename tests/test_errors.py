@@ -285,3 +285,44 @@ def test_copying_weights_between_differently_configured_models_fails_clearly(con
     with pytest.raises(WeightMapError) as info:
         copy_torch_to_handmade(source, destination)
     assert re.search(r"(torch|handmade) [\w.]+", str(info.value)), str(info.value)
+
+
+def test_layer_norm_names_the_shape_it_expected_and_the_shape_it_got():
+    with pytest.raises(RuntimeError):
+        nn.LayerNorm(6)(torch.zeros(2, 5))
+    with pytest.raises(ValueError) as info:
+        handmade.LayerNorm(6)(torch.zeros(2, 5))
+    assert str(info.value) == "input's last dims must be normalized_shape=(6,), got shape (2, 5)"
+
+
+def test_a_value_with_the_wrong_features_is_named_value():
+    attn = handmade.MultiheadAttention(4, 2, kdim=3, vdim=5)
+    q, k = torch.zeros(2, 1, 4), torch.zeros(2, 1, 3)
+    with pytest.raises(ValueError) as info:
+        attn(q, k, torch.zeros(2, 1, 6))
+    assert str(info.value) == "value must have 5 features (last dim), got shape (2, 1, 6)"
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+@pytest.mark.parametrize("mask_dtype", [F64, torch.float32, torch.float16])
+def test_a_causal_hint_is_trusted_over_its_masks_values_and_dtype_as_torch_trusts_it(mask_dtype, norm_first):
+    """The three causal hints: torch takes their masks to be causal (top-left), whatever they hold and dtype."""
+    reference, twin = build_pair("transformer", Config(**KW, norm_first=norm_first), seed=0, dtype=F64)
+    kwargs = {"src_mask": torch.zeros(S, S, dtype=mask_dtype), "tgt_mask": torch.zeros(T, T, dtype=mask_dtype),
+              "memory_mask": torch.zeros(T, S, dtype=mask_dtype),
+              "src_is_causal": True, "tgt_is_causal": True, "memory_is_causal": True}
+    with fastpath(False):
+        expected = reference(SRC, TGT, **kwargs)
+        unmasked = reference(SRC, TGT)
+    got = twin(SRC, TGT, **kwargs)
+    assert not judge("output", unmasked, expected).passed, "the hint should change the result"
+    verdict = judge("output", got, expected)
+    assert verdict.passed, verdict
+
+
+def test_the_decoder_layer_names_a_tgt_of_the_wrong_rank_tgt():
+    layer = handmade.TransformerDecoderLayer(**LAYER_KW)
+    with pytest.raises(ValueError) as info:
+        layer(TGT[None], SRC)
+    expected = f"tgt must be 2-D (L, E) unbatched or 3-D batched, got a 4-D tensor of shape {(1, T, N, D)}"
+    assert str(info.value) == expected

@@ -6,8 +6,10 @@ cannot see (handmade is correct, so a verdict with a wrong label or a lost ``tor
 
 from __future__ import annotations
 
+import copy
 import math
 
+import pytest
 import torch
 
 from reference.build import Config
@@ -105,3 +107,52 @@ def test_the_ratio_is_to_pytorchs_own_error_or_else_to_the_bound():
     assert (exact.max_abs, exact.ratio) == (0.0, 0.0)
     off_by_one = judge("output", oracle + 1.0, oracle)  # float64: no own error, so the ratio is to the bound
     assert off_by_one.max_abs == 1.0 and off_by_one.ratio == 1.0 / off_by_one.bound
+
+
+def test_a_shape_mismatch_verdict_prints_the_two_shapes():
+    text = str(judge("output", torch.zeros(2, 3), torch.zeros(3, 2, dtype=torch.float64)))
+    assert text.startswith("[FAIL] output (") and "max abs err inf" in text, text
+    assert text.endswith("candidate 0 vs oracle 0 | shape (2, 3) but should be (3, 2)"), text
+
+
+def test_an_output_the_builtin_does_not_return_is_judged_a_failure():
+    """A candidate returning more than the built-in (here attention weights nobody asked for) fails on it."""
+    from reference.engine import HandmadeTwin, compare_modules
+
+    class ExtraOutput(HandmadeTwin):
+        def call(self, model, call, inputs, kwargs):
+            return {"output": call(model, **inputs, **kwargs), "weights": inputs["input"].sum(-1)}
+
+    builtin = torch.nn.Linear(3, 2).double()
+    inputs = {"input": torch.randn(4, 3, dtype=torch.float64)}
+    verdicts = compare_modules(builtin, ExtraOutput(copy.deepcopy(builtin)), lambda m, input: m(input), inputs,
+                               dtype=torch.float64, device="cpu", grads=False, seed=0)
+    by_name = {v.what: v for v in verdicts}
+    assert sorted(by_name) == ["output", "weights (the built-in returns none)"], sorted(by_name)
+    assert by_name["output"].passed and not by_name["weights (the built-in returns none)"].passed
+
+
+def test_a_candidates_crash_is_a_target_error_naming_the_candidate_and_the_exception():
+    from reference.engine import HandmadeTwin, compare_modules
+    from reference.targets import TargetError
+
+    class Crashing(HandmadeTwin):
+        def call(self, model, call, inputs, kwargs):
+            raise RuntimeError("boom")
+
+    builtin = torch.nn.Linear(3, 2).double()
+    inputs = {"input": torch.randn(4, 3, dtype=torch.float64)}
+    with pytest.raises(TargetError, match=r"^crashy raised RuntimeError: boom$"):
+        compare_modules(builtin, Crashing(copy.deepcopy(builtin), name="crashy"), lambda m, input: m(input), inputs,
+                        dtype=torch.float64, device="cpu", grads=False, seed=0)
+
+
+def test_an_empty_tensors_verdict_prints():
+    text = str(judge("grad x", torch.zeros(0), torch.zeros(0, dtype=torch.float64), torch.zeros(0)))
+    assert text.startswith("[ok] grad x (") and text.endswith("worst element (): candidate 0 vs oracle 0"), text
+
+
+def test_a_nan_where_the_oracle_is_finite_fails_with_its_note():
+    v = judge("output", torch.tensor([float("nan"), 1.0]), torch.tensor([0.0, 1.0], dtype=torch.float64))
+    assert (v.passed, v.max_abs, v.worst_index) == (False, math.inf, (0,))
+    assert v.note == "candidate has NaN/inf where the oracle is finite"

@@ -73,3 +73,14 @@ def test_weight_map_reports_an_unmatched_handmade_tensor():
     twin = handmade.MultiheadAttention(16, 2, add_bias_kv=True, dtype=torch.float64)
     with pytest.raises(WeightMapError, match=r"handmade bias_k has no torch counterpart"):
         plan(reference, twin)
+
+
+def test_weight_map_reports_a_handmade_tensor_that_two_torch_tensors_map_to():
+    """torch's q_proj_weight and a q_proj.weight both name handmade's q_proj.weight: one too many."""
+    reference = nn.Module()
+    reference.q_proj_weight = nn.Parameter(torch.zeros(2, 2))
+    reference.q_proj = nn.Linear(2, 2, bias=False)
+    twin = nn.Module()
+    twin.q_proj = nn.Linear(2, 2, bias=False)
+    with pytest.raises(WeightMapError, match=r"handmade q_proj\.weight is the target of two torch tensors"):
+        plan(reference, twin)
