@@ -116,11 +116,12 @@ def test_constructor_aliases_and_not_taken() -> None:
 
 
 def test_constructor_config_dataclass_and_sizes_from_model() -> None:
-    built = build(Blocks, {**GPT.kwargs(), "dim_feedforward": 32}, "decoder_only")
+    wide = dataclasses.replace(GPT, d_model=24, nhead=3, num_encoder_layers=3)  # none of GPTConfig's defaults
+    built = build(Blocks, {**wide.kwargs(), "dim_feedforward": 32}, "decoder_only")
     assert built.plan.kind == "config" and isinstance(built.plan.config, GPTConfig)
-    assert (built.plan.config.n_embd, built.plan.config.n_head, built.plan.config.n_layer) == (16, 2, 2)
+    assert (built.plan.config.n_embd, built.plan.config.n_head, built.plan.config.n_layer) == (24, 3, 3)
     assert {"norm_first", "activation", "dim_feedforward", "layer_norm_eps"} <= set(built.not_taken)
-    assert sizes_from_model(built.model) == {"d_model": 16, "dim_feedforward": 64, "num_layers": 2}
+    assert sizes_from_model(built.model) == {"d_model": 24, "dim_feedforward": 96, "num_layers": 3}
 
 
 def test_constructor_untyped_config_namespace() -> None:

@@ -46,6 +46,8 @@ ALIASES: dict[str, tuple[str, ...]] = {
 }
 # a level's option names that are spellings of a canonical one
 CANONICAL = {"embed_dim": "d_model", "num_heads": "nhead", "eps": "layer_norm_eps"}
+# a one-stack level's layer count, in nn.Transformer's configuration
+STACK_LAYERS = {"encoder": "num_encoder_layers", "decoder_only": "num_encoder_layers", "decoder": "num_decoder_layers"}
 CONFIG_NAMES = ("config", "cfg", "conf", "args", "hparams", "params", "opt", "opts", "hp")
 
 
@@ -82,7 +84,8 @@ class Built:
 
 
 def canonical_options(options: Mapping[str, Any], level: str) -> dict[str, Any]:
-    """The level's options under canonical names (embed_dim -> d_model, ...), normalized_shape as d_model."""
+    """The level's options under canonical names (embed_dim -> d_model, ...), normalized_shape as d_model, and
+    a one-stack level's layer count (num_encoder_layers for encoder and decoder_only) as num_layers."""
     out: dict[str, Any] = {}
     for key, value in options.items():
         if key == "normalized_shape":
@@ -92,9 +95,14 @@ def canonical_options(options: Mapping[str, Any], level: str) -> dict[str, Any]:
                 out["d_model"] = shape[0]
             continue
         out[CANONICAL.get(key, key)] = value
-    layers = {k: out[k] for k in ("num_encoder_layers", "num_decoder_layers") if k in out}
-    if "num_layers" not in out and len(set(layers.values())) == 1 and level != "transformer":
-        out["num_layers"] = next(iter(layers.values()))
+    stack = STACK_LAYERS.get(level)
+    if stack is not None and "num_layers" not in out and stack in out:  # the one stack's count
+        out["num_layers"] = out[stack]
+        for key in ("num_encoder_layers", "num_decoder_layers"):
+            out.pop(key, None)
+    if level in ("encoder_layer", "decoder_layer", "feed_forward"):  # one layer: no layer counts
+        for key in ("num_encoder_layers", "num_decoder_layers", "num_layers"):
+            out.pop(key, None)
     return out
 
 

@@ -3,9 +3,8 @@
 A built-in parameter is a slot, and so is each part of it a target may hold separately: the q, k and v
 thirds of ``in_proj_weight``/``in_proj_bias``, k and v together, and, within each third, one head's
 rows. Each slot knows its shape in torch's (out, in) orientation, its kind (matrix, a norm's scale, a
-bias-like shift), its role (q/k/v/kv) and its partner (the bias of a weight, the shift of a norm's
-scale). The target's side is read from its names (``W_q``, ``query``, ``to_k`` give a role) and from the
-recorded use (order, orientation, kind).
+bias-like shift) and its role (q/k/v/kv). The target's side is read from its names (``W_q``, ``query``,
+``to_k`` give a role) and from the recorded use (order, orientation, kind).
 """
 
 from __future__ import annotations
@@ -36,7 +35,6 @@ class Slot:
     kind: str  # "matrix", "scale", "shift" or "tensor"
     role: str | None
     order: float
-    partner: tuple[str, tuple[int, int]] | None = None  # (name, rows) of its bias / its norm's shift
 
     def describe(self, full: int) -> str:
         return self.name if self.rows == (0, full) else f"{self.name}[rows {self.rows[0]}:{self.rows[1]}]"
@@ -51,27 +49,23 @@ def builtin_slots(builtin: nn.Module, recording: Recording) -> tuple[list[Slot],
     slots: list[Slot] = []
     for name, shape in shapes.items():
         base = order.get(name, len(order) + len(slots))
-        prefix, _, leaf = name.rpartition(".")
-        pre = f"{prefix}." if prefix else ""
+        leaf = name.rpartition(".")[2]
         owner = owners.get(name)
         rows0 = (0, shape[0] if shape else 1)
         if isinstance(owner, nn.MultiheadAttention) and leaf in ("in_proj_weight", "in_proj_bias"):
             kind = "matrix" if leaf.endswith("weight") else "shift"
-            bias = f"{pre}in_proj_bias" if kind == "matrix" and f"{pre}in_proj_bias" in shapes else None
-            slots.append(Slot(name, rows0, shape, kind, None, base, (bias, rows0) if bias else None))
+            slots.append(Slot(name, rows0, shape, kind, None, base))
             E, H = owner.embed_dim, owner.num_heads
             kv = (E, 3 * E)  # k and v packed together (a cross-attention's ``to_kv``)
-            slots.append(Slot(name, kv, (2 * E, *shape[1:]), kind, "kv", base + 0.25, (bias, kv) if bias else None))
+            slots.append(Slot(name, kv, (2 * E, *shape[1:]), kind, "kv", base + 0.25))
             for r, role in enumerate(ROLES):
                 rows = (r * E, (r + 1) * E)
-                partner = (bias, rows) if bias else None
-                slots.append(Slot(name, rows, (E, *shape[1:]), kind, role, base + (r + 1) / 10, partner))
+                slots.append(Slot(name, rows, (E, *shape[1:]), kind, role, base + (r + 1) / 10))
                 if H > 1:
                     D = E // H
                     for h in range(H):
                         hrows = (r * E + h * D, r * E + (h + 1) * D)
-                        slots.append(Slot(name, hrows, (D, *shape[1:]), kind, role, base + (r + 1) / 10 + h / 1000,
-                                          (bias, hrows) if bias else None))
+                        slots.append(Slot(name, hrows, (D, *shape[1:]), kind, role, base + (r + 1) / 10 + h / 1000))
             continue
         if isinstance(owner, nn.MultiheadAttention) and leaf.endswith("_proj_weight"):
             slots.append(Slot(name, rows0, shape, "matrix", leaf[0], base))
@@ -84,9 +78,7 @@ def builtin_slots(builtin: nn.Module, recording: Recording) -> tuple[list[Slot],
             kind = "shift" if leaf == "bias" else "tensor"
         else:
             kind = "tensor"
-        partner_name = f"{pre}bias" if leaf == "weight" and f"{pre}bias" in shapes else None
-        partner = (partner_name, (0, shapes[partner_name][0])) if partner_name else None
-        slots.append(Slot(name, rows0, shape, kind, None, base, partner))
+        slots.append(Slot(name, rows0, shape, kind, None, base))
     return slots, shapes
 
 

@@ -3,7 +3,7 @@
 ``infer_weight_map`` records the order in which both models use their parameters in one forward pass
 (``reference.infer.record``), pairs them by that order, by shape (a transposed ``Conv1D`` weight fits an
 (out, in) slot), by kind (a norm's scale is not a bias) and by name (``W_q`` holds the q third of torch's
-packed ``in_proj_weight``; a bias goes with its own module's weight), then loads the built-in's random
+packed ``in_proj_weight``), then loads the built-in's random
 weights into the target and requires both to give the same outputs to float64 rounding. A map that pairs
 but does not reproduce the outputs is rejected (the code differs, or the map is wrong): it is never
 returned silently. What it cannot decide (tensors never used; several same-shaped tensors first used in
@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from reference.build import randomize_
 from reference.engine import fastpath
 from reference.infer.record import Recording, record_uses
-from reference.infer.slots import Fit, Slot, builtin_slots, fits, role_of, vector_like
+from reference.infer.slots import Fit, Slot, builtin_slots, fits, role_of
 from reference.weights import WeightMapError
 
 Override = Mapping[str, "str | Sequence[str] | None"]
@@ -232,10 +232,6 @@ class _Rows:
         return gaps + ([(at, n)] if at < n else [])
 
 
-def _module(name: str) -> str:
-    return name.rpartition(".")[0]
-
-
 def pair(builtin: nn.Module, model: nn.Module, builtin_rec: Recording, model_rec: Recording,
          override: Mapping[str, Any] | None = None) -> WeightMap:
     """Pair by order, shape, kind and name (no verification); UnpairedError/AmbiguousMapError when it cannot."""
@@ -259,11 +255,6 @@ def pair(builtin: nn.Module, model: nn.Module, builtin_rec: Recording, model_rec
         role = role_of(name)
         if role and any(f.slot.role == role for f in candidates):
             candidates = [f for f in candidates if f.slot.role == role]
-        siblings = [chosen[n].slot for n in chosen if _module(n) == _module(name)]
-        sibling = siblings[0] if len(siblings) == 1 and vector_like(shape) else None
-        if sibling is not None and sibling.partner is not None:
-            partnered = [f for f in candidates if (f.slot.name, f.slot.rows) == sibling.partner]
-            candidates = partnered or candidates
         if not candidates:
             unpaired.append(name)
             continue
