@@ -130,9 +130,9 @@ def judge(what: str, candidate: Tensor, oracle: Tensor, torch_own: Tensor | Sequ
     definition. Several tensors (the built-in on the weights as rounded and on ``jittered`` ones): the largest
     error counts. Non-finite candidate values where the oracle is finite fail with an infinite error.
     """
-    dtype = candidate.dtype
+    dtype, name = candidate.dtype, str(candidate.dtype).replace("torch.", "")
     if candidate.shape != oracle.shape:
-        return Verdict(what, str(dtype), False, float("inf"), float("inf"), 0.0, float("inf"), 0.0, (), 0.0, 0.0,
+        return Verdict(what, name, False, float("inf"), float("inf"), 0.0, float("inf"), 0.0, (), 0.0, 0.0,
                        f"shape {tuple(candidate.shape)} but should be {tuple(oracle.shape)}")
     ref = oracle.detach().to("cpu", torch.float64)
     cand = candidate.detach().to("cpu", torch.float64)
@@ -140,7 +140,7 @@ def judge(what: str, candidate: Tensor, oracle: Tensor, torch_own: Tensor | Sequ
     torch_err = _own_error(torch_own, ref)
     bound = K * torch_err + floor(dtype, scale)
     if ref.numel() == 0:
-        return Verdict(what, str(dtype), True, 0.0, 0.0, torch_err, 0.0, bound, (), 0.0, 0.0)
+        return Verdict(what, name, True, 0.0, 0.0, torch_err, 0.0, bound, (), 0.0, 0.0)
     diff = (cand - ref).abs()
     both_nan = cand.isnan() & ref.isnan()
     diff = torch.where(both_nan, torch.zeros_like(diff), diff)
@@ -152,6 +152,6 @@ def judge(what: str, candidate: Tensor, oracle: Tensor, torch_own: Tensor | Sequ
     ratio = max_abs / torch_err if torch_err > 0 else (0.0 if max_abs == 0 else max_abs / bound)
     note = "" if torch.isfinite(cand[~both_nan]).all() else "candidate has NaN/inf where the oracle is finite"
     return Verdict(
-        what, str(dtype).replace("torch.", ""), max_abs <= bound, max_abs, float(rel.max()), torch_err, ratio, bound,
+        what, name, max_abs <= bound, max_abs, float(rel.max()), torch_err, ratio, bound,
         worst, float(cand.reshape(-1)[flat]), float(ref.reshape(-1)[flat]), note,
     )

@@ -111,7 +111,7 @@ def test_the_ratio_is_to_pytorchs_own_error_or_else_to_the_bound():
 
 def test_a_shape_mismatch_verdict_prints_the_two_shapes():
     text = str(judge("output", torch.zeros(2, 3), torch.zeros(3, 2, dtype=torch.float64)))
-    assert text.startswith("[FAIL] output (") and "max abs err inf" in text, text
+    assert text.startswith("[FAIL] output (float32): ") and "max abs err inf" in text, text
     assert text.endswith("candidate 0 vs oracle 0 | shape (2, 3) but should be (3, 2)"), text
 
 
