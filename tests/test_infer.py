@@ -268,12 +268,36 @@ def test_packed_keys_and_values_from_one_context() -> None:
         inference.convention(model, *lv.inputs(ATTENTION, F64), batch_first=True)
 
 
-def test_handmade_is_just_another_target() -> None:
-    for name, case, obj in (("attention", ATTENTION, handmade.MultiheadAttention),
-                            ("transformer", Case(SEQ2SEQ), handmade.Transformer)):
-        inference, model = infer(name, case, obj)
-        assert inference.convention.returns_weights in (True, None) or name != "attention"
-        check_equal(name, case, inference, model)
+class FeedForward(nn.Module):
+    """A position-wise feed-forward block as courses write it: w_1, relu, dropout, w_2."""
+
+    def __init__(self, d_model: int, d_ff: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.w_1, self.w_2, self.drop = nn.Linear(d_model, d_ff), nn.Linear(d_ff, d_model), nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.w_2(self.drop(torch.relu(self.w_1(x))))
+
+
+def test_feed_forward_pairs_only_what_the_level_uses() -> None:
+    inference, model = infer("feed_forward", Case(SEQ2SEQ), FeedForward)
+    assert [link.text() for link in inference.weight_map.links] == [
+        "linear1.weight", "linear1.bias", "linear2.weight", "linear2.bias"]
+    assert "self_attn.in_proj_weight" in inference.weight_map.notes[0]
+    check_equal("feed_forward", Case(SEQ2SEQ), inference, model)
+
+
+@pytest.mark.parametrize("name, case, obj", [
+    ("attention", ATTENTION, handmade.MultiheadAttention),
+    ("layer_norm", LayerNormCase((8,), 1e-5, lead_shape=(2, 3)), handmade.LayerNorm),
+    ("encoder_layer", Case(SEQ2SEQ, src_mask="causal_float"), handmade.TransformerEncoderLayer),
+    ("decoder_layer", Case(SEQ2SEQ, tgt_mask="causal_bool", memory_key_padding_mask="bool"),
+     handmade.TransformerDecoderLayer),
+    ("transformer", Case(SEQ2SEQ, tgt_mask="causal_bool", src_key_padding_mask="bool"), handmade.Transformer),
+])
+def test_handmade_is_just_another_target(name: str, case: Any, obj: type[nn.Module]) -> None:
+    inference, model = infer(name, case, obj)
+    check_equal(name, case, inference, model)
 
 
 def test_map_describe_and_its_override_round_trip() -> None:

@@ -50,7 +50,7 @@ def infer_target(builtin: nn.Module, model: nn.Module, level: str, call: Callabl
     random built-in weights. Raises NotSupportedError (cannot be called at this level) or a WeightMapError
     (UnpairedError, AmbiguousMapError, MapMismatchError) when no layout gives the built-in's outputs.
     """
-    with torch.no_grad():
+    with torch.no_grad(), fastpath(False):
         expected = call(builtin, **inputs, **kwargs)
     conv = infer_calling(model, level, inputs, kwargs, batch_first=batch_first, expected=expected,
                          keep_mask=keep_mask)

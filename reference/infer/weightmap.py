@@ -269,8 +269,12 @@ def pair(builtin: nn.Module, model: nn.Module, builtin_rec: Recording, model_rec
         source = Source(slot.name, None if slot.rows == whole else slot.rows)
         how = "order and shape" + (f", name says {slot.role}" if slot.role and role_of(name) == slot.role else "")
         links.append(Link(name, (source,), fit.transpose, how + (", transposed" if fit.transpose else "")))
-    missing = {n: gaps for n, shape in shapes.items() if (gaps := rows.missing(n, shape[0] if shape else 1))}
+    idle = set(builtin_rec.unused)  # the level's call does not use them (feed_forward: the layer's attention)
+    missing = {n: gaps for n, shape in shapes.items()
+               if n not in idle and (gaps := rows.missing(n, shape[0] if shape else 1))}
     never = [n for n in model_rec.unused if n not in fixed]
+    if idle:
+        notes.append(f"built-in tensors the level's call does not use, not paired: {', '.join(sorted(idle))}")
     if missing and never:
         raise AmbiguousMapError(
             f"cannot pair target {', '.join(f'{n} {tuple(params[n].shape)}' for n in never)}: never used in the "
@@ -283,7 +287,8 @@ def pair(builtin: nn.Module, model: nn.Module, builtin_rec: Recording, model_rec
     tied = [n for n in model_rec.ordered() if model_rec.uses[n].uses > 1]
     if tied:
         notes.append(f"used more than once: {', '.join(tied)}")
-    return WeightMap(tuple(sorted(links, key=lambda link: list(params).index(link.target))), dict(shapes),
+    return WeightMap(tuple(sorted(links, key=lambda link: list(params).index(link.target))),
+                     {n: shape for n, shape in shapes.items() if n not in idle},
                      tuple(ignored) + tuple(never), tuple(notes), ties=tuple(dict.fromkeys(ties)))
 
 
