@@ -300,6 +300,18 @@ def test_handmade_is_just_another_target(name: str, case: Any, obj: type[nn.Modu
     check_equal(name, case, inference, model)
 
 
+@pytest.mark.parametrize("name", ["encoder", "decoder", "decoder_only"])
+def test_handmade_stacks_with_their_final_norm(name: str) -> None:
+    """A stack is built from a layer: the factory is handmade's own stack, as the registry builds it."""
+    case = StackCase(Case(GPT, batch=2, src_len=5, tgt_len=4, src_key_padding_mask="bool"))
+    model = level(name).build("handmade", case).to(F64)
+    lv = level(name)
+    inputs, kwargs = lv.inputs(case, F64)
+    inference = infer_target(lv.reference(case), model, name, lv.call, inputs, kwargs, batch_first=True)
+    assert "always causal" not in inference.convention.describe()
+    check_equal(name, case, inference, model)
+
+
 def test_map_describe_and_its_override_round_trip() -> None:
     inference, model = infer("decoder_only", StackCase(Case(GPT, batch=2, src_len=5)), Blocks)
     text = inference.weight_map.describe()
