@@ -7,18 +7,11 @@
 """
 
 from reference.infer.auto import Inference, infer_target
-from reference.infer.calling import Convention, infer_calling, is_causal_mask, read_outputs
+from reference.infer.calling import Convention, infer_calling, read_outputs
 from reference.infer.construct import Built, ConstructionError, Plan, build, plan, sizes_from_model
-from reference.infer.weightmap import (
-    AmbiguousMapError,
-    Link,
-    MapMismatchError,
-    Source,
-    UnpairedError,
-    WeightMap,
-    infer_weight_map,
-    load_override,
-)
+from reference.infer.maps import Link, Source, WeightMap, load_override
+from reference.infer.masks import is_causal_mask
+from reference.infer.weightmap import AmbiguousMapError, MapMismatchError, UnpairedError, infer_weight_map
 
 __all__ = [
     "AmbiguousMapError", "Built", "ConstructionError", "Convention", "Inference", "Link", "MapMismatchError",

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from reference.infer.masks import is_causal_mask, keep, merged, same
 from reference.targets import NotSupportedError
 
 INPUT_ALIASES: dict[str, tuple[str, ...]] = {
@@ -70,16 +71,6 @@ def _forward_params(model: nn.Module) -> list[inspect.Parameter]:
     return [p for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
 
 
-def is_causal_mask(mask: Tensor) -> bool:
-    """Whether ``mask`` (L, L) blocks exactly the future: True/-inf above the diagonal, False/0 elsewhere."""
-    if mask.dim() != 2 or mask.shape[0] != mask.shape[1]:
-        return False
-    above = torch.ones(mask.shape, dtype=torch.bool, device=mask.device).triu(1)
-    blocked = mask if mask.dtype == torch.bool else torch.isneginf(mask)
-    allowed_ok = mask.dtype == torch.bool or bool((mask[~above] == 0).all())
-    return bool(torch.equal(blocked, above)) and allowed_ok
-
-
 @dataclass(frozen=True)
 class Convention:
     """How the level's standard call becomes the target's; ``assumptions`` say so in words."""
@@ -111,10 +102,10 @@ class Convention:
         if not batched and self.unbatched is False:
             raise NotSupportedError("the target does not take unbatched input")
         flip = batched and self.batch_first is not None and self.batch_first != batch_first
-        if self.self_attention_only and any(k in given and not _same(given[k], given["query"])
+        if self.self_attention_only and any(k in given and not same(given[k], given["query"])
                                             for k in ("key", "value")):
             raise NotSupportedError("the target's attention takes one input (self-attention only)")
-        if self.key_is_value and "value" in given and not _same(given["value"], given.get("key", given["query"])):
+        if self.key_is_value and "value" in given and not same(given["value"], given.get("key", given["query"])):
             raise NotSupportedError("the target's attention takes one input for keys and values")
         args = [given[name].transpose(0, 1) if flip else given[name] for name, _ in self.inputs if name in given]
         if self.level == "attention" and not self.self_attention_only:
@@ -123,13 +114,13 @@ class Convention:
         kw: dict[str, Any] = {}
         masks = {k: v for k, v in kwargs.items() if k not in FLAGS and v is not None}
         if self.merge_padding and "key_padding_mask" in masks:
-            masks["attn_mask"] = _merged(masks.get("attn_mask"), masks.pop("key_padding_mask"), given, batch_first)
+            masks["attn_mask"] = merged(masks.get("attn_mask"), masks.pop("key_padding_mask"), given, batch_first)
         elif self.level == "attention" and self.masks.get("attn_mask", "attn_mask") != "attn_mask" \
                 and "attn_mask" in masks:
-            masks["attn_mask"] = _merged(masks["attn_mask"], None, given, batch_first)
+            masks["attn_mask"] = merged(masks["attn_mask"], None, given, batch_first)
         for name, mask in masks.items():
             if name in self.masks:
-                kw[self.masks[name]] = _keep(mask) if self.keep_mask else mask
+                kw[self.masks[name]] = keep(mask) if self.keep_mask else mask
             elif self.always_causal and is_causal_mask(mask):
                 continue
             else:
@@ -149,42 +140,6 @@ class Convention:
             elif weights.dim() == args[0].dim() and kwargs.get("average_attn_weights") is False:
                 raise NotSupportedError("the target returns head-averaged attention weights only")
         return out
-
-
-def _same(a: Tensor, b: Tensor) -> bool:
-    return a is b or (a.shape == b.shape and bool(torch.equal(a.detach(), b.detach())))
-
-
-def _keep(mask: Tensor) -> Tensor:
-    """torch's block-mask (True or -inf = blocked) as a keep-mask (True = may attend)."""
-    if mask.dtype == torch.bool:
-        return ~mask
-    if bool(((mask == 0) | torch.isneginf(mask)).all()):
-        return mask == 0
-    raise NotSupportedError("a float mask with values other than 0 and -inf has no keep-mask form")
-
-
-def _merged(attn: Tensor | None, padding: Tensor | None, given: Mapping[str, Tensor], batch_first: bool) -> Tensor:
-    """torch's attn_mask ((L, S) or (N*H, L, S)) and key_padding_mask (N, S) as one mask broadcasting
-    against scores (N, H, L, S), blocked where either blocks (bool, or additive float)."""
-    query = given["query"]
-    batched = query.dim() == 3
-    N = query.shape[0 if batch_first else 1] if batched else 1
-    parts = []
-    if attn is not None:
-        if attn.dim() == 3:
-            attn = attn.reshape(N, -1, *attn.shape[-2:]) if batched else attn
-        parts.append(attn)
-    if padding is not None:
-        parts.append(padding[:, None, None, :] if batched else padding[None, None, :])
-    if len(parts) == 1:
-        return parts[0]
-    a, b = parts
-    if a.dtype == torch.bool and b.dtype == torch.bool:
-        return a | b
-    def additive(m: Tensor, like: Tensor) -> Tensor:
-        return m if m.is_floating_point() else torch.zeros(m.shape, dtype=like.dtype).masked_fill(m, float("-inf"))
-    return additive(a, query) + additive(b, query)
 
 
 def read_outputs(out: Any) -> dict[str, Tensor]:
