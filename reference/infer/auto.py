@@ -46,10 +46,14 @@ def infer_target(builtin: nn.Module, model: nn.Module, level: str, call: Callabl
     """Calling convention and verified weight map of ``model`` against ``builtin`` at ``level``.
 
     ``call`` is the level's call of the built-in (``Level.call``); ``inputs``/``kwargs`` one standard call
-    (float64, batched with N != L is best) laid out ``batch_first`` or not. ``model`` is left loaded with
-    random built-in weights. Raises NotSupportedError (cannot be called at this level) or a WeightMapError
-    (UnpairedError, AmbiguousMapError, MapMismatchError) when no layout gives the built-in's outputs.
+    (float64, batched with N != L is best) laid out ``batch_first`` or not. ``model`` is moved to the inputs'
+    dtype and left loaded with random built-in weights. Raises NotSupportedError (cannot be called at this
+    level) or a WeightMapError (UnpairedError, AmbiguousMapError, MapMismatchError) when no layout gives the
+    built-in's outputs.
     """
+    dtype = next((t.dtype for t in inputs.values() if t is not None and t.is_floating_point()), None)
+    if dtype is not None:
+        model.to(dtype)  # the inputs' dtype (float64 is best): a float32 build would not take them
     with torch.no_grad(), fastpath(False):
         expected = call(builtin, **inputs, **kwargs)
     conv = infer_calling(model, level, inputs, kwargs, batch_first=batch_first, expected=expected,
