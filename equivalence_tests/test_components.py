@@ -16,7 +16,7 @@ import torch
 from hypothesis import HealthCheck, example, given
 
 from reference.assertions import check, examples, skip_unless_dtype_runs, skip_when_nothing_supported
-from reference.compare import candidate_for
+from reference.compare import prepare
 from reference.registry import LEVELS, Level
 from reference.targets import Target
 
@@ -33,7 +33,7 @@ def _property(entry: Level) -> Callable[..., None]:
     @given(case=entry.cases())
     def test(target: Target, device: str, dtype: torch.dtype, case: object) -> None:
         skip_unless_dtype_runs(dtype, device)
-        check(entry, case, lambda: candidate_for(target, entry.name, case), device, dtype)
+        check(entry, case, lambda drawn: prepare(target, entry.name, drawn), device, dtype)
 
     for case in dict.fromkeys(case for case, _ in entry.pinned):  # every pinned case, in every dtype
         test = example(case=case)(test)

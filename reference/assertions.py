@@ -114,25 +114,27 @@ def low_precision_grads_comparable(dtype: torch.dtype, smooth: bool) -> bool:
     return dtype in (torch.float64, torch.float32) or smooth
 
 
-def check(level: Level, case: Any, candidate: Callable[[], Candidate], device: str, dtype: torch.dtype,
+def check(level: Level, case: Any, prepare: Callable[[Any], tuple[Any, Candidate]], device: str, dtype: torch.dtype,
           context: Context | None = None) -> list[Verdict]:
-    """Judge ``candidate()`` against ``level``'s built-in on ``case``; a declined configuration is rejected.
+    """Judge a candidate against ``level``'s built-in on ``case``; a declined configuration is rejected.
 
-    ``candidate`` makes the engine's candidate (it raises NotSupportedError to decline the configuration).
+    ``prepare(case)`` returns the case as the target is checked on it (adapted to what it takes) and the
+    engine's candidate; it raises NotSupportedError to decline the configuration.
     """
     __tracebackhide__ = True
-    context = context or Context(level.name, dtype, device, case.describe())
-    grads = low_precision_grads_comparable(dtype, level.smooth(case))
     try:
-        made = candidate()
+        case, made = prepare(case)
+        context = context or Context(level.name, dtype, device, case.describe())
+        grads = low_precision_grads_comparable(dtype, level.smooth(case))
         inputs, kwargs = level.inputs(case, dtype)
         verdicts = compare_modules(level.reference(case), made, level.call, inputs, kwargs, dtype=dtype,
                                    device=device, grads=grads, seed=case.seed)
     except NotSupportedError as exc:
-        record_not_supported(context, str(exc))
+        record_not_supported(context or Context(level.name, dtype, device, case.describe()), str(exc))
         reject()
     except TargetError as exc:
-        raise AssertionError(f"{context}: the target crashed: {exc}") from exc
+        where = context or Context(level.name, dtype, device, case.describe())
+        raise AssertionError(f"{where}: the target failed: {exc}") from exc
     assert_parity(verdicts, context)
     return verdicts
 

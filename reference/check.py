@@ -29,10 +29,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--as", dest="level", choices=LEVELS, default=None, metavar="LEVEL",
                         help=f"the level the target implements, one of {', '.join(LEVELS)} (default: the whole "
                              "model; handmade provides every level)")
-    parser.add_argument("--profile", choices=("ci", "dev", "thorough"), default="dev",
-                        help="hypothesis profile: ci (deterministic), dev (default), thorough (10x ci)")
+    parser.add_argument("--profile", choices=("ci", "dev", "thorough", "kill"), default="dev",
+                        help="hypothesis profile: ci (deterministic), dev (default), thorough (10x ci), "
+                             "kill (ci without shrinking)")
     parser.add_argument("--device", choices=("cpu", "cuda", "all"), default="all",
                         help="run on cpu, cuda or all available devices (default all)")
+    parser.add_argument("--keep-masks", action="store_true",
+                        help="the target's bool masks mean True = may attend (torch's: True = blocked); never guessed")
     parser.add_argument("-x", "--exitfirst", action="store_true", help="stop at the first failing test")
     parser.add_argument("--report", metavar="PATH", help="also keep the JSON parity report at PATH")
     parser.epilog = "Arguments after -- go to pytest, e.g. parity check -- -k transformer -n 2"
@@ -89,7 +92,7 @@ def table(report: dict) -> list[str]:
 
 
 def run_suite(spec: str, *, level: str | None = None, profile: str = "dev", device: str = "all",
-              exitfirst: bool = False, extra: tuple[str, ...] = (),
+              exitfirst: bool = False, keep_masks: bool = False, extra: tuple[str, ...] = (),
               report_path: Path | None = None) -> tuple[int, dict]:
     """Run the installed suite on ``spec`` in this process; (pytest's exit status, the parity report)."""
     import pytest
@@ -101,7 +104,7 @@ def run_suite(spec: str, *, level: str | None = None, profile: str = "dev", devi
         path = report_path or Path(tmp) / "parity.json"
         args = [str(suite), "-p", "no:cacheprovider", "-q", f"--impl={spec}", *([f"--as={level}"] if level else []),
                 f"--parity-report={path}", f"--hypothesis-profile={profile}", f"--parity-device={device}",
-                *(["-x"] if exitfirst else []), *extra]
+                *(["-x"] if exitfirst else []), *(["--keep-masks"] if keep_masks else []), *extra]
         status = int(pytest.main(args))
         report = json.loads(path.read_text()) if path.exists() else {}
     return status, report
@@ -113,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     extra = tuple(argv[argv.index("--") + 1:]) if "--" in argv else ()
     args = _parser().parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     status, report = run_suite(args.target, level=args.level, profile=args.profile, device=args.device,
-                               exitfirst=args.exitfirst, extra=extra,
+                               exitfirst=args.exitfirst, keep_masks=args.keep_masks, extra=extra,
                                report_path=Path(args.report) if args.report else None)
     if not report:
         print(f"parity check: the suite did not run (pytest exit status {status})", file=sys.stderr)

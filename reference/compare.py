@@ -6,19 +6,24 @@ to the engine's candidate interface and keeps the target's own failures apart fr
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from reference.build import Config
 from reference.cases import Case
 from reference.engine import Call, Candidate, HandmadeTwin, compare_modules, fastpath, param_grads, repacked_grads
+from reference.level_targets import InferredTarget
 from reference.registry import LEVELS, present
 from reference.targets import HandmadeAdapter, NotSupportedError, Target
 from reference.tolerance import Verdict
 
-__all__ = ["TargetCandidate", "candidate_for", "fastpath", "forward_kwargs", "levels_of", "whole_model"]
+__all__ = [
+    "TargetCandidate", "candidate_for", "fastpath", "forward_kwargs", "inferred", "levels_of", "prepare", "whole_model",
+]
 
 
 @dataclass
@@ -74,18 +79,57 @@ def forward_kwargs(kwargs: dict[str, object], device: torch.device | str) -> dic
     return {name: value.to(device) if isinstance(value, Tensor) else value for name, value in present(kwargs).items()}
 
 
-def levels_of(target: Target) -> tuple[str, ...]:
-    """The registry levels ``target`` provides: handmade provides every one, a plug-in its whole model."""
-    return tuple(LEVELS) if isinstance(target.obj, HandmadeAdapter) else ("transformer",)
+def levels_of(target: Target, level: str | None = None) -> tuple[str, ...]:
+    """The registry levels ``target`` is checked at: handmade provides every one; a plug-in, ``level``
+    (``--as``), by default its whole model."""
+    if isinstance(target.obj, HandmadeAdapter):
+        return tuple(LEVELS) if level is None else (level,)
+    return (level or "transformer",)
 
 
-def candidate_for(target: Target, level: str, case: Any) -> Candidate:
-    """The engine's candidate for ``target`` at ``level`` on ``case`` (handmade's components are its own)."""
-    if level == "transformer":
+_INFERRED: dict[tuple[str, str, bool], InferredTarget] = {}
+
+
+def is_drop_in(target: Target) -> bool:
+    """A class whose parameters carry nn.Transformer's names (load_state_dict fits), not one to infer."""
+    if not target.is_drop_in:
+        return False
+    try:
+        model = target.obj(**Config().kwargs())
+    except Exception:  # its constructor does not take nn.Transformer's arguments: inferred instead
+        return False
+    return isinstance(model, nn.Module) and set(model.state_dict()) == set(nn.Transformer(**Config().kwargs())
+                                                                           .state_dict())
+
+
+def inferred(target: Target, level: str) -> InferredTarget:
+    """The (cached: discovery measures once) inferred view of ``target`` at ``level``."""
+    key = (target.spec, level, target.keep_masks)
+    if key not in _INFERRED:
+        _INFERRED[key] = InferredTarget(target, level)
+    return _INFERRED[key]
+
+
+def prepare(target: Target, level: str, case: Any) -> tuple[Any, Candidate]:
+    """The case as ``target`` is checked on it and the engine's candidate: handmade's own components, a
+    drop-in or adapter through its contract, anything else (a class, factory or instance) by inference."""
+    if isinstance(target.obj, HandmadeAdapter):
+        if level == "transformer":
+            return case, TargetCandidate(target, case.config.kwargs())
+        return case, HandmadeTwin(target.obj.component(LEVELS[level].build("handmade", case)))  # its variant
+    if level == "transformer" and (is_adapter(target.obj) or is_drop_in(target)):
         config = case.config.kwargs()
         if not target.supports(config):  # decline before building anything: a declined draw must be cheap
             raise NotSupportedError(f"{target.spec} does not support {config}")
-        return TargetCandidate(target, config)
-    if level not in levels_of(target):
-        raise ValueError(f"{target.spec} provides the levels {', '.join(levels_of(target))}, not level={level!r}")
-    return HandmadeTwin(target.obj.component(LEVELS[level].build("handmade", case)))  # the target's variant
+        return case, TargetCandidate(target, config)
+    return inferred(target, level).prepare(case)
+
+
+def is_adapter(obj: Any) -> bool:
+    """An object with the adapter contract's methods (reference/targets.py)."""
+    return not inspect.isclass(obj) and all(callable(getattr(obj, m, None)) for m in ("build", "load_reference", "run"))
+
+
+def candidate_for(target: Target, level: str, case: Any) -> Candidate:
+    """The engine's candidate for ``target`` at ``level`` on ``case`` (see ``prepare``)."""
+    return prepare(target, level, case)[1]

@@ -24,6 +24,7 @@ under pytest-xdist and no state is shared between tests.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -69,6 +70,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--as", dest="parity_level", default=None, choices=LEVELS, metavar="LEVEL",
                     help=f"the level the target implements, one of {', '.join(LEVELS)} (default: the whole model; "
                          "handmade provides every level); only that level's properties run")
+    group.addoption("--keep-masks", dest="keep_masks", action="store_true",
+                    help="the target's bool masks mean True = may attend (torch's mean True = blocked); never guessed")
     group.addoption("--parity-report", default=None, metavar="PATH",
                     help="write a JSON report of tests, verdicts and not-supported configurations to PATH")
     group.addoption("--parity-device", default="all", choices=("cpu", "cuda", "all"),
@@ -111,7 +114,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Deselect the devices not asked for and the levels the target does not provide."""
     wanted = config.getoption("--parity-device")
     level = config.getoption("parity_level")
-    provided = levels_of(load_target(impl(config))) if level is None else (level,)
+    provided = levels_of(load_target(impl(config)), level)
     deselected, kept = [], []
     for item in items:
         callspec = getattr(item, "callspec", None)
@@ -130,7 +133,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def target(pytestconfig: pytest.Config) -> Target:
     """The implementation under test (``--impl``), behind the adapter interface of reference.targets."""
-    return load_target(impl(pytestconfig))
+    return dataclasses.replace(load_target(impl(pytestconfig)), keep_masks=pytestconfig.getoption("keep_masks"))
 
 
 @pytest.fixture(

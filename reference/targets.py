@@ -95,7 +95,8 @@ class Target:
     """An implementation under test, seen through the adapter interface whatever its kind."""
 
     spec: str
-    obj: Any  # a drop-in class or an adapter object
+    obj: Any  # a drop-in class or an adapter object; at a level, also a factory or an nn.Module instance
+    keep_masks: bool = False  # the user declared that its bool masks mean True = may attend (never guessed)
 
     @property
     def is_drop_in(self) -> bool:
@@ -149,11 +150,11 @@ def load_target(spec: str = DEFAULT_TARGET) -> Target:
             obj = getattr(obj, part)
     except (ImportError, AttributeError) as exc:
         raise ValueError(f"cannot import target {spec!r}: {exc}") from exc
-    if not inspect.isclass(obj):
+    if not (inspect.isclass(obj) or isinstance(obj, nn.Module) or callable(obj)):
         missing = [m for m in ("build", "load_reference", "run") if not callable(getattr(obj, m, None))]
         if missing:
             raise ValueError(
-                f"target {spec!r} is neither a class nor an adapter: it lacks {', '.join(missing)} "
-                "(see the plug-in contract in the README)"
+                f"target {spec!r} is neither a class, a factory, an nn.Module nor an adapter: it lacks "
+                f"{', '.join(missing)} (see the plug-in contract, docs/plugins.md)"
             )
     return Target(spec, obj)

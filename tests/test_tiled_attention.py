@@ -165,8 +165,10 @@ def test_low_precision_is_no_worse_than_sdpas_own_error(kind: str, dtype: torch.
 def attention_check(case: AttentionCase, dtype: torch.dtype, query_block: int, key_block: int) -> None:
     """handmade.MultiheadAttention with the tiled core vs nn.MultiheadAttention: the suite's own comparison."""
     level = LEVELS["attention"]
-    check(level, case, lambda: HandmadeTwin(use_tiled_attention(level.build("handmade", case), query_block,
-                                                                key_block)), "cpu", dtype)
+    def prepare(drawn: AttentionCase) -> tuple[AttentionCase, HandmadeTwin]:
+        return drawn, HandmadeTwin(use_tiled_attention(level.build("handmade", drawn), query_block, key_block))
+
+    check(level, case, prepare, "cpu", dtype)
 
 
 @pytest.mark.parametrize("dtype", [F64, F32, BF16, F16], ids=str)
@@ -192,7 +194,8 @@ def test_long_sequences_not_multiples_of_the_default_blocks(dtype: torch.dtype) 
     case = AttentionCase(embed_dim=8, num_heads=1, batch=1, query_len=2050, key_len=2047, attn_mask="causal_float",
                          key_padding_mask="float_inf", need_weights=False, seed=4)
     level = LEVELS["attention"]
-    check(level, case, lambda: HandmadeTwin(use_tiled_attention(level.build("handmade", case))), "cpu", dtype)
+    check(level, case, lambda drawn: (drawn, HandmadeTwin(use_tiled_attention(level.build("handmade", drawn)))), "cpu",
+          dtype)
 
 
 def test_long_self_attention_in_float64_equals_sdpa() -> None:

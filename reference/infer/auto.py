@@ -100,7 +100,8 @@ def _check_masks(builtin: nn.Module, model: nn.Module, wm: WeightMap, call: Call
     diff = difference(expected, got)
     if diff > 1e-9 if got["output"].dtype == torch.float64 else diff > 1e-4:
         how = ("as keep-masks (True = may attend), as declared" if conv.keep_mask else
-               "as torch's block-masks (True or -inf = blocked); if the target takes keep-masks, declare it")
+               "as torch's block-masks (True or -inf = blocked); if the target takes keep-masks, declare it "
+               "(--keep-masks, or keep_masks=True)")
         raise MapMismatchError(
             f"the weight map holds without masks (outputs equal to {wm.difference:.1e}), but with the masks "
             f"{', '.join(k for k, v in kwargs.items() if 'mask' in k and v is not None)} the outputs differ by "

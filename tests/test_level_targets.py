@@ -1,0 +1,54 @@
+"""Any piece of anyone's Transformer, with no adapter: the examples in examples/ checked as a user would.
+
+Each runs the installed suite in-process through the notebook API (the path `parity check TARGET --as LEVEL`
+takes), float64 and float32 only to keep the harness's own run short: correct code passes, a classic bug fails
+with the numbers, and what the harness inferred (the configuration it measured) is stated.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from reference import api
+from reference.compare import inferred
+from reference.targets import load_target
+
+FAST = ("-k", "float64 or float32")
+
+
+@pytest.mark.parametrize(("spec", "level", "keep_masks"), [
+    ("examples.learner_attention:MultiHeadAttention", "attention", True),
+    ("examples.nanogpt_blocks:Blocks", "decoder_only", False),
+    ("examples.blog_seq2seq:Seq2SeqTransformer", "transformer", False),
+], ids=["learner attention", "nanoGPT blocks", "blog seq2seq"])
+def test_a_correct_implementation_passes_at_its_level_with_no_adapter(spec: str, level: str, keep_masks: bool) -> None:
+    report = api.check(spec, level=level, profile="ci", device="cpu", keep_masks=keep_masks,
+                       pytest_args=FAST)
+    assert report.passed, report
+    assert f"{level} " in str(report) and "float64" in str(report)
+
+
+@pytest.mark.parametrize(("spec", "level", "keep_masks"), [
+    ("examples.learner_attention:MergeWithoutTranspose", "attention", True),
+    ("examples.nanogpt_blocks:ScaledByWidth", "decoder_only", False),
+    ("examples.blog_seq2seq:UnbiasedNorm", "transformer", False),
+], ids=["heads merged without the transpose", "scores scaled by 1/sqrt(n_embd)", "unbiased LayerNorm"])
+def test_a_classic_bug_fails_with_the_numbers(spec: str, level: str, keep_masks: bool) -> None:
+    report = api.check(spec, level=level, profile="kill", device="cpu", keep_masks=keep_masks, exitfirst=True,
+                       pytest_args=("-k", f"{level}_matches_torch and float64"))  # a failure needs no shrinking
+    assert not report.passed
+    message = report.failures[0]["message"]
+    assert f"{level} [" in message and ("max abs err" in message or "outputs differ by" in message), message
+
+
+def test_the_configuration_a_gpt_implements_is_found_by_measurement_and_said() -> None:
+    found = inferred(load_target("examples.nanogpt_blocks:Blocks"), "decoder_only").discover()
+    assert found.fixed["norm_first"] is True and found.fixed["activation"] == "gelu", found
+    assert "norm_first=True" in found.sentence and "'gelu'" in found.sentence and "causal" in found.sentence
+
+
+def test_keep_masks_are_never_guessed_the_failure_says_how_to_declare_them() -> None:
+    report = api.check("examples.learner_attention:MultiHeadAttention", level="attention", profile="ci",
+                       device="cpu", exitfirst=True, pytest_args=("-k", "float64"))
+    assert not report.passed
+    assert "--keep-masks" in report.failures[0]["message"], report.failures[0]["message"]
