@@ -4,8 +4,9 @@ Every comparison the harness makes, at every level and for every kind of target,
 ``compare_modules``:
 
 1. the **oracle**: the built-in in float64 on the CPU, eval mode, fast path off;
-2. for a lower dtype or another device, the **built-in's own result** there, on the weights as rounded and
-   on a jittered rounding of them (``tolerance.jittered``): PyTorch's own error, which sets the bound;
+2. the **built-in's own result** at the candidate's dtype and device, on the weights as rounded and on a
+   jittered rounding of them (``tolerance.jittered``): PyTorch's own error, which sets the bound (in float64
+   on the CPU the first is the oracle itself, and the jittered one measures how ill-conditioned the case is);
 3. the **candidate**, built at that dtype and device and loaded with the same rounded weights.
 
 The oracle uses those rounded weights and the rounded inputs upcast to float64, so only the arithmetic
@@ -169,12 +170,12 @@ def compare_modules(
             return lambda xs, kw: call(model, **xs, **kw)
 
         ref = _run(builtin_run(oracle), oracle, inputs, kwargs, "cpu", torch.float64, cot)
-        own_parts: tuple[dict[str, tuple[Tensor, Tensor]], ...] = ({}, {}, {})
-        if own_needed:  # PyTorch's own error, on the weights as rounded and on a jittered rounding of them
-            mine = _run(builtin_run(own), own, inputs, kwargs, device, None, cot)
-            jit_model = jittered(own, seed + 2)
-            jit = _run(builtin_run(jit_model), jit_model, inputs, kwargs, device, None, cot)
-            own_parts = tuple(with_jittered(m, j) for m, j in zip(mine.parts(), jit.parts(), strict=True))
+        # PyTorch's own error: on the weights as rounded (in float64 on the CPU, the oracle itself: error 0) and
+        # on a jittered rounding of them, which in float64 measures how ill-conditioned the case is
+        mine = _run(builtin_run(own), own, inputs, kwargs, device, None, cot) if own_needed else ref
+        jit_model = jittered(own, seed + 2)
+        jit = _run(builtin_run(jit_model), jit_model, inputs, kwargs, device, None, cot)
+        own_parts = tuple(with_jittered(m, j) for m, j in zip(mine.parts(), jit.parts(), strict=True))
         try:
             model = candidate.build(device, dtype)
             candidate.load(model, own)

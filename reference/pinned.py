@@ -6,7 +6,7 @@ import torch
 
 from reference.build import Config
 from reference.cases import Case
-from reference.strategies import DTYPES, AttentionCase, LayerNormCase, StackCase, tanh_gelu
+from reference.strategies import DTYPES, AttentionCase, LayerNormCase, StackCase, silu, tanh_gelu
 
 F64, F32 = torch.float64, torch.float32
 
@@ -100,7 +100,16 @@ FALSE_ALARMS_FLOAT32 = (
          tgt_key_padding_mask="float_finite", tgt_is_causal=False, seed=16169),
 )
 
+# The float64 false alarm of the floor alone (see reference/tolerance.py): ill-conditioned, d_model 2.
+FALSE_ALARMS_FLOAT64 = (
+    Case(Config(d_model=2, nhead=1, num_encoder_layers=3, num_decoder_layers=3, dim_feedforward=8, dropout=0.5,
+                activation=silu, layer_norm_eps=1e-06, batch_first=True, norm_first=True, bias=False), batch=3,
+         src_len=6, tgt_len=7, src_mask="per_head_bool", tgt_mask="random_inf", tgt_key_padding_mask="float_inf",
+         memory_key_padding_mask="bool", tgt_is_causal=False, weight_scale=3.0, seed=116198),
+)
+
 TRANSFORMER = (
     *((case, dtype) for case in WHOLE_MODEL for dtype in DTYPES),
     *((case, F32) for case in FALSE_ALARMS_FLOAT32),
+    *((case, F64) for case in FALSE_ALARMS_FLOAT64),
 )
