@@ -85,6 +85,13 @@ def record_not_supported(context: Context, reason: str) -> None:
         })
 
 
+def record_note(text: str) -> None:
+    """Note what the harness assumed or found about the target (its configuration, its calling convention)."""
+    records = _RECORDS.get()
+    if records is not None:
+        records.append({"kind": "note", "text": text})
+
+
 def assert_parity(verdicts: list[Verdict], context: Context) -> None:
     """Record ``verdicts`` and fail, in one sentence with the numbers, unless every one passed."""
     __tracebackhide__ = True

@@ -70,6 +70,9 @@ def table(report: dict) -> list[str]:
                      f"{ratio:>12s} {row['failed']:6d} {row['declined']:13d}")
     lines.append("(ratio: error / PyTorch's own error at that dtype and device; in float64 on the CPU, "
                  "where PyTorch's own error is 0, error / the float64 floor)")
+    if report.get("notes"):
+        lines.append("what the harness inferred about the target (the configuration it was checked in):")
+        lines += [f"  {note}" for note in report["notes"]]
     tests = report["tests"]
     counts: dict[str, int] = defaultdict(int)
     for t in tests:

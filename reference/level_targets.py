@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from reference import infer
+from reference.assertions import record_note
 from reference.build import Config
 from reference.cases import Case
 from reference.registry import LEVELS, Level
@@ -209,6 +210,9 @@ class InferredTarget:
     def prepare(self, case: Any) -> tuple[Any, InferredCandidate]:
         """The drawn case adapted to the target (options it fixes, sizes, masks it takes) and its candidate."""
         found = self.discover()
+        record_note(f"{self.target.spec} at {self.level}: {found.sentence}")
+        for note in found.notes:
+            record_note(f"{self.target.spec} at {self.level}: {note}")
         case = with_options(case, dict(found.fixed))
         case = _only_masks(case, found.masks, self.level)
         if not found.returns_weights and isinstance(case, AttentionCase):  # nothing returned to compare with
@@ -316,4 +320,4 @@ def _sentence(entry: Level, fixed: dict[str, Any], found: infer.Inference) -> st
     shown = {k: (getattr(v, "__name__", v)) for k, v in fixed.items() if v != BEHAVIOUR.get(k, (None,))[0]}
     args = ", ".join(f"{k}={v!r}" for k, v in shown.items())
     causal = " with a causal mask" if entry.name == "decoder_only" else ""
-    return f"equals {entry.builtin.split(' with ')[0]}({args}){causal}; {found.convention.describe()}"
+    return f"equals {entry.builtin.split(' with ')[0]}({args}){causal}"

@@ -218,6 +218,7 @@ class ParityReport:
             "tests": list(self.tests.values()),
             "verdicts": [r for r in self.records if r["kind"] == "verdict"],
             "not_supported": [r for r in self.records if r["kind"] == "not_supported"],
+            "notes": sorted({r["text"] for r in self.records if r["kind"] == "note"}),
         }
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
