@@ -100,9 +100,9 @@ def run_suite(spec: str, *, level: str | None = None, profile: str = "dev", devi
     """Run the installed suite on ``spec`` in this process; (pytest's exit status, the parity report)."""
     import pytest
 
-    import equivalence_tests
+    from reference.pytest_plugin import suite_dir
 
-    suite = Path(equivalence_tests.__file__).parent
+    suite = suite_dir()
     with tempfile.TemporaryDirectory() as tmp:
         path = report_path or Path(tmp) / "parity.json"
         args = [str(suite), "-p", "no:cacheprovider", "-q", f"--impl={spec}", *([f"--as={level}"] if level else []),

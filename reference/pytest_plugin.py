@@ -25,6 +25,7 @@ under pytest-xdist and no state is shared between tests.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import re
@@ -83,10 +84,15 @@ def impl(config: pytest.Config) -> str:
     return config.getoption("--impl") or DEFAULT_TARGET
 
 
-def _suite_dir() -> str:
-    import equivalence_tests
+SUITE = "equivalence_tests"  # the installed suite, found by name: the library never imports it
 
-    return str(Path(equivalence_tests.__file__).parent)
+
+def suite_dir() -> str:
+    """The folder of the installed suite (the package ``equivalence_tests``), without importing it."""
+    spec = importlib.util.find_spec(SUITE)
+    if spec is None or not spec.submodule_search_locations:
+        raise pytest.UsageError(f"the suite package {SUITE!r} is not installed: pip install transformer-parity")
+    return str(next(iter(spec.submodule_search_locations)))
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -100,8 +106,8 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"--impl: {exc}") from exc
     given_impl = config.getoption("--impl") is not None
     if given_impl and config.args_source == pytest.Config.ArgsSource.INVOCATION_DIR:
-        config.args = [_suite_dir()]  # `pytest --impl X` from a user's folder runs the installed suite
-    runs_suite = given_impl or any("equivalence_tests" in str(arg) for arg in config.args)
+        config.args = [suite_dir()]  # `pytest --impl X` from a user's folder runs the installed suite
+    runs_suite = given_impl or any(SUITE in str(arg) for arg in config.args)
     if runs_suite and config.getoption("hypothesis_profile", None) is None and "HYPOTHESIS_PROFILE" not in os.environ:
         settings.load_profile("dev")  # only for runs of the suite: other hypothesis tests keep their own defaults
     elif "HYPOTHESIS_PROFILE" in os.environ and config.getoption("hypothesis_profile", None) is None:
