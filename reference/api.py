@@ -58,11 +58,12 @@ class CheckReport:
 
 
 def check(target: Any, *, level: str | None = None, profile: str = "dev", device: str = "all",
-          exitfirst: bool = False, keep_masks: bool = False, pytest_args: tuple[str, ...] = (),
+          exitfirst: bool = False, keep_masks: bool = False, weight_map: str | None = None,
+          pytest_args: tuple[str, ...] = (),
           report: Path | str | None = None) -> CheckReport:
     """Run the equivalence suite on ``target`` at ``level``, as ``parity check`` does; return the report."""
     status, found = run_suite(spec_of(target), level=level, profile=profile, device=device, exitfirst=exitfirst,
-                              keep_masks=keep_masks, extra=tuple(pytest_args),
+                              keep_masks=keep_masks, weight_map=weight_map, extra=tuple(pytest_args),
                               report_path=Path(report) if report else None)
     return CheckReport(status, found)
 

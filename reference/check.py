@@ -36,6 +36,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="run on cpu, cuda or all available devices (default all)")
     parser.add_argument("--keep-masks", action="store_true",
                         help="the target's bool masks mean True = may attend (torch's: True = blocked); never guessed")
+    parser.add_argument("--weight-map", metavar="FILE",
+                        help="override the inferred weight map (JSON, TOML or a .py with WEIGHT_MAP; docs/plugins.md)")
+    parser.add_argument("--show-map", action="store_true",
+                        help="print what is inferred about the target (configuration, calling, weight map) and stop")
     parser.add_argument("-x", "--exitfirst", action="store_true", help="stop at the first failing test")
     parser.add_argument("--report", metavar="PATH", help="also keep the JSON parity report at PATH")
     parser.epilog = "Arguments after -- go to pytest, e.g. parity check -- -k transformer -n 2"
@@ -94,8 +98,29 @@ def table(report: dict) -> list[str]:
     return lines
 
 
+def show_map(spec: str, level: str | None, keep_masks: bool, weight_map: str | None) -> int:
+    """Print what is inferred about ``spec`` at ``level``; 1 with the reason when it cannot be inferred."""
+    import dataclasses
+
+    from reference.compare import inferred, is_adapter
+    from reference.targets import TargetError, load_target
+    from reference.weights import WeightMapError
+
+    target = dataclasses.replace(load_target(spec), keep_masks=keep_masks, weight_map=weight_map)
+    if is_adapter(target.obj):
+        print(f"{spec} is an adapter: its load_reference is its weight map; nothing is inferred")
+        return 0
+    try:
+        print(inferred(target, level or "transformer").show_map())
+    except (TargetError, WeightMapError) as exc:
+        print(f"parity check --show-map: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def run_suite(spec: str, *, level: str | None = None, profile: str = "dev", device: str = "all",
-              exitfirst: bool = False, keep_masks: bool = False, extra: tuple[str, ...] = (),
+              exitfirst: bool = False, keep_masks: bool = False, weight_map: str | None = None,
+              extra: tuple[str, ...] = (),
               report_path: Path | None = None) -> tuple[int, dict]:
     """Run the installed suite on ``spec`` in this process; (pytest's exit status, the parity report)."""
     import pytest
@@ -107,7 +132,8 @@ def run_suite(spec: str, *, level: str | None = None, profile: str = "dev", devi
         path = report_path or Path(tmp) / "parity.json"
         args = [str(suite), "-p", "no:cacheprovider", "-q", f"--impl={spec}", *([f"--as={level}"] if level else []),
                 f"--parity-report={path}", f"--hypothesis-profile={profile}", f"--parity-device={device}",
-                *(["-x"] if exitfirst else []), *(["--keep-masks"] if keep_masks else []), *extra]
+                *(["-x"] if exitfirst else []), *(["--keep-masks"] if keep_masks else []),
+                *([f"--weight-map={weight_map}"] if weight_map else []), *extra]
         status = int(pytest.main(args))
         report = json.loads(path.read_text()) if path.exists() else {}
     return status, report
@@ -118,8 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = tuple(argv[argv.index("--") + 1:]) if "--" in argv else ()
     args = _parser().parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    if args.show_map:
+        return show_map(args.target, args.level, args.keep_masks, args.weight_map)
     status, report = run_suite(args.target, level=args.level, profile=args.profile, device=args.device,
-                               exitfirst=args.exitfirst, keep_masks=args.keep_masks, extra=extra,
+                               exitfirst=args.exitfirst, keep_masks=args.keep_masks, weight_map=args.weight_map,
+                               extra=extra,
                                report_path=Path(args.report) if args.report else None)
     if not report:
         print(f"parity check: the suite did not run (pytest exit status {status})", file=sys.stderr)

@@ -87,7 +87,7 @@ def levels_of(target: Target, level: str | None = None) -> tuple[str, ...]:
     return (level or "transformer",)
 
 
-_INFERRED: dict[tuple[str, str, bool], InferredTarget] = {}
+_INFERRED: dict[tuple[str, str, bool, str | None], InferredTarget] = {}
 
 
 def is_drop_in(target: Target) -> bool:
@@ -104,7 +104,7 @@ def is_drop_in(target: Target) -> bool:
 
 def inferred(target: Target, level: str) -> InferredTarget:
     """The (cached: discovery measures once) inferred view of ``target`` at ``level``."""
-    key = (target.spec, level, target.keep_masks)
+    key = (target.spec, level, target.keep_masks, target.weight_map)
     if key not in _INFERRED:
         _INFERRED[key] = InferredTarget(target, level)
     return _INFERRED[key]

@@ -114,6 +114,7 @@ class Discovery:
     one_layer_count: bool  # one constructor argument for both stacks' layer counts
     sentence: str
     notes: list[str] = field(default_factory=list)
+    inference: infer.Inference | None = field(default=None, repr=False)  # on the case it was measured on
 
 
 @dataclass
@@ -122,7 +123,6 @@ class InferredTarget:
 
     target: Target
     level: str
-    override: Any = None
     _discovery: Discovery | None = None
 
     @property
@@ -147,8 +147,16 @@ class InferredTarget:
         inputs, kwargs = entry.inputs(case, torch.float64)
         sample = copy.deepcopy(model).to("cpu", torch.float64)
         return infer.infer_target(builtin, sample, self.level, entry.call, inputs, kwargs,
-                                  batch_first=_batch_first(case), override=self.override,
+                                  batch_first=_batch_first(case), override=self.target.weight_map,
                                   keep_mask=self.target.keep_masks)
+
+    def show_map(self) -> str:
+        """What was inferred, weight map included, on the case the configuration was measured on."""
+        found = self.discover()
+        lines = [f"{self.target.spec} at {self.level}: {found.sentence}", *found.notes]
+        if found.inference is not None:
+            lines.append(found.inference.weight_map.describe())
+        return "\n".join(lines)
 
     def discover(self) -> Discovery:
         """Find, once, the built-in configuration the target implements (options it does not take)."""
@@ -195,7 +203,7 @@ class InferredTarget:
         counts = plan.taken.get("num_encoder_layers")
         one = counts is not None and counts == plan.taken.get("num_decoder_layers")
         self._discovery = Discovery({**defaults, **fixed}, tuple(found.convention.masks), returns, unbatched, one,
-                                    sentence, [plan.describe(), found.convention.describe()])
+                                    sentence, [plan.describe(), found.convention.describe()], found)
         return self._discovery
 
     def _takes_unbatched(self, base: Any) -> bool:

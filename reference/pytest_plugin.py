@@ -73,6 +73,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "handmade provides every level); only that level's properties run")
     group.addoption("--keep-masks", dest="keep_masks", action="store_true",
                     help="the target's bool masks mean True = may attend (torch's mean True = blocked); never guessed")
+    group.addoption("--weight-map", dest="weight_map", default=None, metavar="FILE",
+                    help="override the inferred weight map (JSON, TOML or .py): {target param: 'built-in name[k/n]'}")
     group.addoption("--parity-report", default=None, metavar="PATH",
                     help="write a JSON report of tests, verdicts and not-supported configurations to PATH")
     group.addoption("--parity-device", default="all", choices=("cpu", "cuda", "all"),
@@ -139,7 +141,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def target(pytestconfig: pytest.Config) -> Target:
     """The implementation under test (``--impl``), behind the adapter interface of reference.targets."""
-    return dataclasses.replace(load_target(impl(pytestconfig)), keep_masks=pytestconfig.getoption("keep_masks"))
+    return dataclasses.replace(load_target(impl(pytestconfig)), keep_masks=pytestconfig.getoption("keep_masks"),
+                               weight_map=pytestconfig.getoption("weight_map"))
 
 
 @pytest.fixture(

@@ -97,6 +97,7 @@ class Target:
     spec: str
     obj: Any  # a drop-in class or an adapter object; at a level, also a factory or an nn.Module instance
     keep_masks: bool = False  # the user declared that its bool masks mean True = may attend (never guessed)
+    weight_map: str | None = None  # an override file for the inferred weight map (JSON, TOML or Python)
 
     @property
     def is_drop_in(self) -> bool:

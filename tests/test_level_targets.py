@@ -7,6 +7,9 @@ with the numbers, and what the harness inferred (the configuration it measured) 
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from reference import api
@@ -52,3 +55,30 @@ def test_keep_masks_are_never_guessed_the_failure_says_how_to_declare_them() -> 
                        device="cpu", exitfirst=True, pytest_args=("-k", "float64"))
     assert not report.passed
     assert "--keep-masks" in report.failures[0]["message"], report.failures[0]["message"]
+
+
+def test_show_map_prints_the_inferred_map_for_each_example(capsys: pytest.CaptureFixture[str]) -> None:
+    from reference.check import main
+
+    for spec, level, flags in (("examples.learner_attention:MultiHeadAttention", "attention", ["--keep-masks"]),
+                               ("examples.nanogpt_blocks:Blocks", "decoder_only", []),
+                               ("examples.blog_seq2seq:Seq2SeqTransformer", "transformer", [])):
+        assert main([spec, "--as", level, "--show-map", *flags]) == 0
+        out = capsys.readouterr().out
+        assert "weight map (" in out and "verified" in out and "<-" in out, out
+
+
+def test_an_ambiguous_model_stops_naming_the_tensors_and_a_weight_map_file_fixes_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from reference.check import main
+
+    spec = "tests.infer_fixtures:StackedAttention"
+    assert main([spec, "--as", "attention", "--show-map"]) == 1
+    assert "cannot order target tensors w1, w2, w3" in capsys.readouterr().err
+    path = tmp_path / "map.json"  # row blocks as fractions: the override holds at every drawn width
+    path.write_text(json.dumps({"w1": "in_proj_weight[1/3]", "w2": "in_proj_weight[0/3]",
+                                "w3": "in_proj_weight[2/3]",
+                                "b": ["in_proj_bias[1/3]", "in_proj_bias[0/3]", "in_proj_bias[2/3]"]}))
+    report = api.check(spec, level="attention", profile="ci", device="cpu", weight_map=str(path),
+                       pytest_args=("-k", "float64"))
+    assert report.passed, report

@@ -19,7 +19,8 @@ from torch import Tensor, nn
 from reference.weights import WeightMapError
 
 Override = Mapping[str, "str | Sequence[str] | None"]
-SOURCE = re.compile(r"^\s*(?P<name>[\w.]+?)\s*(?:\[\s*(?:rows\s+)?(?P<a>\d+)\s*:\s*(?P<b>\d+)\s*\])?\s*(?P<t>\.T)?\s*$")
+SOURCE = re.compile(r"^\s*(?P<name>[\w.]+?)\s*(?:\[\s*(?:rows\s+)?(?:(?P<a>\d+)\s*:\s*(?P<b>\d+)|"
+                    r"(?P<k>\d+)\s*/\s*(?P<n>\d+))\s*\])?\s*(?P<t>\.T)?\s*$")
 OVERRIDE_HELP = (
     "write an override, a JSON/TOML file or a Python dict {target_param: \"builtin_param\"}, with rows "
     "\"builtin_param[rows a:b]\", \".T\" for a transposed tensor and a list to concatenate, e.g. "
@@ -130,12 +131,17 @@ class WeightMap:
                           *(f"  note: {n}" for n in self.notes)])
 
 
-def parse_source(text: str) -> tuple[Source, bool]:
-    """``"in_proj_weight[rows 0:8].T"`` -> (Source("in_proj_weight", (0, 8)), transposed)."""
+def parse_source(text: str, shapes: Mapping[str, tuple[int, ...]] | None = None) -> tuple[Source, bool]:
+    """``"in_proj_weight[rows 0:8].T"`` -> (Source("in_proj_weight", (0, 8)), transposed); ``NAME[k/n]`` is the
+    k-th of n equal row blocks (``in_proj_weight[1/3]``: the keys' rows, whatever the model's width)."""
     m = SOURCE.match(text)
     if m is None:
-        raise ValueError(f"cannot read override source {text!r}: write NAME, NAME[rows a:b], optionally .T")
+        raise ValueError(f"cannot read override source {text!r}: write NAME, NAME[rows a:b] or NAME[k/n], "
+                         "optionally .T")
     rows = (int(m["a"]), int(m["b"])) if m["a"] is not None else None
+    if m["k"] is not None and shapes is not None and m["name"] in shapes:
+        k, n, total = int(m["k"]), int(m["n"]), shapes[m["name"]][0]
+        rows = (k * total // n, (k + 1) * total // n)
     return Source(m["name"], rows), m["t"] is not None
 
 
@@ -169,7 +175,7 @@ def override_links(override: Mapping[str, Any], params: Mapping[str, Tensor],
             ignored.append(target)
             continue
         texts = [value] if isinstance(value, str) else list(value)
-        parsed = [parse_source(t) for t in texts]
+        parsed = [parse_source(t, shapes) for t in texts]
         for s, _ in parsed:
             if s.name not in shapes:
                 raise WeightMapError(f"override maps {target!r} to {s.name!r}, which the built-in does not have "
