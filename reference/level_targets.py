@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -227,6 +228,9 @@ class InferredTarget:
             case = case.replace(need_weights=False)
         if not found.unbatched and _batch(case) is None:  # it takes batches only: check this case batched
             case = _with_batch(case, 1)
+        if isinstance(case, LayerNormCase) and len(case.normalized_shape) > 1:  # the map pairs 1-D norm weights
+            case = case.replace(normalized_shape=(math.prod(case.normalized_shape),))
+            record_note(f"{self.target.spec} at layer_norm: checked with one-dimensional normalized_shape only")
         if found.one_layer_count and isinstance(case, Case):  # one count for both stacks: draw them equal
             case = with_options(case, {"num_decoder_layers": case.config.num_encoder_layers})
         case, model, _ = self._sample(case)

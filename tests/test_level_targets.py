@@ -82,3 +82,15 @@ def test_an_ambiguous_model_stops_naming_the_tensors_and_a_weight_map_file_fixes
     report = api.check(spec, level="attention", profile="ci", device="cpu", weight_map=str(path),
                        pytest_args=("-k", "float64"))
     assert report.passed, report
+
+
+@pytest.mark.parametrize(("spec", "level"), [
+    ("handmade:MultiheadAttention", "attention"), ("handmade:LayerNorm", "layer_norm"),
+    ("handmade:TransformerEncoderLayer", "encoder_layer"), ("handmade:TransformerDecoderLayer", "decoder_layer"),
+    ("handmade:Transformer", "transformer"),
+], ids=lambda v: v.split(":")[-1])
+def test_handmade_is_just_another_target_through_the_path_a_users_code_takes(spec: str, level: str) -> None:
+    """handmade's classes named as a user names theirs: constructed, mapped and called by inference."""
+    report = api.check(spec, level=level, profile="ci", device="cpu", pytest_args=("-k", "float64"))
+    assert report.passed, report
+    assert report.report["notes"], "what was inferred is reported"
