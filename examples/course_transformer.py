@@ -1,4 +1,4 @@
-"""A Transformer written the way the course writes it (../shared/seed/), and its adapter for the harness.
+"""A Transformer written the way an introductory course writes it, and its adapter for the harness.
 
 This is the code a learner brings to be checked, kept as the course has it:
 
