@@ -172,10 +172,3 @@ def skip_when_nothing_supported(test: Callable) -> Callable:
             pytest.skip(f"the target supports none of the drawn configurations: {exc}")
 
     return wrapper
-
-
-def assert_matches(verdicts: list[Verdict], context: Context) -> list[Verdict]:
-    """Deprecated spelling of ``assert_parity`` kept while the harness's own tests move over; returns verdicts."""
-    __tracebackhide__ = True
-    assert_parity(verdicts, context)
-    return verdicts

@@ -22,7 +22,7 @@ from reference.targets import HandmadeAdapter, NotSupportedError, Target
 from reference.tolerance import Verdict
 
 __all__ = [
-    "TargetCandidate", "candidate_for", "fastpath", "forward_kwargs", "inferred", "levels_of", "prepare", "whole_model",
+    "TargetCandidate", "fastpath", "forward_kwargs", "inferred", "levels_of", "prepare", "whole_model",
 ]
 
 
@@ -67,7 +67,7 @@ def whole_model(
 
     Raises NotSupportedError when the target declines the configuration and TargetError when it crashes.
     """
-    candidate = candidate_for(target, "transformer", case)
+    case, candidate = prepare(target, "transformer", case)  # the case as the target is checked on it
     level = LEVELS["transformer"]
     inputs, kwargs = level.inputs(case, dtype)
     return compare_modules(level.reference(case), candidate, level.call, inputs, kwargs, dtype=dtype, device=device,
@@ -128,8 +128,3 @@ def prepare(target: Target, level: str, case: Any) -> tuple[Any, Candidate]:
 def is_adapter(obj: Any) -> bool:
     """An object with the adapter contract's methods (reference/targets.py)."""
     return not inspect.isclass(obj) and all(callable(getattr(obj, m, None)) for m in ("build", "load_reference", "run"))
-
-
-def candidate_for(target: Target, level: str, case: Any) -> Candidate:
-    """The engine's candidate for ``target`` at ``level`` on ``case`` (see ``prepare``)."""
-    return prepare(target, level, case)[1]
