@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from reference import api
+from reference.build import Config
 from reference.compare import inferred
 from reference.targets import load_target
 
@@ -86,11 +87,32 @@ def test_an_ambiguous_model_stops_naming_the_tensors_and_a_weight_map_file_fixes
 
 @pytest.mark.parametrize(("spec", "level"), [
     ("handmade:MultiheadAttention", "attention"), ("handmade:LayerNorm", "layer_norm"),
+    ("tests.fixed_size_targets:FeedForward", "feed_forward"),  # handmade has no feed-forward class of its own
     ("handmade:TransformerEncoderLayer", "encoder_layer"), ("handmade:TransformerDecoderLayer", "decoder_layer"),
+    ("handmade:TransformerEncoder", "encoder"), ("handmade:TransformerDecoder", "decoder"),
+    ("handmade:TransformerEncoder", "decoder_only"),  # a GPT: the encoder stack run with a causal mask
     ("handmade:Transformer", "transformer"),
 ], ids=lambda v: v.split(":")[-1])
 def test_handmade_is_just_another_target_through_the_path_a_users_code_takes(spec: str, level: str) -> None:
-    """handmade's classes named as a user names theirs: constructed, mapped and called by inference."""
+    """handmade's classes named as a user names theirs, at every level: constructed, mapped and called by
+    inference (the stacks built from a layer the planner constructs first, as torch's are)."""
     report = api.check(spec, level=level, profile="ci", device="cpu", pytest_args=("-k", "float64"))
     assert report.passed, report
+    assert {v["component"] for v in report.report["verdicts"]} == {level}, report
     assert report.report["notes"], "what was inferred is reported"
+
+
+def test_a_stack_taking_a_layer_is_built_from_the_levels_configuration() -> None:
+    """Encoder(encoder_layer, num_layers, norm): the layer built through its own class, the final norm from the
+    class of the layer's norms, or None when the drawn stack has none."""
+    import handmade
+    from reference.infer import build
+
+    options = {**Config(d_model=12, nhead=3, num_encoder_layers=3, norm_first=True).kwargs(), "final_norm": True}
+    built = build(handmade.TransformerEncoder, options, "encoder")
+    assert len(built.model.layers) == 3 and isinstance(built.model.layers[0], handmade.TransformerEncoderLayer)
+    assert built.model.layers[0].norm_first and built.model.layers[0].self_attn.num_heads == 3
+    assert isinstance(built.model.norm, handmade.LayerNorm) and built.plan.taken["final_norm"] == "norm"
+    assert not built.not_taken
+    bare = build(handmade.TransformerDecoder, {**options, "final_norm": False}, "decoder")
+    assert bare.model.norm is None and isinstance(bare.model.layers[0], handmade.TransformerDecoderLayer)

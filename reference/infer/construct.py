@@ -20,6 +20,8 @@ from typing import Any
 
 from torch import nn
 
+from reference.infer import stacks
+
 # canonical (torch) option -> the names a constructor may give it, most specific first
 ALIASES: dict[str, tuple[str, ...]] = {
     "d_model": ("d_model", "embed_dim", "n_embd", "hidden_size", "dim", "d", "d_embed", "emb_dim", "embedding_dim",
@@ -204,6 +206,12 @@ def plan(obj: Any, options: Mapping[str, Any], level: str) -> Plan:
         return Plan("factory", not_taken=dict(opts))
     params = [p for p in _parameters(obj) if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     required = {p.name for p in params if p.default is inspect.Parameter.empty}
+    if stacks.layer_parameter(params, level) is not None:  # Encoder(encoder_layer, num_layers, norm): the layer first
+        given, through = stacks.stack_arguments(obj, params, opts, level, build, ConstructionError)
+        values, taken = _fill([p.name for p in params if p.name not in given], required - set(given), opts, level,
+                              _name(obj))
+        taken = {**through, **taken}
+        return Plan("class", kwargs={**given, **values}, taken=taken, not_taken=_not_taken(opts, taken))
     if len(params) >= 1 and len(required) <= 1:  # one config object as the only (required) argument?
         first = params[0]
         config_cls = _config_class(first, obj)

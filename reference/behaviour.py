@@ -1,0 +1,47 @@
+"""The options a user's code may fix rather than take (norm placement, activation, biases, eps, a final norm),
+the values discovery tries for each (reference/level_targets.py), and the sentence saying what was found.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from typing import Any
+
+from reference.registry import Level
+from reference.strategies import tanh_gelu
+
+# What a target's code may fix, and the values tried, the built-in's default first.
+BEHAVIOUR: dict[str, tuple[Any, ...]] = {
+    "norm_first": (False, True), "activation": ("relu", "gelu", tanh_gelu), "bias": (True, False),
+    "layer_norm_eps": (1e-5, 1e-6, 1e-12), "final_norm": (True, False),
+}
+LEVEL_BEHAVIOUR = {
+    "attention": ("bias",), "layer_norm": ("layer_norm_eps", "bias"), "feed_forward": ("activation", "bias"),
+}
+# Options a constructor that does not take them is taken to have at the built-in's default (no search).
+DEFAULTS = {"add_bias_kv": False, "add_zero_attn": False, "kdim": None, "vdim": None, "elementwise_affine": True}
+
+
+def behaviour(level: str) -> tuple[str, ...]:
+    """The options of ``level`` that code may fix."""
+    if level in LEVEL_BEHAVIOUR:
+        return LEVEL_BEHAVIOUR[level]
+    keys = ("norm_first", "activation", "bias", "layer_norm_eps")
+    return (*keys, "final_norm") if level in ("encoder", "decoder", "decoder_only") else keys
+
+
+def grid(level: str, not_taken: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Each combination of the options the constructor does not take, the built-in's defaults first."""
+    keys = [k for k in behaviour(level) if k in not_taken]
+    values = [BEHAVIOUR[k] for k in keys]
+    for combo in itertools.product(*values):
+        yield dict(zip(keys, combo, strict=True))
+
+
+def sentence(entry: Level, fixed: dict[str, Any]) -> str:
+    """"equals nn.TransformerEncoder(norm_first=True, activation='gelu') with a causal mask"."""
+    shown = {k: (getattr(v, "__name__", v)) for k, v in fixed.items() if v != BEHAVIOUR.get(k, (None,))[0]}
+    args = ", ".join(f"{k}={v!r}" for k, v in shown.items())
+    causal = " with a causal mask" if entry.name == "decoder_only" else ""
+    return f"equals {entry.builtin.split(' with ')[0]}({args}){causal}"

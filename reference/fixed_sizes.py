@@ -1,0 +1,100 @@
+"""The sizes a user's module really has, when its constructor is not given them (an instance, a factory, a
+class with a fixed feed-forward width): read from its parameters, the number of heads found by measurement.
+
+A drawn case is adapted to them (``d_model=48`` drawn as 16 is checked at 48), never judged at sizes the
+module does not have. What can be read from parameter shapes is read: the model width (the commonest
+dimension), the feed-forward width, the layer counts (the outermost lists of alike modules: the encoder's and
+the decoder's layers, told apart by size) and a norm's ``normalized_shape``. The number of heads leaves no
+trace in any shape: ``head_counts`` lists the divisors of the width to try (the drawn count first), and the
+caller keeps the one whose outputs verify against the built-in.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Any
+
+from torch import nn
+
+# the sizes of each level a module may fix, in the built-in's (canonical) names
+LEVEL_SIZES: dict[str, tuple[str, ...]] = {
+    "attention": ("d_model", "nhead"),
+    "layer_norm": ("normalized_shape",),
+    "feed_forward": ("d_model", "dim_feedforward"),
+    "encoder_layer": ("d_model", "nhead", "dim_feedforward"),
+    "decoder_layer": ("d_model", "nhead", "dim_feedforward"),
+    "encoder": ("d_model", "nhead", "dim_feedforward", "num_encoder_layers"),
+    "decoder_only": ("d_model", "nhead", "dim_feedforward", "num_encoder_layers"),
+    "decoder": ("d_model", "nhead", "dim_feedforward", "num_decoder_layers"),
+    "transformer": ("d_model", "nhead", "dim_feedforward", "num_encoder_layers", "num_decoder_layers"),
+}
+ONE_STACK = {"encoder": "num_encoder_layers", "decoder_only": "num_encoder_layers", "decoder": "num_decoder_layers"}
+
+
+def not_given(level: str, not_taken: dict[str, Any]) -> tuple[str, ...]:
+    """The level's sizes the constructor was not given (a plan's ``not_taken``, in canonical names)."""
+    out = []
+    for size in LEVEL_SIZES[level]:
+        asked = "num_layers" if level in ONE_STACK and size == ONE_STACK[level] else size
+        if asked in not_taken:
+            out.append(size)
+    return tuple(out)
+
+
+def layer_stacks(model: nn.Module) -> list[nn.ModuleList | nn.Sequential]:
+    """The outermost ModuleLists/Sequentials of alike modules with parameters, in order: the layers of each
+    stack (a list of heads inside a layer is not a stack)."""
+    found: list[nn.ModuleList | nn.Sequential] = []
+    inside: set[int] = set()
+    for module in model.modules():
+        if id(module) in inside:
+            continue
+        if isinstance(module, (nn.ModuleList, nn.Sequential)) and len(module) > 0 \
+                and len({type(c) for c in module}) == 1 and any(True for _ in module[0].parameters()):
+            found.append(module)
+            inside |= {id(m) for m in module.modules()}
+    return found
+
+
+def read_sizes(model: nn.Module, level: str, wanted: tuple[str, ...]) -> dict[str, Any]:
+    """The ``wanted`` sizes (canonical names) read from ``model``'s parameters; only what can be read."""
+    params = list(model.parameters())
+    if not params or not wanted:
+        return {}
+    sizes: dict[str, Any] = {}
+    if "normalized_shape" in wanted:
+        sizes["normalized_shape"] = tuple(params[0].shape)  # a norm's weight (or its bias) has that shape
+        return sizes
+    d_model = Counter(d for p in params for d in p.shape).most_common(1)[0][0]
+    if "d_model" in wanted:
+        sizes["d_model"] = d_model
+    if "dim_feedforward" in wanted:
+        shapes = {tuple(p.shape) for p in params if p.dim() == 2}
+        widths = sorted({x for (a, b) in shapes for x in (a, b) if x not in (d_model, 3 * d_model)
+                         and (x, d_model) in shapes and (d_model, x) in shapes})
+        if widths:
+            sizes["dim_feedforward"] = widths[-1]
+    stacks = layer_stacks(model)
+    counts = [len(s) for s in stacks]
+    if level in ONE_STACK and ONE_STACK[level] in wanted and counts:
+        sizes[ONE_STACK[level]] = max(counts)
+    if level == "transformer" and counts:
+        if len(stacks) >= 2:  # the encoder's layers and the decoder's: a decoder layer has cross-attention too
+            first, second = stacks[:2]
+            encoder, decoder = sorted((first, second), key=lambda s: sum(p.numel() for p in s[0].parameters()))
+            found = {"num_encoder_layers": len(encoder), "num_decoder_layers": len(decoder)}
+        else:
+            found = {"num_encoder_layers": counts[0], "num_decoder_layers": counts[0]}
+        sizes |= {k: v for k, v in found.items() if k in wanted}
+    return sizes
+
+
+def head_counts(d_model: int, drawn: int) -> list[int]:
+    """The numbers of heads a width allows (its divisors): the drawn one first, then the nearest to it."""
+    divisors = [h for h in range(1, d_model + 1) if d_model % h == 0]
+    return sorted(divisors, key=lambda h: (h != drawn, abs(math.log(h / max(drawn, 1)))))
+
+
+def describe(sizes: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v if not isinstance(v, tuple) or len(v) > 1 else v[0]}" for k, v in sizes.items())

@@ -1,0 +1,85 @@
+"""Targets whose sizes are fixed by the object (instances, zero-argument factories; tests/fixed_size_targets.py):
+every drawn case is adapted to the sizes the model really has (read from its parameters, the number of heads
+found by measurement) and said in a note; the correct ones pass, the planted bugs fail with the numbers, at
+those sizes. And the map inferred once per configuration shape is reused only while it verifies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from reference import api, fixed_sizes
+from reference.compare import inferred
+from reference.registry import LEVELS
+from reference.strategies import AttentionCase
+from reference.targets import load_target
+from tests import fixed_size_targets as fx
+
+F64 = ("-k", "float64")
+CORRECT = [
+    ("tests.fixed_size_targets:gpt", "decoder_only",
+     "sizes fixed by the object: d_model=48, nhead=3, dim_feedforward=192, num_encoder_layers=2"),
+    ("tests.fixed_size_targets:make_norm", "layer_norm", "sizes fixed by the object: normalized_shape=10"),
+    ("tests.fixed_size_targets:attention", "attention", "sizes fixed by the object: d_model=20, nhead=4"),
+]
+
+
+@pytest.mark.parametrize(("spec", "level", "note"), CORRECT, ids=["gpt instance", "norm factory", "attention instance"])
+def test_an_object_is_checked_at_the_sizes_it_has_and_passes(spec: str, level: str, note: str) -> None:
+    report = api.check(spec, level=level, profile="ci", device="cpu", pytest_args=F64)
+    assert report.passed, report
+    assert any(note in n for n in report.report["notes"]), report.report["notes"]
+    assert not any("size" in r["reason"] or "shape" in r["reason"] for r in report.report["not_supported"])
+
+
+@pytest.mark.parametrize(("spec", "level", "sizes"), [
+    ("tests.fixed_size_targets:gpt_scaled_by_width", "decoder_only", "d_model=48, nhead=3"),
+    ("tests.fixed_size_targets:make_unbiased_norm", "layer_norm", "normalized_shape=(10,)"),
+    ("tests.fixed_size_targets:attention_scaled_by_width", "attention", "embed_dim=20 num_heads=4"),
+], ids=["scores scaled by 1/sqrt(n_embd)", "unbiased variance", "attention scaled by 1/sqrt(d_model)"])
+def test_a_planted_bug_in_an_object_fails_at_its_sizes(spec: str, level: str, sizes: str) -> None:
+    report = api.check(spec, level=level, profile="kill", device="cpu", exitfirst=True,
+                       pytest_args=("-k", f"{level}_matches_torch and float64"))
+    assert not report.passed
+    message = report.failures[0]["message"]
+    assert f"{level} [" in message and "max abs err" in message and sizes in message, message
+
+
+def test_the_number_of_heads_is_measured_and_the_drawn_one_preferred() -> None:
+    found = inferred(load_target("tests.fixed_size_targets:attention"), "attention").discover()
+    assert found.sizes == {"d_model": 20, "nhead": 4}, found
+    note = next(n for n in found.notes if n.startswith("nhead="))
+    assert note.startswith("nhead=4 found by measurement: of the divisors of 20 (tried 2, "), note
+    assert fixed_sizes.head_counts(20, 4)[0] == 4 and fixed_sizes.head_counts(20, 3) == [4, 2, 5, 1, 10, 20]
+
+
+def test_layer_counts_are_the_outermost_stacks_not_a_list_of_heads() -> None:
+    wanted = fixed_sizes.LEVEL_SIZES["decoder_only"]
+    assert fixed_sizes.read_sizes(fx.gpt, "decoder_only", wanted)["num_encoder_layers"] == 2  # not the 3 heads
+    assert fixed_sizes.read_sizes(fx.make_norm(), "layer_norm", ("normalized_shape",)) == {"normalized_shape": (10,)}
+
+
+def test_the_map_is_inferred_once_per_shape_and_again_when_it_no_longer_verifies(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    view = inferred(load_target("tests.fixed_size_targets:attention"), "attention")
+    view.discover()  # once per run, before any case
+    view._maps.clear()
+    calls: list[object] = []
+    original = view._infer
+    monkeypatch.setattr(view, "_infer", lambda case, model: calls.append(case) or original(case, model))
+    entry = LEVELS["attention"]
+    for seed, length in ((1, 3), (2, 5), (3, 2)):  # one shape: only the seed and the lengths differ
+        case, candidate = view.prepare(AttentionCase(seed=seed, query_len=length, key_len=length + 1))
+        candidate.load(candidate.build("cpu", torch.float64), entry.reference(case))
+    assert len(calls) == 1, calls
+    key, kept = next(iter(view._maps.items()))
+    broken = kept.weight_map.links[0]  # a stale map: W_q's weight said to hold the keys' rows
+    swapped = dataclasses.replace(broken, sources=(dataclasses.replace(broken.sources[0], rows=(20, 40)),))
+    view._maps[key] = dataclasses.replace(kept, weight_map=dataclasses.replace(
+        kept.weight_map, links=(swapped, *kept.weight_map.links[1:])))
+    case, candidate = view.prepare(AttentionCase(seed=4))
+    candidate.load(candidate.build("cpu", torch.float64), entry.reference(case))
+    assert len(calls) == 2 and view._maps[key].weight_map.links[0] == broken  # re-inferred, and kept
