@@ -57,8 +57,11 @@ def layer_stacks(model: nn.Module) -> list[nn.ModuleList | nn.Sequential]:
     return found
 
 
-def read_sizes(model: nn.Module, level: str, wanted: tuple[str, ...]) -> dict[str, Any]:
-    """The ``wanted`` sizes (canonical names) read from ``model``'s parameters; only what can be read."""
+def read_sizes(model: nn.Module, level: str, wanted: tuple[str, ...], width: int | None = None) -> dict[str, Any]:
+    """The ``wanted`` sizes (canonical names) read from ``model``'s parameters; only what can be read.
+
+    ``width``: the d_model the model was built with, when its constructor took it (a feed-forward block has
+    as many parameters of width 4 x d_model as of d_model, so counting cannot tell which is which)."""
     params = list(model.parameters())
     if not params or not wanted:
         return {}
@@ -66,7 +69,8 @@ def read_sizes(model: nn.Module, level: str, wanted: tuple[str, ...]) -> dict[st
     if "normalized_shape" in wanted:
         sizes["normalized_shape"] = tuple(params[0].shape)  # a norm's weight (or its bias) has that shape
         return sizes
-    d_model = Counter(d for p in params for d in p.shape).most_common(1)[0][0]
+    counted = Counter(d for p in params for d in p.shape).most_common(1)[0][0]
+    d_model = width if width and "d_model" not in wanted else counted
     if "d_model" in wanted:
         sizes["d_model"] = d_model
     if "dim_feedforward" in wanted:

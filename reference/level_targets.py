@@ -22,6 +22,7 @@ import copy
 import itertools
 import math
 from collections.abc import Hashable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,6 +70,11 @@ class Discovery:
     sizes: dict[str, Any] = field(default_factory=dict)  # sizes fixed by the object itself (instance, factory)
 
 
+# Diagnosis sets this: a map that holds without masks but not with them is then used, and the masking judged
+# on the numbers (check stops with the keep-masks question instead).
+MASKS_JUDGED: ContextVar[bool] = ContextVar("masks_judged", default=False)
+
+
 @dataclass
 class InferredTarget:
     """A user's class, factory or instance checked at ``level`` with everything inferred."""
@@ -93,7 +99,7 @@ class InferredTarget:
         except NotImplementedError as exc:
             raise NotSupportedError(f"{self.target.spec} does not support {options_of(case)}: {exc}") from exc
         wanted = fixed_sizes.not_given(self.level, built.not_taken)
-        case = with_options(case, fixed_sizes.read_sizes(built.model, self.level, wanted))
+        case = with_options(case, fixed_sizes.read_sizes(built.model, self.level, wanted, width_of(case)))
         if "nhead" in wanted:
             width = width_of(case)
             if width not in self._heads and self._discovery is not None:  # a width not met yet (a class taking
@@ -151,8 +157,8 @@ class InferredTarget:
         try:
             found = self._infer(case, model)
         except infer.MapMismatchError as exc:
-            if exc.weight_map.verified:  # equal without masks, not with them: say so (keep-masks? the masking?)
-                raise TargetError(f"{self.target.spec}: {exc}") from exc
+            if exc.weight_map.verified and not MASKS_JUDGED.get():  # equal without masks, not with them: say so
+                raise TargetError(f"{self.target.spec}: {exc}") from exc  # (keep-masks? the masking?)
             # paired by order and shape, but the outputs differ: the code differs, judged on the verdicts
             found = infer.Inference(exc.weight_map, self._calling(case, model))
         except WeightMapError as exc:
@@ -172,7 +178,8 @@ class InferredTarget:
         """The base itself, or (when its constructor declines it) the first of the options a target most often
         fixes that it accepts: pre-norm, GELU, batch-first, and their combinations."""
         options = {"norm_first": True, "activation": "gelu", "batch_first": True}
-        tries = [{}] + [{k: options[k] for k in keys} for n in (1, 2, 3) for keys in itertools.combinations(options, n)]
+        tries: list[dict[str, Any]] = [{}] + [{k: options[k] for k in keys} for n in (1, 2, 3)
+                                              for keys in itertools.combinations(options, n)]
         declined: NotSupportedError | None = None
         for changes in tries:
             case = with_options(base, dict(changes))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,14 +15,14 @@ import pytest
 import torch
 
 import handmade
-from reference.catalogue import CATALOGUE
+from reference.catalogue import BY_KEY, CATALOGUE
 from reference.catalogue._base import become
 from reference.catalogue.attention_math import Equation1
 from reference.catalogue.norms import Formula
 from reference.catalogue.zoo import ENTRIES, spec
 from reference.diagnose import diagnose, main
 from reference.diagnose.families import family_grid
-from reference.diagnose.probes import candidate
+from reference.diagnose.probes import candidate, run_candidate
 from reference.diagnose.reproducer import minimal_failing_case, write
 from reference.diagnose.runs import observe, one_thread
 from reference.targets import load_target
@@ -59,8 +60,8 @@ def _with_steps(model):
 def test_the_candidate_without_deviations_is_nn_transformer(observations):
     for o in observations:
         with torch.no_grad():
-            plain = candidate(o)(o.src, o.tgt, **o.kwargs)
-            stepwise = _with_steps(candidate(o))(o.src, o.tgt, **o.kwargs)
+            plain = run_candidate(o, candidate(o))
+            stepwise = run_candidate(o, _with_steps(candidate(o)))
         assert o.ratio(plain) <= 1.0, o.case.describe()
         assert o.ratio(stepwise) <= 1.0, f"the catalogue's step-by-step attention or LayerNorm: {o.case.describe()}"
 
@@ -71,7 +72,7 @@ def test_every_deviation_changes_the_output_on_some_case_it_claims_to_show_on(ob
         for o in (o for o in observations if dev.shows_on(o.case)):
             try:
                 with torch.no_grad():
-                    changed = o.ratio(candidate(o, [dev])(o.src, o.tgt, **o.kwargs)) > 1.0
+                    changed = o.ratio(run_candidate(o, candidate(o, [dev]))) > 1.0
             except (ValueError, RuntimeError):  # the deviation crashes on these shapes: that changes it too
                 changed = True
             if changed:
@@ -188,3 +189,8 @@ def test_diagnosing_a_zoo_entry_names_its_own_catalogue_key(key):
     d = diagnose(target, out_dir=None, family_names=diagnosis_families(target, catch.case), reproduce=False)
     named = [c.key for c in d.causes]
     assert named == [key], f"diagnosis of zoo entry {key} named {named} ({[c.probe for c in d.causes]})"
+    isolated = next(t for t in d.localization if t.mode == "isolated")  # and the first place is the entry's
+    first = isolated.first
+    sites = BY_KEY[key].sites
+    assert (first is not None and any(re.search(s, first.name) for s in sites)) or any(
+        re.search(s, n) for s in sites for n in isolated.not_called), (key, first, isolated.not_called)

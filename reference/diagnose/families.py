@@ -1,15 +1,22 @@
-"""Verdicts per family of configurations, and the nn.Transformer configuration a target matches best.
+"""Verdicts per family of configurations, relative to a base configuration the target supports.
 
-A family is one option of nn.Transformer (norm_first, activation, batch_first, bias, ...) or one kind of
-mask, tried on two small cases: the first is also a probe case (probes.py), the second (other sizes and
-seed) guards the verdict. Verdicts come from compare.whole_model, the suite's own comparison and
-tolerance policy: equivalent, divergent, crashes or not supported.
+A family is one option of the level's built-in (norm_first, activation, batch_first, bias, ...) or one kind
+of mask, changed from the **base**: the built-in's default when the target runs it, else the closest
+configuration it does run (pre-norm + GELU + batch-first, say), so a target that supports one configuration
+still has every other option and mask kind examined from there. Each family has two small cases: the first
+is also a probe case (probes.py), the second (other sizes and seed) guards the verdict. Verdicts come from
+the engine, the suite's own comparison and tolerance policy: equivalent, divergent, crashes or not supported
+(declined, or an option the target takes no argument for and so was not varied).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 
@@ -17,106 +24,293 @@ from reference.build import Config
 from reference.cases import Case
 from reference.catalogue import BY_KEY
 from reference.catalogue._base import KPM_FIELDS, MASK_FIELDS
-from reference.compare import whole_model
-from reference.diagnose.probes import Scorer
-from reference.diagnose.runs import Observation
+from reference.compare import prepare
+from reference.diagnose.probes import Scorer, shows
+from reference.diagnose.runs import Observation, as_case, observe, with_seed
+from reference.engine import compare_modules
+from reference.registry import LEVELS
+from reference.strategies import AttentionCase, LayerNormCase, StackCase
 from reference.targets import NotSupportedError, Target, TargetError
+from reference.tolerance import Verdict
 
-STACK = Config(num_encoder_layers=2, num_decoder_layers=2)  # two layers: sharing between layers shows
-LAYER = Config()  # one layer each: enough for masks
-
-
-def _masks(**kinds: str) -> dict[str, str]:
-    """The same mask kind at every site it names: src/tgt/memory attention masks or padding masks."""
-    out: dict[str, str] = {}
-    for site, kind in kinds.items():
-        if site == "attn":
-            out.update(src_mask=kind, tgt_mask=kind, memory_mask=kind)
-        elif site == "padding":
-            out.update(src_key_padding_mask=kind, tgt_key_padding_mask=kind, memory_key_padding_mask=kind)
-        else:
-            out[site] = kind
-    return out
-
-
-# (family, group, configuration, case fields)
-FAMILIES: tuple[tuple[str, str, Config, dict], ...] = (
-    ("default (post-norm, relu, seq-first, bias)", "configuration", STACK, {}),
-    ("norm_first=True", "configuration", Config(**{**STACK.kwargs(), "norm_first": True}), {}),
-    ("activation=gelu", "configuration", Config(**{**LAYER.kwargs(), "activation": "gelu"}), {}),
-    ("batch_first=True", "configuration", Config(**{**LAYER.kwargs(), "batch_first": True}), {}),
-    ("bias=False", "configuration", Config(**{**LAYER.kwargs(), "bias": False}), {}),
-    ("dropout=0.1 in eval", "configuration", Config(**{**LAYER.kwargs(), "dropout": 0.1}), {}),
-    ("layer_norm_eps=0.01", "configuration", Config(**{**LAYER.kwargs(), "layer_norm_eps": 0.01}), {}),
-    ("unbatched input", "configuration", LAYER, {"batch": None}),
-    ("causal masks + is_causal hints", "masks", LAYER,
-     {"src_mask": "causal_bool", "tgt_mask": "causal_float", "tgt_is_causal": True}),
-    ("bool attention masks", "masks", LAYER, _masks(attn="random_bool")),
-    ("-inf float attention masks", "masks", LAYER, _masks(attn="random_inf")),
-    ("additive float attention masks", "masks", LAYER, _masks(attn="additive")),
-    ("per-head (N*nhead, L, S) masks", "masks", LAYER,
-     {"src_mask": "per_head_bool", "tgt_mask": "per_head_additive", "memory_mask": "per_head_bool"}),
-    ("bool key padding masks", "masks", LAYER, _masks(padding="bool")),
-    ("-inf float key padding masks", "masks", LAYER, _masks(padding="float_inf")),
-    ("finite float key padding masks", "masks", LAYER, _masks(padding="float_finite")),
-)
-# nn.Transformer options a target may apply whatever it is asked: tried as "the closest configuration"
 CONFIG_SWITCHES = tuple(key for key, d in BY_KEY.items() if d.option)
+LEVEL_MASKS = {  # the Case fields each level draws masks for
+    "transformer": (*MASK_FIELDS, *KPM_FIELDS), "encoder_layer": ("src_mask", "src_key_padding_mask"),
+    "encoder": ("src_mask", "src_key_padding_mask"),
+    "decoder_layer": ("tgt_mask", "memory_mask", "tgt_key_padding_mask", "memory_key_padding_mask"),
+    "decoder": ("tgt_mask", "memory_mask", "tgt_key_padding_mask", "memory_key_padding_mask"),
+}
+
+
+@dataclass(frozen=True)
+class Variation:
+    """One family: how it changes the base case, and whether a (target-adapted) case still shows it."""
+
+    name: str
+    group: str
+    change: Callable[[Any], Any]
+    shows: Callable[[Any], bool] = lambda case: True
 
 
 @dataclass
 class Family:
-    """One family's cases and verdict; ``closest`` names the nn.Transformer option the target follows."""
+    """One family's cases and verdict; ``closest`` names the built-in option the target follows."""
 
     name: str
     group: str
-    cases: list[Case]
+    cases: list[Any]
     verdict: str = "not run"  # equivalent | divergent | crashes | not supported
     max_abs: float = 0.0
     detail: str = ""
     closest: str = ""
     closest_err: float = math.nan
     closest_matches: bool = False
+    adapted: list[Any] = field(default_factory=list, repr=False, metadata={"json": False})  # as checked
+    variation: Variation | None = field(default=None, repr=False, metadata={"json": False})
+    crash_obs: Observation | None = field(default=None, repr=False, metadata={"json": False})
 
     @property
-    def probe_case(self) -> Case:
-        return self.cases[0]
+    def probe_case(self) -> Any:
+        return (self.adapted or self.cases)[0]
 
 
-def family_grid(names: tuple[str, ...] | None = None) -> list[Family]:
-    """The families (all, or those named), each with its probe case and a second, differently sized case."""
-    out = []
-    for name, group, config, fields in FAMILIES:
-        if names is not None and not any(name.startswith(n) for n in names):
-            continue
-        first = Case(config, seed=1, **fields)
-        second = first.replace(seed=2, src_len=3, tgt_len=6, batch=None if first.batch is None else 3)
-        out.append(Family(name, group, [first, second]))
+# -- the variations of each kind of case ------------------------------------------------------------------------
+
+def _config(case: Any) -> Config:
+    return as_case(case).config
+
+
+def _set_config(case: Any, **changes: Any) -> Any:
+    if isinstance(case, StackCase):
+        return StackCase(_set_config(case.case, **changes), case.final_norm)
+    return case.replace(config=replace(case.config, **changes))
+
+
+def _set(case: Any, **fields: Any) -> Any:
+    if isinstance(case, StackCase):
+        return StackCase(case.case.replace(**fields), case.final_norm)
+    return case.replace(**fields)
+
+
+def _toggle(option: str, base: Any, values: tuple[Any, Any]) -> Variation:
+    now = getattr(_config(base), option)
+    new = values[1] if now == values[0] else values[0]
+    return Variation(f"{option}={new}", "configuration", lambda c: _set_config(c, **{option: new}),
+                     lambda c: getattr(_config(c), option) == new)
+
+
+def _mask_family(name: str, level: str, fields: dict[str, Any]) -> Variation | None:
+    allowed = LEVEL_MASKS.get(level, ())
+    kept = {k: v for k, v in fields.items() if k.removesuffix("_is_causal") + "_mask" in allowed or k in allowed}
+    if not any(k in allowed for k in kept):
+        return None
+    return Variation(name, "masks", lambda c: _set(c, **kept),
+                     lambda c: any(getattr(as_case(c), k) not in ("none", None) for k in kept if k in allowed))
+
+
+def _model_variations(level: str, base: Any) -> list[Variation]:
+    out = [_toggle("norm_first", base, (False, True)), _toggle("activation", base, ("relu", "gelu")),
+           _toggle("batch_first", base, (False, True)), _toggle("bias", base, (True, False))]
+    if level == "feed_forward":
+        out = [v for v in out if v.name.split("=")[0] in ("activation", "bias")]
+    out.append(Variation("dropout=0.1 in eval", "configuration", lambda c: _set_config(c, dropout=0.1),
+                         lambda c: _config(c).dropout > 0))
+    if level != "feed_forward":
+        out.append(Variation("layer_norm_eps=0.01", "configuration", lambda c: _set_config(c, layer_norm_eps=0.01),
+                             lambda c: _config(c).layer_norm_eps == 0.01))
+    if isinstance(base, StackCase):
+        new = not base.final_norm
+        out.append(Variation(f"final norm {'on' if new else 'off'}", "configuration",
+                             lambda c: StackCase(c.case, new), lambda c: c.final_norm == new))
+    out.append(Variation("unbatched input", "configuration", lambda c: _set(c, batch=None),
+                         lambda c: as_case(c).batch is None))
+    causal: dict[str, Any] = {"src_mask": "causal_bool", "tgt_mask": "causal_float", "tgt_is_causal": True}
+    if level in ("encoder", "encoder_layer"):  # no decoder to carry the hint: the encoder's mask has it
+        causal["src_is_causal"] = True
+    masks: list[tuple[str, dict[str, Any]]] = [
+        ("causal masks + is_causal hints", causal),
+        ("bool attention masks", dict.fromkeys(MASK_FIELDS, "random_bool")),
+        ("-inf float attention masks", dict.fromkeys(MASK_FIELDS, "random_inf")),
+        ("additive float attention masks", dict.fromkeys(MASK_FIELDS, "additive")),
+        ("per-head (N*nhead, L, S) masks", {"src_mask": "per_head_bool", "tgt_mask": "per_head_additive",
+                                            "memory_mask": "per_head_bool"}),
+        ("bool key padding masks", dict.fromkeys(KPM_FIELDS, "bool")),
+        ("-inf float key padding masks", dict.fromkeys(KPM_FIELDS, "float_inf")),
+        ("finite float key padding masks", dict.fromkeys(KPM_FIELDS, "float_finite")),
+    ]
+    return out + [v for name, f in masks if (v := _mask_family(name, level, f)) is not None]
+
+
+def _attention_variations(base: AttentionCase) -> list[Variation]:
+    def flag(name: str, **fields: Any) -> Variation:
+        return Variation(name, "configuration", lambda c: c.replace(**fields),
+                         lambda c: all(getattr(c, k) == v for k, v in fields.items()))
+
+    def mask(name: str, **fields: Any) -> Variation:
+        return Variation(name, "masks", lambda c: c.replace(**fields),
+                         lambda c: all(getattr(c, k) == v for k, v in fields.items()))
+
+    return [
+        flag(f"batch_first={not base.batch_first}", batch_first=not base.batch_first),
+        flag(f"bias={not base.bias}", bias=not base.bias),
+        flag("self-attention (query = key = value)" if not base.self_attention else "cross-attention",
+             self_attention=not base.self_attention, key_len=base.query_len if not base.self_attention else 4),
+        flag("per-head weights (average_attn_weights=False)", average_attn_weights=False),
+        flag("dropout=0.1 in eval", dropout=0.1), flag("unbatched input", batch=None),
+        mask("causal masks + is_causal hints", attn_mask="causal_bool", is_causal=True, self_attention=True,
+             key_len=base.query_len),
+        mask("bool attention masks", attn_mask="random_bool"),
+        mask("-inf float attention masks", attn_mask="random_inf"),
+        mask("additive float attention masks", attn_mask="additive"),
+        mask("per-head (N*num_heads, L, S) masks", attn_mask="per_head_bool"),
+        mask("bool key padding masks", key_padding_mask="bool"),
+        mask("-inf float key padding masks", key_padding_mask="float_inf"),
+        mask("finite float key padding masks", key_padding_mask="float_finite"),
+    ]
+
+
+def _layer_norm_variations(base: LayerNormCase) -> list[Variation]:
+    def flag(name: str, **fields: Any) -> Variation:
+        return Variation(name, "configuration", lambda c: c.replace(**fields),
+                         lambda c: all(getattr(c, k) == v for k, v in fields.items()))
+
+    return [flag("eps=0.01", eps=0.01), flag(f"bias={not base.bias}", bias=not base.bias),
+            flag("elementwise_affine=False", elementwise_affine=False), flag("large mean (offset 100)", offset=100.0),
+            flag("3-D input", lead_shape=(2, 3))]
+
+
+def variations(level: str, base: Any) -> list[Variation]:
+    if isinstance(base, AttentionCase):
+        return _attention_variations(base)
+    if isinstance(base, LayerNormCase):
+        return _layer_norm_variations(base)
+    return _model_variations(level, base)
+
+
+# -- the base, the grid, the verdicts ----------------------------------------------------------------------------
+
+def default_case(level: str) -> Any:
+    """The level's default case: two layers (sharing between layers shows), distinct sizes (layouts show)."""
+    case = LEVELS[level].from_config(Config(num_encoder_layers=2, num_decoder_layers=2))
+    return with_seed(case, 1)
+
+
+def _base_candidates(level: str) -> list[tuple[str, Any]]:
+    """The default first, then the nn options a target may fix (one, two, then all three changed)."""
+    default = default_case(level)
+    if isinstance(default, (AttentionCase, LayerNormCase)):
+        extra = [("batch_first=True", default.replace(batch_first=True))] if isinstance(default, AttentionCase) else []
+        return [("default", default), *extra]
+    options = {"norm_first": True, "activation": "gelu", "batch_first": True}
+    out = [("default", default)]
+    for n in (1, 2, 3):
+        for keys in itertools.combinations(options, n):
+            changes = {k: options[k] for k in keys}
+            out.append((", ".join(f"{k}={v}" for k, v in changes.items()), _set_config(default, **changes)))
     return out
 
 
-def judge_family(target: Target, family: Family, device: torch.device | str = "cpu") -> Family:
-    """Run compare.whole_model on the family's cases (gradients too on the first); set its verdict.
+def _difference(case: Any, default: Any) -> str:
+    """How ``case``'s options differ from ``default``'s, as keyword arguments ("" when they do not)."""
+    if isinstance(case, StackCase) and isinstance(default, StackCase):
+        inner = _difference(case.case, default.case)
+        final = "" if case.final_norm == default.final_norm else f"final_norm={case.final_norm}"
+        return ", ".join(p for p in (inner, final) if p)
+    a = dataclasses.asdict(case.config) if isinstance(case, Case) else dataclasses.asdict(case)
+    b = dataclasses.asdict(default.config) if isinstance(default, Case) else dataclasses.asdict(default)
+    keep = ("norm_first", "activation", "batch_first", "bias", "layer_norm_eps", "dropout", "eps",
+            "elementwise_affine", "add_bias_kv", "add_zero_attn", "d_model", "nhead", "dim_feedforward",
+            "embed_dim", "num_heads", "normalized_shape")
+    return ", ".join(f"{k}={getattr(a[k], '__name__', a[k])!r}".replace("'", "") for k in keep
+                     if k in a and k in b and a[k] != b[k])
 
-    crashes: the target raised, or its output has NaN/inf where nn.Transformer's is finite; divergent: any
+
+def find_base(target: Target, level: str, device: torch.device | str) -> tuple[str, Any, list[str]]:
+    """The base configuration: the first candidate the target runs without crashing (else the first it takes),
+    as the target is checked on it (the options its code fixes set as found); named by how it differs from
+    the built-in's default ("default" when it does not)."""
+    tried, taken = [], None
+    default = default_case(level)
+    for name, case in _base_candidates(level):
+        try:
+            obs = observe(target, case, device, level)
+        except NotSupportedError as exc:
+            tried.append(f"{name}: declined ({str(exc).splitlines()[0][:80]})")
+            continue
+        if obs.error is None:
+            return _difference(obs.case, default) or "default", obs.case, tried
+        tried.append(f"{name}: crashed ({obs.error[:80]})")
+        taken = taken or (_difference(obs.case, default) or "default", obs.case)
+    return (*taken, tried) if taken else ("default", default, tried)
+
+
+def family_grid(names: tuple[str, ...] | None = None, level: str = "transformer", base: Any = None,
+                base_name: str = "default") -> list[Family]:
+    """The families (all, or those named), each with its probe case and a second, differently sized case."""
+    base = default_case(level) if base is None else base
+    title = "default (post-norm, relu, seq-first, bias)" if base_name == "default" and level != "attention" \
+        else "default" if base_name == "default" else f"base ({base_name})"
+    grid = [Variation(title, "configuration", lambda c: c), *variations(level, base)]
+    out = []
+    for v in grid:
+        if names is not None and not any(v.name.startswith(n) for n in names):
+            continue
+        first = v.change(base)
+        out.append(Family(v.name, v.group, [first, _second(first)], variation=v))
+    return out
+
+
+def _second(case: Any) -> Any:
+    if isinstance(case, StackCase):
+        return StackCase(_second(case.case), case.final_norm)
+    if isinstance(case, Case):
+        return case.replace(seed=2, src_len=3, tgt_len=6, batch=None if case.batch is None else 3)
+    if isinstance(case, AttentionCase):
+        return case.replace(seed=2, query_len=5, key_len=5 if case.self_attention else 2,
+                            batch=None if case.batch is None else 3)
+    return case.replace(seed=2, lead_shape=(4,))
+
+
+def verdicts_for(target: Target, level: str, case: Any, device: torch.device | str,
+                 grads: bool) -> tuple[Any, list[Verdict]]:
+    """(the case as the target is checked on it, the engine's verdicts) at ``level``."""
+    case, cand = prepare(target, level, case)
+    entry = LEVELS[level]
+    inputs, kwargs = entry.inputs(case, torch.float64)
+    return case, compare_modules(entry.reference(case), cand, entry.call, inputs, kwargs, dtype=torch.float64,
+                                 device=device, grads=grads, seed=case.seed)
+
+
+def judge_family(target: Target, family: Family, device: torch.device | str = "cpu",
+                 level: str = "transformer") -> Family:
+    """Judge the family's cases (gradients too on the first); set its verdict.
+
+    crashes: the target raised, or its output has NaN/inf where the built-in's is finite; divergent: any
     output or gradient beyond the tolerance (a parameter gradient the target lacks counts as divergent).
     """
     bad, supported = [], 0
+    variation = family.variation
     for i, case in enumerate(family.cases):
         try:
-            verdicts = whole_model(target, case, device, torch.float64, grads=i == 0)
+            adapted, verdicts = verdicts_for(target, level, case, device, grads=i == 0)
         except NotSupportedError as exc:
             declined = exc.__cause__
-            family.detail = f"build raised NotImplementedError: {declined}" if declined else "supports() returned False"
+            family.detail = f"build raised NotImplementedError: {declined}" if declined else str(exc).splitlines()[0]
             continue
         except TargetError as exc:
             family.verdict, family.max_abs, family.detail = "crashes", math.inf, str(exc)
+            family.adapted = family.adapted or [case]
             return family
+        if variation is not None and not variation.shows(adapted):
+            family.verdict = "not supported"
+            family.detail = "not varied: the target's code fixes it (no argument or input for it)"
+            return family
+        family.adapted.append(adapted)
         supported += 1
         output = verdicts[0]
         if output.note:
             family.verdict, family.max_abs = "crashes", math.inf
-            family.detail = f"{output.note} ({case.describe()})"
+            family.detail = f"{output.note} ({adapted.describe()})"
             return family
         bad += [v for v in verdicts if not v.passed]
     if not supported:
@@ -124,8 +318,8 @@ def judge_family(target: Target, family: Family, device: torch.device | str = "c
     elif bad:
         family.verdict = "divergent"
         family.max_abs = max((v.max_abs for v in bad if math.isfinite(v.max_abs)), default=math.inf)
-        names = list(dict.fromkeys(v.what if v.what in ("output", "grad src", "grad tgt") else "parameter grads"
-                                   for v in bad))
+        names = list(dict.fromkeys(v.what if not v.what.startswith("grad ") or v.what.count(".") == 0
+                                   else "parameter grads" for v in bad))
         missing = {v.what for v in bad if not math.isfinite(v.max_abs) and v.what.startswith("grad ")}
         if missing:
             names.append(f"{len(missing)} parameters get no gradient: shared or unused weights")
@@ -136,14 +330,10 @@ def judge_family(target: Target, family: Family, device: torch.device | str = "c
 
 
 def closest_configuration(family: Family, obs: Observation, keys: list[str]) -> None:
-    """Name the nn.Transformer options the target follows on this family (from the causes found), if any.
-
-    "matches" when those options alone make nn.Transformer equal the target here; "closest" otherwise (the
-    other causes account for the rest).
-    """
+    """Name the built-in options the target follows on this family (from the causes found), if any."""
     if obs.got is None or family.verdict != "divergent":
         return
-    switches = [BY_KEY[k] for k in keys if k in CONFIG_SWITCHES and BY_KEY[k].shows_on(obs.case)]
+    switches = [BY_KEY[k] for k in keys if k in CONFIG_SWITCHES and shows(BY_KEY[k], obs.case)]
     if not switches:
         return
     ratio = Scorer([obs]).ratio(0, switches)

@@ -168,7 +168,17 @@ def _is_causal_mask(mask: Tensor | None) -> bool:
 
 
 def _invert(mask: Tensor | None) -> Tensor | None:
-    return ~mask if mask is not None and mask.dtype == torch.bool else mask
+    """A bool mask negated; a 0 / -inf float mask (a bool mask as nn's layers pass it on) with 0 and -inf swapped."""
+    if mask is None:
+        return None
+    if mask.dtype == torch.bool:
+        return ~mask
+    return torch.where(torch.isneginf(mask), torch.zeros_like(mask), torch.full_like(mask, float("-inf")))
+
+
+def _binary(mask: Tensor | None) -> bool:
+    """A bool mask, or a float one holding only 0 and -inf (what nn's layers make of a bool mask)."""
+    return mask is not None and (mask.dtype == torch.bool or bool(((mask == 0) | torch.isneginf(mask)).all()))
 
 
 def _attention_fits(m: nn.MultiheadAttention, args: tuple, kwargs: dict, got: Tensor, expected: Tensor,
@@ -209,12 +219,12 @@ def _attention_fits(m: nn.MultiheadAttention, args: tuple, kwargs: dict, got: Te
         fit("softmax over the queries (dim -2) instead of the keys", "softmax_over_queries", softmax_dim=-2),
         fit("heads merged by reshape(L, N, E) of (N, H, L, head_dim) data, without a permute",
             "head_merge_without_transpose", merge="seq"),
-        fit("heads merged by reshape(N, L, E) of (N, H, L, head_dim) data, without transpose(1, 2)", None,
-            merge="batch"),
+        fit("heads merged by reshape(N, L, E) of (N, H, L, head_dim) data, without transpose(1, 2)",
+            "head_merge_without_transpose", merge="batch"),  # the same bug in a batch-first layout
         fit("heads split by reshape(N, H, L, head_dim) of (L, N, E) data, without transposing",
             "head_split_without_transpose", split="seq"),
         fit("heads split by view(N, H, L, head_dim) of (N, L, E) data, without view(N, L, H, head_dim).transpose(1, 2)",
-            None, split="batch"),
+            "head_split_without_transpose", split="batch"),  # the same bug in a batch-first layout
         fit("out_proj not applied after concatenating the heads", "output_projection_missing", out=False),
         *(fit(f"reads the packed in_proj rows as {', '.join(o)} where nn.MultiheadAttention has q, k, v"
               + (" (q and k swapped)" if o == "kqv" else ""), f"qkv_as_{o}", order=o)
@@ -224,7 +234,7 @@ def _attention_fits(m: nn.MultiheadAttention, args: tuple, kwargs: dict, got: Te
         fits.append(fit("attn_mask ignored", "masks_ignored", attn_mask=None))
     if kpm is not None:
         fits.append(fit("key_padding_mask ignored", "padding_ignored", kpm=None))
-    bools = [t for t in (mask, kpm) if t is not None and t.dtype == torch.bool]
+    bools = [t for t in (mask, kpm) if _binary(t)]
     if bools:
         fits.append(fit("bool masks read with inverted polarity (True = may attend)", "bool_mask_inverted",
                         attn_mask=_invert(mask), kpm=_invert(kpm)))

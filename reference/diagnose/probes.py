@@ -20,16 +20,20 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from reference.build import build_torch
 from reference.catalogue import BY_KEY, CATALOGUE, Deviation, apply_all, extends
-from reference.diagnose.runs import Observation, build_loaded, observe, run_target
-from reference.targets import HandmadeAdapter, NotSupportedError, Target
+from reference.diagnose.runs import Observation, as_case, config_of, observe, outputs
+from reference.targets import NotSupportedError, Target
+from reference.weights import copy_torch_to_handmade
 
 MIN_GAIN = 0.3  # log10 units summed over cases: a deviation must at least halve one case's error
 CRASHED = 30.0  # the score of a candidate that cannot run on a case
 VARIANTS = tuple(d for d in CATALOGUE if d.probe == "variant")
 TWICE = tuple(d for d in CATALOGUE if d.probe == "twice in eval")
-HANDMADE = Target("reference.targets:handmade", HandmadeAdapter())
+
+
+def shows(dev: Deviation, case: object) -> bool:
+    """Whether ``dev`` can show on ``case`` (any level's case, read as a whole-model one)."""
+    return dev.shows_on(as_case(case))
 
 
 @dataclass
@@ -47,6 +51,11 @@ class Cause:
     err_without_it: float
     probe: str = "variant"
     alternatives: list[str] = field(default_factory=list)  # other deviations these cases cannot tell apart
+    place: str = ""  # the built-in submodule where it was measured in isolation (place.py), if it was
+    place_module: str = ""  # the target's module there
+    place_before: float = math.nan  # the error there, before and after accounting for it
+    place_after: float = math.nan
+    place_explains: bool = False  # the target's module there equals the built-in's with this change
 
 
 @dataclass
@@ -61,11 +70,16 @@ class Explanation:
 
 
 def candidate(obs: Observation, deviations: Sequence[Deviation] = ()) -> nn.Module:
-    """handmade for ``obs``'s case with nn.Transformer's weights (float64, eval) and ``deviations`` planted."""
-    reference = build_torch("transformer", obs.case.config, "cpu", torch.float64)
-    reference.load_state_dict(obs.state)
-    model = build_loaded(HANDMADE, obs.case, reference, "cpu")
-    return apply_all(model, obs.case.config.kwargs(), deviations)
+    """handmade at ``obs``'s level with the built-in's weights (float64, eval) and ``deviations`` planted."""
+    model = obs.entry.build("handmade", obs.case)
+    copy_torch_to_handmade(obs.builtin, model)
+    return apply_all(model.eval(), config_of(obs.case), deviations)
+
+
+def run_candidate(obs: Observation, model: nn.Module) -> dict[str, torch.Tensor]:
+    """A candidate's outputs on ``obs``'s inputs, called the way the level calls its built-in."""
+    with torch.no_grad():
+        return outputs(obs.entry.call(model, **obs.inputs, **obs.kwargs))
 
 
 def fresh_modules(module: nn.Module, memo: dict[int, nn.Module] | None = None) -> nn.Module:
@@ -96,10 +110,8 @@ class Scorer:
             try:
                 if i not in self.bases:
                     self.bases[i] = candidate(o)
-                model = apply_all(fresh_modules(self.bases[i]), o.case.config.kwargs(), deviations)
-                with torch.no_grad():
-                    out = model(o.src, o.tgt, **o.kwargs)
-                self.memo[key] = o.ratio(out)
+                model = apply_all(fresh_modules(self.bases[i]), config_of(o.case), deviations)
+                self.memo[key] = o.ratio(run_candidate(o, model))
             except Exception:
                 self.memo[key] = math.inf
         return self.memo[key]
@@ -135,7 +147,7 @@ def search(scorer: Scorer, catalogue: Sequence[Deviation] = VARIANTS, max_steps:
                     stale[dev.key] = -math.inf
                     continue
                 trial = [*chosen, dev]
-                new = [scorer.score(i, trial) if dev.shows_on(scorer.obs[i].case) else current[i] for i in range(n)]
+                new = [scorer.score(i, trial) if shows(dev, scorer.obs[i].case) else current[i] for i in range(n)]
                 gain = sum(current) - sum(new)
                 stale[dev.key] = gain
                 if best is None or gain > best[0]:
@@ -178,8 +190,10 @@ def explain(observations: Sequence[Observation], labels: Sequence[str], probe_co
             result.unexplained.append(label_of[i])
     for dev in chosen:
         without = [d for d in chosen if d is not dev]
-        where = [i for i, o in enumerate(scorer.obs) if dev.shows_on(o.case)
+        where = [i for i, o in enumerate(scorer.obs) if shows(dev, o.case)
                  and scorer.ratio(i, without) > max(1.0, 2 * scorer.ratio(i, chosen))]
+        if not where:  # no case where it removes at least half the error: no evidence, so no cause
+            continue
 
         def worst(devs: Sequence[Deviation], where: list[int] = where) -> float:
             return max((scorer.ratio(i, devs) * scorer.obs[i].bound for i in where), default=0.0)
@@ -210,10 +224,10 @@ def dropout_in_eval(target: Target, first: Observation, device: torch.device | s
     Which dropout: the catalogue deviation (probe "twice in eval") whose sites hold the first submodule whose
     output differs between the two runs (the target's submodules() map); the feed-forward one without a map.
     """
-    if first.got is None or first.case.config.dropout == 0:
+    if first.got is None or as_case(first.case).config.dropout == 0:
         return None
     try:
-        again = observe(target, first.case, device)
+        again = observe(target, first.case, device, first.level)
     except NotSupportedError:
         return None
     if again.got is None:
@@ -222,38 +236,30 @@ def dropout_in_eval(target: Target, first: Observation, device: torch.device | s
     if ratio <= 1.0:
         return None
     spread = ratio * first.bound
-    varies = _first_varying(target, first, device)
+    varies = _first_varying(first)
     dev = next((d for d in TWICE if varies and any(re.search(s, varies) for s in d.sites)), BY_KEY["dropout_in_eval"])
     where = f"; {varies} is the first submodule whose output varies" if varies else ""
     return Cause(
         dev.key, dev.cause, f"gives a different output each run in eval mode (two runs on the same input differ by "
-        f"{spread:.3g}{where}): it {dev.does}", dev.fix, dev.sites, [first.case.describe()], first.max_abs, spread,
+        f"{spread:.3g}{where}): it {dev.does}", dev.fix, dev.sites, [str(first.case.describe())], first.max_abs, spread,
         spread, probe="twice in eval",
     )
 
 
-def _first_varying(target: Target, obs: Observation, device: torch.device | str) -> str:
+def _first_varying(obs: Observation) -> str:
     """The first mapped submodule (in completion order) whose output differs between two runs; "" if unknown."""
-    from reference.diagnose.localize import TRACKED, _Recorder, target_map
+    from reference.diagnose.localize import _Recorder, _run, target_map, tracked
 
-    try:
-        reference = build_torch("transformer", obs.case.config, "cpu", torch.float64)
-        reference.load_state_dict(obs.state)
-        model = build_loaded(target, obs.case, reference, device)
-        names = [n for n, _ in reference.named_modules() if TRACKED.match(n)]
-        mapping, _ = target_map(target, model, names)
-        runs = []
-        for _ in range(2):
-            rec = _Recorder(mapping, {n: i for i, n in enumerate(names)})
-            handles = rec.attach()
-            try:
-                run_target(target, model, obs.src, obs.tgt, obs.kwargs, device)
-            finally:
-                for h in handles:
-                    h.remove()
-            runs.append(rec)
-    except Exception:
+    names = tracked(obs.builtin)
+    mapping, _ = target_map(obs, names)
+    if not mapping:
         return ""
+    runs = []
+    for _ in range(2):
+        rec = _Recorder(mapping, {n: i for i, n in enumerate(names)})
+        if _run(obs, rec) is not None:
+            return ""
+        runs.append(rec)
     a, b = runs
     for name in a.order:
         x, y = a.outputs[name], b.outputs.get(name)
@@ -272,14 +278,12 @@ def same_crash(obs: Observation) -> Cause | None:
         return None
     wanted = obs.error.split(" raised ", 1)[1]
     for dev in VARIANTS:
-        if not dev.shows_on(obs.case):
+        if not shows(dev, obs.case):
             continue
         try:
-            model = candidate(obs, [dev])
-            with torch.no_grad():
-                model(obs.src, obs.tgt, **obs.kwargs)
+            run_candidate(obs, candidate(obs, [dev]))
         except Exception as exc:
             if f"{type(exc).__name__}: {exc}" == wanted:
-                return Cause(dev.key, dev.cause, dev.does, dev.fix, dev.sites, [obs.case.describe()], math.inf, 0.0,
-                             math.inf, probe="same crash")
+                return Cause(dev.key, dev.cause, dev.does, dev.fix, dev.sites, [str(obs.case.describe())], math.inf,
+                             0.0, math.inf, probe="same crash")
     return None

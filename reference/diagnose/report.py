@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import re
+import textwrap
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -13,6 +14,17 @@ from reference.diagnose.families import Family
 from reference.diagnose.localize import Localization, SubmoduleError
 from reference.diagnose.probes import Cause, Explanation
 from reference.diagnose.reproducer import Reproducer
+
+WIDTH = 100  # the text report's lines fit in this many columns
+
+
+@dataclass
+class CrashFinding:
+    """A family where the target crashes (raises, or NaN/inf where the built-in is finite): where and how."""
+
+    family: str
+    message: str
+    where: str
 
 
 @dataclass
@@ -23,8 +35,15 @@ class Diagnosis:
     kind: str
     torch: str
     device: str
+    level: str = "transformer"
+    builtin: str = "nn.Transformer"
     verdict: str = "equivalent"  # equivalent | divergent | crashes | not supported
+    base: str = "default"  # the configuration the families vary from
+    base_tried: list[str] = field(default_factory=list)  # the bases declined or crashing before it
     families: list[Family] = field(default_factory=list)
+    crashes: list[CrashFinding] = field(default_factory=list)
+    unexplained: str = ""  # the place no catalogue deviation or fit accounts for, with its evidence
+    notes: list[str] = field(default_factory=list)  # what diagnosis measured about the target before judging
     best_match: str = ""
     localization: list[Localization] = field(default_factory=list)
     localized_family: str = ""  # the family whose first case was localized
@@ -33,6 +52,16 @@ class Diagnosis:
     extra_causes: list[Cause] = field(default_factory=list)
     reproducer: Reproducer | None = None
     reproducer_note: str = ""
+
+    @property
+    def explained(self) -> bool:
+        """Whether the causes account for every difference: on every case, or (found only at the place that
+        differs) there."""
+        if self.unexplained or not self.causes:
+            return False
+        if self.explanation is not None and self.explanation.causes:
+            return self.explanation.explained
+        return all(c.place_explains for c in self.causes if not math.isnan(c.place_before))
 
     @property
     def causes(self) -> list[Cause]:
@@ -93,24 +122,45 @@ def _where(cause: Cause, isolated: Localization | None) -> str:
     return shown + (f", and {len(rows) - 4} more" if len(rows) > 4 else "")
 
 
+def _wrap(lines: list[str]) -> list[str]:
+    """Each line folded to WIDTH columns, continuation lines indented under its text."""
+    out = []
+    for line in lines:
+        if len(line) <= WIDTH:
+            out.append(line)
+            continue
+        indent = " " * (len(line) - len(line.lstrip()) + 4)
+        out += textwrap.wrap(line, WIDTH, subsequent_indent=indent, break_on_hyphens=False) or [""]
+    return out
+
+
+def _place(name: str, module: str) -> str:
+    return (name or "the module itself") + (f" (the target's {module})" if module else "")
+
+
 def render(d: Diagnosis) -> str:
-    """The text report."""
-    lines = [f"parity diagnose {d.target}  ({d.kind}; torch {d.torch}; float64 on {d.device})", ""]
+    """The text report (lines of at most WIDTH columns)."""
+    b = d.builtin.split(" with ")[0]  # "nn.TransformerEncoder with a causal mask": the module is named
+    lines = [f"parity diagnose {d.target} --as {d.level}  ({d.kind}; vs {b}; torch {d.torch}; float64 on "
+             f"{d.device})", ""]
     ex = d.explanation
-    headline = {"equivalent": "EQUIVALENT: it matches nn.Transformer in every family tried.",
+    headline = {"equivalent": f"EQUIVALENT: it matches {b} in every family tried.",
                 "not supported": "NOT SUPPORTED: the target declined every configuration tried.",
-                "crashes": "CRASHES: it crashes where nn.Transformer computes an output.",
-                "divergent": "DIVERGENT: it differs from nn.Transformer."}[d.verdict]
+                "crashes": f"CRASHES: it crashes where {b} computes an output.",
+                "divergent": f"DIVERGENT: it differs from {b}."}[d.verdict]
     if d.causes:
         headline += f" {len(d.causes)} cause(s) found"
-        if ex is not None:
-            headline += (", and together they explain every difference." if ex.explained
-                         else "; they do not explain every difference (see 3).")
+        headline += (", and together they explain every difference." if d.explained
+                     else "; they do not explain every difference (see 3).")
     crashed = [f.name for f in d.families if f.verdict == "crashes"]
     if crashed and d.verdict != "crashes":
         headline += f" It also crashes on: {', '.join(crashed)} (see 3)."
-    lines += [headline, "", "1. Verdict per family (compare.whole_model, float64, 2 cases each: outputs, and "
-              "gradients on the first)"]
+    lines += [headline, *(f"Note: {n}" for n in d.notes), "",
+              "1. Verdict per family (float64, 2 cases each: outputs, and gradients on the first)",
+              f"   base: {d.base}" + ("" if d.base == "default" else " (fixed by its code, or the first it runs)")]
+    if d.base_tried:
+        names = [t.split(":", 1)[0] for t in d.base_tried]
+        lines.append(f"   not the base ({len(names)}): {', '.join(names)}; first: {d.base_tried[0]}")
     group = None
     for f in d.families:
         if f.group != group:
@@ -120,75 +170,82 @@ def render(d: Diagnosis) -> str:
         if f.verdict == "divergent":
             text += f" max err {_num(f.max_abs)} ({f.detail})"
         elif f.verdict in ("crashes", "not supported") and f.detail:
-            text += f" {f.detail[:110]}"
+            text += f" {f.detail[:160]}"
         lines.append(text.rstrip())
         if f.closest and (f is d.families[0] or f.closest != d.families[0].closest):
             lines.append(f"{'':50s}{'matches' if f.closest_matches else 'closest:'} {f.closest}"
                          + ("" if f.closest_matches else " (the other causes account for the rest)"))
     if d.best_match:
         lines += ["", f"   Best match: {d.best_match}"]
-    lines += ["", "2. Where it first differs"]
+    lines += ["", "2. Where it first differs" + (f" (on {d.localized_family})" if d.localized_family else "")]
     if d.not_localized:
         lines.append(f"   Not localized: {d.not_localized}")
     for loc in d.localization:
         title = {"propagated": "propagated (each model runs on its own activations)",
-                 "isolated": "isolated (each submodule is fed nn.Transformer's input: its own error only)"}[loc.mode]
+                 "isolated": f"isolated (each submodule is fed {b}'s input: its own error only)"}[loc.mode]
         lines.append(f"   {title}")
         if loc.note:
             lines.append(f"     note: {loc.note}")
         first = loc.first
-        if first is None and not loc.not_called:
-            lines.append("     every mapped submodule agrees")
+        if first is None and not loc.not_called and not loc.note:
+            lines.append(f"     every mapped submodule agrees ({len(loc.rows)} compared)")
         elif first is not None:
-            lines.append(f"     first: {first.name}  {_row(first)}")
+            lines.append(f"     first: {_place(first.name, first.target_module)}  {_row(first)}")
         if loc.mode == "isolated" and loc.diverging:
             own = [r for r in loc.rows if not r.passed]
             fed = [r for r in loc.rows if not r.fed_passed]
             if own:
                 lines.append(f"     own computation differs ({len(own)}): "
-                             + _names([f"{r.name} ({_num(r.max_abs)})" for r in own]))
+                             + _names([f"{r.name or 'itself'} ({_num(r.max_abs)})" for r in own]))
             if fed:
                 lines.append(f"     fed a different input ({len(fed)}): " + _names([r.name for r in fed]))
             agree = [r.name for r in loc.rows if not r.diverges]
             if agree:
                 kinds = sorted({_kind(n) for n in agree})
                 lines.append(f"     agree: {len(agree)} submodules ({', '.join(kinds)})")
-            lines.append("     (own: its computation on nn.Transformer's input; for a layer, its code outside its "
+            lines.append(f"     (own: its computation on {b}'s input; for a layer, its code outside its "
                          "mapped parts. fed: the code between mapped submodules gives it another input: norm "
                          "placement, activation, residuals)")
         if loc.not_called:
-            lines.append(f"     never called by the target: {', '.join(loc.not_called)}")
+            lines.append(f"     mapped but never called as a module (compared through its parts): "
+                         f"{', '.join(loc.not_called)}")
         if loc.rows:
             lines.append(f"     case: {loc.case}")
     lines += ["", "3. Likely causes (each backed by a probe run on the target)"]
     if not d.causes:
         lines.append("   none found" + ("" if d.verdict == "equivalent" else
-                                         ": no known deviation brings nn.Transformer closer to the target"))
+                                         f": no known deviation or fit brings {b} closer to the target"))
     isolated = next((loc for loc in d.localization if loc.mode == "isolated" and loc.rows), None)
     for i, c in enumerate(d.causes, 1):
-        lines.append(f"   [{i}] {c.cause}: it {c.does}")
+        lines.append(f"   [{i}] {c.cause}: {c.does if c.probe == 'fit' else 'it ' + c.does}")
         families = _family_names(c.shows_on)
-        lines.append(f"       probe ({c.probe}): max err against nn.Transformer {_num(c.err_vs_reference)}; against "
-                     f"nn.Transformer with the causes found {_num(c.err_vs_explanation)}; without this one "
+        lines.append(f"       evidence ({c.probe}): max err against {b} {_num(c.err_vs_reference)}; against "
+                     f"{b} with the causes found {_num(c.err_vs_explanation)}; without this one "
                      f"{_num(c.err_without_it)}")
+        if not math.isnan(c.place_before):
+            lines.append(f"       at {_place(c.place, c.place_module)}, fed {b}'s input: error "
+                         f"{_num(c.place_before)} -> {_num(c.place_after)} with it")
         lines.append(f"       shows on: {', '.join(families[:6])}" + (" ..." if len(families) > 6 else ""))
         for twin in c.alternatives:
             lines.append(f"       or, equally well on these cases: it {twin}")
-        where = _where(c, isolated) if d.localized_family in families else ""
+        where = _where(c, isolated) if d.localized_family in families and math.isnan(c.place_before) else ""
         if where:
             lines.append(f"       where: {where}")
-        lines.append(f"       fix: {c.fix}")
-    if ex is not None and ex.causes:
-        if ex.explained:
-            lines.append(f"   Together: nn.Transformer with these changes matches the target to {_num(ex.residual)} "
-                         "on every case tried.")
-        else:
-            lines.append(f"   Unexplained: with these changes the target still differs by {_num(ex.residual)} on "
-                         f"{', '.join(_family_names(ex.unexplained)[:5])}: a difference outside the catalogue.")
-    crashes = [f for f in d.families if f.verdict == "crashes"]
-    if crashes:
+        if c.fix:
+            lines.append(f"       fix: {c.fix}")
+    if ex is not None and ex.causes and d.explained:
+        lines.append(f"   Together: {b} with these changes matches the target to {_num(ex.residual)} "
+                     "on every case tried.")
+    elif ex is not None and ex.causes:
+        lines.append(f"   With these changes the target still differs by {_num(ex.residual)} on "
+                     f"{', '.join(_family_names(ex.unexplained)[:5])}.")
+    if d.unexplained:
+        lines.append(f"   Unexplained: {d.unexplained}")
+    if d.crashes:
         lines += ["", "   Crashes (failures of the target, not of the harness):"]
-        lines += [f"     {f.name}: {f.detail[:300]}" for f in crashes]
+        for cf in d.crashes:
+            lines.append(f"     {cf.family}: {cf.message[:300]}")
+            lines.append(f"       where: {cf.where or 'not localized (no map into the target, or it did not recur)'}")
     lines += ["", "4. Minimal failing example (hypothesis, shrunk)"]
     if d.reproducer is not None:
         r = d.reproducer
@@ -196,14 +253,15 @@ def render(d: Diagnosis) -> str:
                   "(needs only torch and the target)", f"   run: {r.command}"]
     else:
         lines.append(f"   {d.reproducer_note or 'none'}")
-    return "\n".join(lines)
+    return "\n".join(_wrap(lines))
 
 
 def _plain(value: object) -> object:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         if hasattr(value, "describe") and hasattr(value, "config"):  # a Case: its one-line description
             return value.describe()
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)
+                if f.metadata.get("json", True)}
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -24,7 +24,7 @@ from hypothesis.errors import NoSuchExample
 from reference.build import Config
 from reference.cases import ATTN_MASKS, CAUSAL_KINDS, PADDING_MASKS, Case
 from reference.compare import forward_kwargs, whole_model
-from reference.diagnose.runs import reference_model
+from reference.registry import LEVELS
 from reference.targets import NotSupportedError, Target, TargetError
 from reference.tolerance import floor
 
@@ -114,7 +114,7 @@ def write(target: Target, case: Case, out_dir: Path) -> Reproducer:
     """Write ``repro_<target>/repro.py`` and ``tensors.pt`` for ``case`` under ``out_dir``."""
     folder = Path(out_dir) / f"repro_{slug(target.spec)}"
     folder.mkdir(parents=True, exist_ok=True)
-    reference = reference_model(case)
+    reference = LEVELS["transformer"].reference(case)
     src, tgt, kwargs = case.tensors(torch.float64)
     with torch.no_grad():
         expected = reference(src, tgt, **forward_kwargs(kwargs, "cpu"))

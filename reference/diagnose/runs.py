@@ -1,19 +1,28 @@
-"""One target run on one case, kept with everything a probe needs: weights, inputs, both outputs."""
+"""One target run on one case at one level, kept with everything a probe needs: the built-in, inputs, outputs.
+
+Every kind of target goes through ``compare.prepare`` (the path ``parity check`` takes): handmade's own
+components, a drop-in class, an adapter, or anything inferred (a class, a factory, an instance). The case
+kept is the one the target is checked on (prepare adapts drawn cases to what the target fixes).
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from reference.build import build_torch, randomize_
+from reference.build import Config
 from reference.cases import Case
-from reference.compare import fastpath, forward_kwargs
-from reference.targets import Target, TargetError
+from reference.compare import fastpath, prepare
+from reference.engine import Candidate
+from reference.registry import LEVELS, Level
+from reference.strategies import AttentionCase, LayerNormCase, StackCase
+from reference.targets import NotSupportedError, Target, TargetError
 from reference.tolerance import floor
 
 
@@ -28,82 +37,152 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def reference_model(case: Case) -> nn.Module:
-    """nn.Transformer for ``case`` with the weights compare.whole_model draws (float64, CPU, eval)."""
-    model = build_torch("transformer", case.config, "cpu", torch.float64)
-    return randomize_(model, torch.Generator().manual_seed(case.seed), case.weight_scale)
+def outputs(out: object) -> dict[str, Tensor]:
+    """A call's result by name: a tensor is the "output"; a pair is (output, attention weights)."""
+    if isinstance(out, Tensor):
+        return {"output": out}
+    if isinstance(out, tuple) and out and isinstance(out[0], Tensor):
+        return {"output": out[0], **({"weights": out[1]} if len(out) > 1 and isinstance(out[1], Tensor) else {})}
+    if isinstance(out, Mapping):
+        return {k: v for k, v in out.items() if isinstance(v, Tensor)}
+    raise TypeError(f"returned a {type(out).__name__}, but should return a Tensor, a pair or a dict")
 
 
-def build_loaded(target: Target, case: Case, reference: nn.Module, device: torch.device | str) -> nn.Module:
-    """The target's model for ``case``, loaded with ``reference``'s weights, in eval mode, float64.
+def as_case(case: Any) -> Case:
+    """Any level's case seen as a whole-model ``Case`` (what the catalogue's ``shows_on`` reads)."""
+    if isinstance(case, Case):
+        return case
+    if isinstance(case, StackCase):
+        return case.case
+    if isinstance(case, AttentionCase):
+        config = Config(d_model=case.embed_dim, nhead=case.num_heads, bias=case.bias, batch_first=case.batch_first,
+                        dropout=case.dropout)
+        return Case(config, batch=case.batch, src_len=case.query_len, tgt_len=case.query_len, src_mask=case.attn_mask,
+                    src_key_padding_mask=case.key_padding_mask, src_is_causal=case.is_causal or None, seed=case.seed)
+    if isinstance(case, LayerNormCase):
+        return Case(Config(layer_norm_eps=case.eps, bias=case.bias), seed=case.seed)
+    raise TypeError(f"no whole-model view of a {type(case).__name__}")
 
-    NotSupportedError when the target declines the configuration; TargetError when it fails to load.
-    """
-    model = target.build(case.config.kwargs(), device, torch.float64)
-    try:
-        target.load_reference(model, reference)
-    except Exception as exc:
-        raise TargetError(f"{target.spec} failed to load the weights: {type(exc).__name__}: {exc}") from exc
-    return model.eval()
+
+def config_of(case: Any) -> dict[str, object]:
+    """The keyword arguments a catalogue deviation is planted with, for any level's case."""
+    config = as_case(case).config.kwargs()
+    if isinstance(case, AttentionCase):
+        config |= {"embed_dim": case.embed_dim, "num_heads": case.num_heads}
+    if isinstance(case, LayerNormCase):
+        config |= {"eps": case.eps, "normalized_shape": case.normalized_shape}
+    return config
 
 
-def run_target(target: Target, model: nn.Module, src: Tensor, tgt: Tensor, kwargs: dict[str, object],
-               device: torch.device | str) -> Tensor:
-    """The target's output on the CPU; TargetError (with the exception's message) when it raises."""
-    kw = forward_kwargs(kwargs, device)
-    try:
-        with torch.no_grad():
-            return target.run(model, src.to(device), tgt.to(device), **kw).detach().to("cpu", torch.float64)
-    except TargetError:
-        raise
-    except Exception as exc:
-        raise TargetError(f"{target.spec} raised {type(exc).__name__}: {exc}") from exc
+def seed_of(case: Any) -> int:
+    return int(case.seed)
+
+
+def with_seed(case: Any, seed: int) -> Any:
+    if isinstance(case, StackCase):
+        return StackCase(case.case.replace(seed=seed), case.final_norm)
+    return case.replace(seed=seed)
 
 
 @dataclass
 class Observation:
-    """The target and nn.Transformer on one case: ``got`` is None when the target crashed (``error``)."""
+    """The target and the built-in on one case: ``got`` is None when the target crashed (``error``)."""
 
-    case: Case
-    state: dict[str, Tensor]
-    src: Tensor
-    tgt: Tensor
+    level: str
+    case: Any
+    builtin: nn.Module
+    inputs: dict[str, Tensor]
     kwargs: dict[str, object]
-    expected: Tensor
-    got: Tensor | None
+    expected: dict[str, Tensor]
+    got: dict[str, Tensor] | None
     error: str | None
+    candidate: Candidate | None = field(default=None, repr=False)
+    model: nn.Module | None = field(default=None, repr=False)
+
+    @property
+    def entry(self) -> Level:
+        return LEVELS[self.level]
+
+    @property
+    def state(self) -> dict[str, Tensor]:
+        return self.builtin.state_dict()
+
+    def bound_of(self, name: str = "output") -> float:
+        """The float64 tolerance for one output (tolerance.py's floor)."""
+        return bound_for(self.expected[name])
 
     @property
     def bound(self) -> float:
-        """The float64 tolerance for this output (tolerance.py's floor)."""
-        return floor(torch.float64, float(self.expected.abs().max()) if self.expected.numel() else 0.0)
+        return self.bound_of("output")
 
-    def ratio(self, other: Tensor) -> float:
-        """max |got - other| / bound; inf when shapes differ or NaN/inf appear where ``other`` is finite."""
-        if self.got is None or self.got.shape != other.shape:
+    def ratio(self, other: Mapping[str, Tensor] | None) -> float:
+        """max over outputs of |got - other| / bound; inf when shapes differ or NaN/inf appear on one side only."""
+        if self.got is None or other is None:
             return math.inf
-        diff = (self.got - other).abs()
-        diff = torch.where(self.got.isnan() & other.isnan(), torch.zeros_like(diff), diff)
-        worst = float(diff.nan_to_num(nan=math.inf).max()) if diff.numel() else 0.0
-        return worst / self.bound
+        worst = 0.0
+        for name in self.expected:
+            a, b = self.got.get(name), other.get(name)
+            if a is None or b is None or a.shape != b.shape:
+                return math.inf
+            worst = max(worst, ratio_of(a, b) * self.bound / self.bound_of(name))
+        return worst
 
     @property
     def max_abs(self) -> float:
-        """max |got - expected|."""
+        """max |got - expected| over outputs."""
         return self.ratio(self.expected) * self.bound
 
 
-def observe(target: Target, case: Case, device: torch.device | str = "cpu") -> Observation:
-    """Run nn.Transformer and the target on ``case`` (NotSupportedError propagates; a crash is recorded)."""
-    with fastpath(False):
-        reference = reference_model(case)
-        src, tgt, kwargs = case.tensors(torch.float64)
-        kwargs = forward_kwargs(kwargs, "cpu")
-        with torch.no_grad():
-            expected = reference(src, tgt, **kwargs)
-        got, error = None, None
+def max_err(a: Tensor, b: Tensor) -> float:
+    """max |a - b|: both NaN counts as equal, NaN on one side as inf, other shapes as inf."""
+    if a.shape != b.shape:
+        return math.inf
+    diff = (a.to(torch.float64) - b.to(torch.float64)).abs()
+    diff = torch.where(a.isnan() & b.isnan(), torch.zeros_like(diff), diff)
+    return float(diff.nan_to_num(nan=math.inf).max()) if diff.numel() else 0.0
+
+
+def bound_for(expected: Tensor) -> float:
+    """The float64 tolerance for a tensor the built-in computed (tolerance.py's floor)."""
+    return floor(torch.float64, float(expected.abs().nan_to_num().max()) if expected.numel() else 0.0)
+
+
+def ratio_of(a: Tensor, b: Tensor) -> float:
+    """max |a - b| over the tolerance for ``b``."""
+    return max_err(a, b) / bound_for(b)
+
+
+def _cpu(out: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {k: v.detach().to("cpu", torch.float64) for k, v in out.items()}
+
+
+def observe(target: Target, case: Any, device: torch.device | str = "cpu", level: str = "transformer") -> Observation:
+    """Run the built-in and the target on ``case`` at ``level`` (NotSupportedError propagates; a crash is recorded)."""
+    entry = LEVELS[level]
+    cand: Candidate | None = None
+    try:
+        case, cand = prepare(target, level, case)
+    except TargetError as exc:  # it cannot even be built or paired here: a crash of this case, not of diagnosis
+        crash = str(exc)
+    with fastpath(False), torch.no_grad():
+        builtin = entry.reference(case)
+        inputs, kwargs = entry.inputs(case, torch.float64)
+        expected = _cpu(outputs(entry.call(builtin, **inputs, **kwargs)))
+        if cand is None:
+            return Observation(level, case, builtin, inputs, kwargs, expected, None, crash)
+        got, model = None, None
+        error: str | None = None
         try:
-            got = run_target(target, build_loaded(target, case, reference, device), src, tgt, kwargs, device)
+            model = cand.build(device, torch.float64)
+            cand.load(model, builtin)
+            model.eval()
+            moved = {k: v.to(device) for k, v in inputs.items()}
+            kw = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in kwargs.items()}
+            got = _cpu(outputs(cand.call(model, entry.call, moved, kw)))
+        except NotSupportedError:
+            raise
         except TargetError as exc:
             error = str(exc)
-    return Observation(case, reference.state_dict(), src, tgt, kwargs, expected, got, error)
+        except Exception as exc:
+            error = f"{cand.name} raised {type(exc).__name__}: {exc}"
+    return Observation(level, case, builtin, inputs, kwargs, expected, got, error, cand, model)

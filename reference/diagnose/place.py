@@ -1,0 +1,158 @@
+"""Causes measured at the place that differs: the localized submodule probed in isolation, at its own level.
+
+Localization (localize.py) records, in isolated mode, the exact call the built-in's submodule received and
+the output the target's module gives for that same input. Two kinds of probe then run *there* alone:
+
+- the **catalogue at the place**: handmade at the target's level, loaded with the same weights, carries
+  candidate deviations from the bug catalogue (planted as everywhere else: ``Deviation.apply``) and its
+  submodule of the same name is called exactly as the built-in's was; the search keeps the deviations that
+  bring it closest to the target's module (probes.search);
+- **fits** (fits.py): the component's formula with one thing changed and its numbers fitted (a LayerNorm's
+  eps, the attention's score scale, the activation between the two linears, ...).
+
+Every finding carries its evidence by one rule (``kept``): the error at the place before and after, against
+the place's tolerance; a finding that does not at least halve an error above the tolerance is dropped.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from reference.catalogue import Deviation, apply_all
+from reference.diagnose import fits
+from reference.diagnose.localize import Localization, Replay, SubmoduleError, _first_tensor
+from reference.diagnose.probes import VARIANTS, candidate, fresh_modules, search, shows
+from reference.diagnose.runs import Observation, bound_for, config_of, max_err
+
+
+@dataclass
+class Finding:
+    """A cause measured at one place: what it is, and the error there before and after accounting for it."""
+
+    place: str
+    target_module: str
+    what: str
+    key: str | None
+    fix: str
+    before: float
+    after: float
+    bound: float
+    probe: str  # "catalogue at the place" | "fit"
+
+    @property
+    def explains(self) -> bool:
+        return self.after <= self.bound
+
+
+def kept(before: float, after: float, bound: float) -> bool:
+    """The one evidence rule: the error was above the tolerance and the finding removes at least half of it."""
+    return before > bound and math.isfinite(after) and after <= before / 2  # NaN where the built-in is finite: inf
+
+
+class PlaceScorer:
+    """probes.search's scorer, for one place: handmade's submodule replayed with the built-in's call."""
+
+    def __init__(self, obs: Observation, name: str, call: tuple[tuple, dict], got: Tensor, bound: float) -> None:
+        self.obs, self.name, self.call, self.got, self.bound = [obs], name, call, got, bound
+        self.base = candidate(obs)
+        self.memo: dict[frozenset[str], float] = {}
+
+    def ratio(self, i: int, deviations: Sequence[Deviation]) -> float:
+        key = frozenset(d.key for d in deviations)
+        if key not in self.memo:
+            try:
+                model = apply_all(fresh_modules(self.base), config_of(self.obs[0].case), deviations)
+                module = model.get_submodule(self.name) if self.name else model
+                args, kwargs = self.call
+                with torch.no_grad():
+                    out = _first_tensor(module(*args, **kwargs))
+                self.memo[key] = math.inf if out is None else max_err(self.got, out) / self.bound
+            except Exception:
+                self.memo[key] = math.inf
+        return self.memo[key]
+
+    def score(self, i: int, deviations: Sequence[Deviation]) -> float:
+        r = self.ratio(i, deviations)
+        return 30.0 if not math.isfinite(r) else math.log10(max(r, 1.0))
+
+
+def _catalogue(obs: Observation, row: SubmoduleError, replay: Replay) -> list[Finding]:
+    got, expected = replay.got[row.name], replay.expected[row.name]
+    bound = bound_for(expected)
+    scorer = PlaceScorer(obs, row.name, replay.calls[row.name], got, bound)
+    pool = [d for d in VARIANTS if shows(d, obs.case)]
+    chosen = search(scorer, pool, max_steps=3)  # type: ignore[arg-type]
+    before = scorer.ratio(0, []) * bound
+    out = []
+    for dev in chosen:
+        after = scorer.ratio(0, chosen) * bound
+        without = scorer.ratio(0, [d for d in chosen if d is not dev]) * bound
+        if kept(without, after, bound):
+            out.append(Finding(row.name, row.target_module, f"it {dev.does}", dev.key, dev.fix, before, after, bound,
+                               "catalogue at the place"))
+    return out
+
+
+def _fits(row: SubmoduleError, replay: Replay) -> list[Finding]:
+    got, expected = replay.got[row.name], replay.expected[row.name]
+    bound = bound_for(expected)
+    args, kwargs = replay.calls[row.name]
+    try:
+        found = fits.fit_component(replay.modules[row.name], args, kwargs, expected, got)
+    except Exception:  # a fit that cannot run on this module's call says nothing: the other probes still do
+        return []
+    return [Finding(row.name, row.target_module, f.what, f.key, "", f.before, f.after, bound, "fit")
+            for f in found if kept(f.before, f.after, bound)]
+
+
+def _activation(row: SubmoduleError, replay: Replay) -> list[Finding]:
+    """The function between linear1 and linear2, when the input the target gives linear2 differs."""
+    sibling = re.sub(r"linear2$", "linear1", row.name)
+    if sibling == row.name or sibling not in replay.expected or row.name not in replay.fed:
+        return []
+    pre, post = replay.expected[sibling], replay.fed[row.name]
+    reference = replay.calls[row.name][0][0] if replay.calls[row.name][0] else None
+    if not isinstance(reference, Tensor) or pre.shape != post.shape:
+        return []
+    bound = bound_for(reference)
+    try:
+        found = fits.fit_activation(pre, post)
+    except Exception:  # as above
+        return []
+    return [Finding(row.name, row.target_module, f"between linear1 and linear2 it applies {f.what}", f.key, "",
+                    f.before, f.after, bound, "fit") for f in found if kept(f.before, f.after, bound)]
+
+
+def probe_places(obs: Observation, tables: list[Localization], replay: Replay | None,
+                 limit: int = 2) -> list[Finding]:
+    """Findings at the first places that differ in isolated mode (own computation first, then fed inputs)."""
+    isolated = next((t for t in tables if t.mode == "isolated" and t.rows), None)
+    if isolated is None or replay is None:
+        return []
+    findings: list[Finding] = []
+    own = [r for r in isolated.rows if not r.passed and r.name in replay.got][:limit]
+    for row in own:
+        found = _catalogue(obs, row, replay) + _fits(row, replay)
+        findings += sorted(found, key=lambda f: (f.after, f.probe != "catalogue at the place"))
+    for row in [r for r in isolated.rows if r.passed and not r.fed_passed][:limit]:
+        findings += _activation(row, replay)
+    return _dedupe(findings)
+
+
+def _dedupe(findings: list[Finding]) -> list[Finding]:
+    """One finding per (place, key); a fit naming a key already found there by the catalogue goes."""
+    seen: set[tuple[str, Any]] = set()
+    out = []
+    for f in findings:
+        mark = (f.place, f.key or f.what)
+        if mark not in seen:
+            seen.add(mark)
+            out.append(f)
+    return out
