@@ -19,6 +19,7 @@ the engine's candidates, one per drawn case (reference/infer does the inference)
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import math
 from collections.abc import Hashable
@@ -85,6 +86,7 @@ class InferredTarget:
     _heads: dict[int, int] = field(default_factory=dict)  # width -> the number of heads measured
     _tried_heads: dict[int, list[int]] = field(default_factory=dict)
     _maps: dict[Hashable, infer.Inference] = field(default_factory=dict)  # per configuration shape
+    layout: bool | None = None  # when values cannot decide (diagnosis measures it): True = the case's own layout
 
     @property
     def entry(self) -> Level:
@@ -122,7 +124,7 @@ class InferredTarget:
         """(heads, difference): the first other divisor of the width at which the map inferred on ``case``
         (which paired, but whose outputs differ) verifies, difference 0; else the closest and its difference."""
         width, drawn = width_of(case), heads_of(case)
-        inference = infer.Inference(mismatch.weight_map, self._calling(case, model))
+        inference = self._mismatched(mismatch, case, model)
         best, self._tried_heads[width] = (mismatch.difference, drawn), [drawn]
         for heads in [h for h in fixed_sizes.head_counts(width, drawn) if h != drawn]:
             self._tried_heads[width].append(heads)
@@ -131,6 +133,10 @@ class InferredTarget:
                 return heads, 0.0
             best = min(best, (difference, heads))
         return best[1], best[0]
+
+    def _mismatched(self, exc: infer.MapMismatchError, case: Any, model: nn.Module) -> infer.Inference:
+        """The map that paired but whose outputs differ, with the calling convention it was measured in."""
+        return infer.Inference(exc.weight_map, getattr(exc, "convention", None) or self._calling(case, model))
 
     def _calling(self, case: Any, model: nn.Module) -> infer.Convention:
         return infer.infer_calling(copy.deepcopy(model).to("cpu", torch.float64), self.level,
@@ -150,6 +156,14 @@ class InferredTarget:
         """The map and calling convention for ``case``: the one kept for its configuration shape if it verifies
         on this case, else inferred afresh (and kept). A map that pairs but never verifies (code that equals no
         configuration) is kept as is: re-inferring pairs the same tensors, by order, shapes and names."""
+        found = self._inference(case, model)
+        conv = found.convention
+        layout = None if self.layout is None else batch_first(case) == self.layout
+        if layout is not None and not found.weight_map.verified and layout in conv.alternatives:
+            found = infer.Inference(found.weight_map, dataclasses.replace(conv, batch_first=layout))
+        return found
+
+    def _inference(self, case: Any, model: nn.Module) -> infer.Inference:
         key = shape_key(case, *self.entry.inputs(case, torch.float64))
         kept = self._maps.get(key)
         if kept is not None and (not kept.weight_map.verified or holds(kept, self.entry, case, model)):
@@ -160,9 +174,13 @@ class InferredTarget:
             if exc.weight_map.verified and not MASKS_JUDGED.get():  # equal without masks, not with them: say so
                 raise TargetError(f"{self.target.spec}: {exc}") from exc  # (keep-masks? the masking?)
             # paired by order and shape, but the outputs differ: the code differs, judged on the verdicts
-            found = infer.Inference(exc.weight_map, self._calling(case, model))
+            found = self._mismatched(exc, case, model)
         except WeightMapError as exc:
             raise TargetError(f"{self.target.spec}: {exc}") from exc
+        except NotSupportedError as exc:  # it runs unmasked, raises with these masks: in diagnosis a crash, with
+            if MASKS_JUDGED.get() and "NotImplementedError" not in str(exc) and unmasked(case) != case:
+                return self.inference(unmasked(case), model)  # the unmasked map and convention (the call raises)
+            raise
         self._maps[key] = found
         return found
 
@@ -221,7 +239,7 @@ class InferredTarget:
                         return self._found(base, defaults, fixed, self._infer(case, model), plan, "", case)
                 tried.append(f"{fixed or 'as built'}: outputs differ by {difference:.3g}")
                 if closest is None or difference < closest[0]:
-                    closest = (difference, fixed, case, model, exc.weight_map, dict(self._heads))
+                    closest = (difference, fixed, case, model, exc, dict(self._heads))
                 continue
             except (WeightMapError, NotSupportedError) as exc:
                 tried.append(f"{fixed or 'as built'}: {str(exc).splitlines()[0]}")
@@ -231,8 +249,8 @@ class InferredTarget:
                 self._tried_heads[width_of(case)] = [heads_of(case)]
             return self._found(base, defaults, fixed, found, plan, "", case)
         if closest is not None:  # it pairs with the built-in but equals none: check it where it is closest
-            difference, fixed, case, model, weight_map, self._heads = closest
-            found = infer.Inference(weight_map, self._calling(case, model))
+            difference, fixed, case, model, mismatch, self._heads = closest
+            found = self._mismatched(mismatch, case, model)
             note = (f"matches no {self.entry.builtin} configuration tried; closest (outputs differ by "
                     f"{difference:.3g}): {fixed or 'as built'}; run parity diagnose to see where it differs")
             return self._found(base, defaults, fixed, found, plan, note, case)

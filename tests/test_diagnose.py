@@ -189,8 +189,9 @@ def test_diagnosing_a_zoo_entry_names_its_own_catalogue_key(key):
     d = diagnose(target, out_dir=None, family_names=diagnosis_families(target, catch.case), reproduce=False)
     named = [c.key for c in d.causes]
     assert named == [key], f"diagnosis of zoo entry {key} named {named} ({[c.probe for c in d.causes]})"
-    isolated = next(t for t in d.localization if t.mode == "isolated")  # and the first place is the entry's
-    first = isolated.first
-    sites = BY_KEY[key].sites
-    assert (first is not None and any(re.search(s, first.name) for s in sites)) or any(
-        re.search(s, n) for s in sites for n in isolated.not_called), (key, first, isolated.not_called)
+    # and the first place is the entry's: the first diverging submodule, or where its crash starts
+    isolated = next((t for t in d.localization if t.mode == "isolated"), None)
+    first = None if isolated is None else isolated.first
+    places = ([] if first is None else [first.name]) + ([] if isolated is None else isolated.not_called)
+    places += [c.place for c in d.crashes if c.place]
+    assert any(re.search(s, p) for s in BY_KEY[key].sites for p in places), (key, places, d.not_localized)

@@ -130,3 +130,24 @@ def test_the_command_takes_a_level(capsys):
     assert code == 1 and data["level"] == "attention" and data["builtin"] == "nn.MultiheadAttention"
     assert [c["key"] for c in data["causes"]] == ["head_merge_without_transpose"]
     assert not math.isnan(data["causes"][0]["place_before"])
+
+
+def test_a_crash_in_some_families_is_a_finding_with_its_place_next_to_the_numeric_diagnosis():
+    """Cross-attention on the target stream: wrong values without masks, shape errors with memory masks
+    (S != T); the layout (sequence-first inside, shapes allow both) is measured, not guessed from values."""
+    d = run(f"{TARGETS}:CrossAttendsTarget", families=("default", "bool"))
+    assert [c.key for c in d.causes] == ["cross_attention_reads_decoder"] and d.explained
+    assert d.causes[0].place == "decoder.layers.0.multihead_attn"
+    assert any(n.startswith("layout measured: sequence-first") for n in d.notes), d.notes
+    assert {c.family for c in d.crashes} == {"bool attention masks", "bool key padding masks"}
+    assert all(c.place == "decoder.layers.0.multihead_attn" and "raised in" in c.where for c in d.crashes)
+
+
+def test_the_evidence_rule_keeps_only_findings_that_halve_an_error_above_the_tolerance():
+    from reference.diagnose.place import kept
+
+    assert kept(before=1.0, after=0.4, bound=1e-10)
+    assert not kept(before=1.0, after=0.6, bound=1e-10)  # less than half removed
+    assert not kept(before=1e-11, after=0.0, bound=1e-10)  # nothing above the tolerance to explain
+    assert kept(before=math.inf, after=1e-15, bound=1e-10)  # NaN where the built-in is finite, then matched
+    assert not kept(before=math.inf, after=math.inf, bound=1e-10)

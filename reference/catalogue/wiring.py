@@ -150,7 +150,7 @@ CATALOGUE = (
     Deviation("decoder_reads_src", "cross-attention inputs",
               "gives the decoder src where the encoder's output (memory) belongs",
               "memory = self.encoder(src, ...); then self.decoder(tgt, memory, ...)", _decoder_reads_src,
-              (r"^decoder\.layers\.\d+\.multihead_attn$",), claims=(("cross.inputs", "src"),)),
+              (r"^decoder\.layers\.\d+\.multihead_attn$", r"^decoder$"), claims=(("cross.inputs", "src"),)),
     Deviation("batch_first_ignored", "batch_first ignored",
               "builds the attention modules without batch_first: they read (N, L, E) input as (L, N, E)",
               "pass batch_first to every MultiheadAttention", lambda m, c: _batch_first_off(m), ATTN,

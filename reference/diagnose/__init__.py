@@ -103,6 +103,8 @@ def _diagnose(target: Target, device: torch.device | str, out_dir: Path | str | 
     with one_thread(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*(mismatched|nested tensor|enable_nested_tensor).*")
         d.base, base, d.base_tried = fam.find_base(target, level, device)
+        layout = _measure_layout(target, level, base, device) if d.kind.startswith("inferred") else None
+        d.notes += [layout] if layout else []
         grid = fam.family_grid(family_names, level, base, d.base)
         d.families = [fam.judge_family(target, f, device, level) for f in grid]
         verdicts = {f.verdict for f in d.families}
@@ -154,6 +156,37 @@ def _reproduce(d: Diagnosis, target: Target, device: torch.device | str, out_dir
         d.reproducer_note = f"case: {case.describe()} (no --out folder, so no script was written)"
     else:
         d.reproducer = write(target, case, Path(out_dir))
+
+
+def _measure_layout(target: Target, level: str, base: object, device: torch.device | str) -> str | None:
+    """Batch-first or sequence-first inside, when the shapes allow both and the values could not decide (the
+    map matches no configuration): the layout in which more of the target's submodules agree in isolation."""
+    view = inferred(target, level)
+    try:
+        obs = observe(target, base, device, level)
+    except NotSupportedError:
+        return None
+    found = getattr(obs.candidate, "inference", None)
+    if found is None or found.weight_map.verified or len(found.convention.alternatives) < 2:
+        return None
+    agree: dict[bool, int] = {}
+    own = bool(as_case(obs.case).config.batch_first)
+    for layout in found.convention.alternatives:
+        view.layout = layout == own  # the case's own layout, or the other one
+        try:
+            tables = localize(observe(target, base, device, level))[0]
+        except Exception:  # this layout cannot even run: it is not the target's
+            agree[layout] = -1
+            continue
+        isolated = next((t for t in tables if t.mode == "isolated"), None)
+        agree[layout] = -1 if isolated is None else sum(not r.diverges for r in isolated.rows)
+    best = max(agree, key=lambda k: agree[k])
+    view.layout = best == own
+    other = {k: v for k, v in agree.items() if k != best}
+    name = {True: "batch-first", False: "sequence-first"}
+    return (f"layout measured: {name[best]} ({agree[best]} submodules agree in isolation; "
+            + ", ".join(f"{name[k]}: {v}" for k, v in other.items()) + "); the shapes allow both and the "
+            "outputs, which differ either way, could not decide")
 
 
 def _refit(target: Target, level: str, d: Diagnosis) -> str | None:
@@ -272,28 +305,29 @@ def _crash_causes(d: Diagnosis, by_name: dict[str, Observation], target: Target,
         obs = f.crash_obs
         if f.verdict != "crashes" or obs is None:
             continue
-        where = _crash_place(obs)
-        d.crashes.append(CrashFinding(f.name, f.detail, where))
+        where, place = _crash_place(obs)
+        d.crashes.append(CrashFinding(f.name, f.detail, where, place))
         cause = same_crash(obs)
         if cause is not None and cause.key not in {c.key for c in [*d.causes, *found]}:
             found.append(cause)
     return found
 
 
-def _crash_place(obs: Observation) -> str:
-    """Where a crash starts: the module that raised, or the first submodule with NaN/inf."""
+def _crash_place(obs: Observation) -> tuple[str, str]:
+    """Where a crash starts, in words, and the built-in submodule there: the module that raised, or the first
+    submodule with NaN/inf."""
     if obs.error is not None:
         return where_raised(obs)
     try:
         tables: list[Localization] = localize(obs)[0]
     except Exception:
-        return ""
+        return "", ""
     for t in tables:
         row = next((r for r in t.rows if "NaN" in r.note or not math.isfinite(r.max_abs)), None)
         if t.mode == "propagated" and row is not None:
             return (f"first NaN/inf at {row.name or 'the module itself'}"
-                    + (f" (the target's {row.target_module})" if row.target_module else ""))
-    return ""
+                    + (f" (the target's {row.target_module})" if row.target_module else "")), row.name
+    return "", ""
 
 
 def _best_match(families: list[fam.Family]) -> str:

@@ -309,7 +309,7 @@ def localize(obs: Observation) -> tuple[list[Localization], str, Replay | None]:
                 rec.feed, rec.replace = ref_rec.inputs, ref_rec.outputs
             error = _run(obs, rec)
             if error is not None:
-                where = where_raised(obs)
+                where = where_raised(obs)[0]
                 results.append(Localization(mode, _describe(obs.case), note=f"the target raised "
                                             f"{type(error).__name__}: {error}" + (f" ({where})" if where else "")))
                 continue
@@ -357,29 +357,38 @@ def _table(mode: str, case: Any, ref: _Recorder, mine: _Recorder, note: str) -> 
     return table
 
 
-def where_raised(obs: Observation) -> str:
-    """The target's innermost module running when it raised, and the built-in submodule it stands for."""
+def where_raised(obs: Observation) -> tuple[str, str]:
+    """(where the target raised, in words; the built-in submodule its innermost mapped running module stands
+    for): the target's innermost module running when it raised."""
     if obs.model is None or obs.candidate is None:
-        return ""
+        return "", ""
     stack: list[str] = []
+
+    def enter(name: str) -> Callable[..., None]:
+        return lambda module, args: stack.append(name)
+
+    def leave(module: nn.Module, args: object, output: object) -> None:  # returns None: the output stays
+        if stack:
+            stack.pop()
+
     handles = []
     for name, module in obs.model.named_modules():
-        handles.append(module.register_forward_pre_hook(lambda m, a, n=name: stack.append(n)))
-        handles.append(module.register_forward_hook(lambda m, a, o: stack.pop() if stack else None))
+        handles.append(module.register_forward_pre_hook(enter(name)))
+        handles.append(module.register_forward_hook(leave))
     try:
         error = _run(obs, None)
     finally:
         for h in handles:
             h.remove()
     if error is None or not stack:
-        return ""
+        return "", ""
     inner = stack[-1]
+    here = f"raised in {inner or 'the model'} ({type(obs.model.get_submodule(inner)).__name__})"
     mapping, _ = target_map(obs, tracked(obs.builtin))
     standing = {id(m): n for n, m in mapping.items()}
     for path in reversed(stack):
-        module = obs.model.get_submodule(path)
-        if id(module) in standing:
-            mapped = standing[id(module)] or "the module itself"
-            return f"raised in {inner or 'the model'} ({type(obs.model.get_submodule(inner)).__name__}), inside " \
-                   f"the target's {path or 'model'}, which stands for {mapped}"
-    return f"raised in {inner or 'the model'} ({type(obs.model.get_submodule(inner)).__name__})"
+        mapped = standing.get(id(obs.model.get_submodule(path)))
+        if mapped is not None:
+            inside = "" if path == inner else f", inside the target's {path or 'model'}"
+            return f"{here}{inside}, which stands for {mapped or 'the module itself'}", mapped
+    return here, ""

@@ -25,6 +25,7 @@ class CrashFinding:
     family: str
     message: str
     where: str
+    place: str = ""  # the built-in submodule where it starts, when known
 
 
 @dataclass

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -71,6 +72,7 @@ def infer_target(builtin: nn.Module, model: nn.Module, level: str, call: Callabl
         try:
             wm = infer_weight_map(builtin, model, lambda m: call(m, **inputs, **bare), run_model, override)
         except (MapMismatchError, AmbiguousMapError) as exc:
+            exc.convention = trial  # type: ignore[union-attr]  # the layout it was measured in
             failures.append(exc)
             continue
         if len(conv.alternatives) > 1:
@@ -81,7 +83,9 @@ def infer_target(builtin: nn.Module, model: nn.Module, level: str, call: Callabl
             _check_masks(builtin, model, wm, call, trial, inputs, kwargs, batch_first)
         return Inference(wm, trial)
     ambiguous = [e for e in failures if isinstance(e, AmbiguousMapError)]
-    raise (ambiguous or failures)[0]
+    if ambiguous:
+        raise ambiguous[0]
+    raise min(failures, key=lambda e: e.difference if isinstance(e, MapMismatchError) else math.inf)  # closest
 
 
 def _is_mask(key: str, value: Any) -> bool:
