@@ -180,8 +180,11 @@ def _measure_layout(target: Target, level: str, base: object, device: torch.devi
             continue
         isolated = next((t for t in tables if t.mode == "isolated"), None)
         agree[layout] = -1 if isolated is None else sum(not r.diverges for r in isolated.rows)
-    best = max(agree, key=lambda k: agree[k])
-    view.layout = best == own
+    chosen = found.convention.batch_first  # the values' pick: kept unless another layout agrees strictly more
+    best = max(agree, key=lambda k: (agree[k], k == chosen))
+    view.layout = None if best == chosen else best == own
+    if best == chosen:
+        return None
     other = {k: v for k, v in agree.items() if k != best}
     name = {True: "batch-first", False: "sequence-first"}
     return (f"layout measured: {name[best]} ({agree[best]} submodules agree in isolation; "
