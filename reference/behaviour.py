@@ -4,9 +4,12 @@ the values discovery tries for each (reference/level_targets.py), and the senten
 
 from __future__ import annotations
 
+import inspect
 import itertools
 from collections.abc import Iterator
 from typing import Any
+
+from torch import nn
 
 from reference.registry import Level
 from reference.strategies import tanh_gelu
@@ -41,7 +44,29 @@ def grid(level: str, not_taken: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 def sentence(entry: Level, fixed: dict[str, Any]) -> str:
     """"equals nn.TransformerEncoder(norm_first=True, activation='gelu') with a causal mask"."""
-    shown = {k: (getattr(v, "__name__", v)) for k, v in fixed.items() if v != BEHAVIOUR.get(k, (None,))[0]}
+    call = ("self_attention", "attn_mask", "is_causal")  # how an attention is called, not built
+    shown = {k: (getattr(v, "__name__", v)) for k, v in fixed.items()
+             if k not in call and v != BEHAVIOUR.get(k, (None,))[0]}
     args = ", ".join(f"{k}={v!r}" for k, v in shown.items())
-    causal = " with a causal mask" if entry.name == "decoder_only" else ""
-    return f"equals {entry.builtin.split(' with ')[0]}({args}){causal}"
+    causal = " with a causal mask" if entry.name == "decoder_only" or fixed.get("is_causal") else ""
+    self_only = " as self-attention (one input)" if fixed.get("self_attention") else ""
+    return f"equals {entry.builtin.split(' with ')[0]}({args}){self_only}{causal}"
+
+
+def shown(fixed: dict[str, Any]) -> str:
+    """Options as a user would write them (a function by its name)."""
+    return ", ".join(f"{k}={getattr(v, '__name__', repr(v))}" for k, v in fixed.items()) or "as built"
+
+
+def attention_shapes(obj: Any) -> tuple[dict[str, Any], ...]:
+    """The attention call shapes discovery tries: as drawn; self-attention (one input); and, for a module whose
+    forward takes no mask, always-causal self-attention (a GPT's attention: the built-in gets the causal mask)."""
+    shapes: list[dict[str, Any]] = [{}, {"self_attention": True}]
+    forward = getattr(obj, "forward", None) if not isinstance(obj, nn.Module) else obj.forward
+    try:
+        names = list(inspect.signature(forward).parameters) if forward is not None else []
+    except (TypeError, ValueError):
+        names = []
+    if not any("mask" in n or "causal" in n for n in names):
+        shapes.append({"self_attention": True, "attn_mask": "causal_bool", "is_causal": True})
+    return tuple(shapes)

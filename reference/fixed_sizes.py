@@ -81,8 +81,8 @@ def read_sizes(model: nn.Module, level: str, wanted: tuple[str, ...], width: int
             sizes["dim_feedforward"] = widths[-1]
     stacks = layer_stacks(model)
     counts = [len(s) for s in stacks]
-    if level in ONE_STACK and ONE_STACK[level] in wanted and counts:
-        sizes[ONE_STACK[level]] = max(counts)
+    if level in ONE_STACK and ONE_STACK[level] in wanted:
+        sizes[ONE_STACK[level]] = max(counts) if counts else 1  # no list of layers: it is one layer (a GPT block)
     if level == "transformer" and counts:
         if len(stacks) >= 2:  # the encoder's layers and the decoder's: a decoder layer has cross-attention too
             first, second = stacks[:2]

@@ -11,7 +11,6 @@ inferred afresh (``InferredTarget.inference``).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from collections.abc import Hashable, Mapping
 from typing import Any
@@ -21,6 +20,7 @@ from torch import Tensor, nn
 
 from reference import infer
 from reference.engine import fastpath
+from reference.infer.copying import copy_model
 from reference.infer.weightmap import difference
 from reference.level_cases import batch_first, options_of
 from reference.registry import Level
@@ -48,7 +48,7 @@ def disagreement(inference: infer.Inference, entry: Level, case: Any, model: nn.
     largest relative output difference (inf when it cannot be called so), over the layouts the values decide."""
     builtin = entry.reference(case)
     inputs, kwargs = entry.inputs(case, torch.float64)
-    sample = copy.deepcopy(model).to("cpu", torch.float64).eval()
+    sample = copy_model(model).to("cpu", torch.float64).eval()
     conv, worst = inference.convention, float("inf")
     try:
         inference.weight_map.load(sample, builtin)

@@ -18,7 +18,6 @@ the engine's candidates, one per drawn case (reference/infer does the inference)
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import itertools
 import math
@@ -32,10 +31,11 @@ from torch import Tensor, nn
 
 from reference import fixed_sizes, infer
 from reference.assertions import record_note
-from reference.behaviour import DEFAULTS, grid
+from reference.behaviour import DEFAULTS, attention_shapes, grid, shown
 from reference.behaviour import sentence as configuration_sentence
 from reference.build import Config
 from reference.cases import Case
+from reference.infer.copying import copy_model
 from reference.inference_cache import FLOAT64_AGREEMENT, disagreement, holds, shape_key
 from reference.level_cases import (
     batch,
@@ -94,6 +94,8 @@ class InferredTarget:
 
     def _sample(self, case: Any) -> tuple[Any, nn.Module, Any]:
         """(case with the sizes the target is not given read from the model, the model, its plan)."""
+        if isinstance(case, AttentionCase) and case.self_attention:  # one input: keys are the queries
+            case = case.replace(key_len=case.query_len, kdim=None, vdim=None)
         try:
             built = infer.build(self.target.obj, options_of(case), self.level)
         except infer.ConstructionError as exc:
@@ -139,7 +141,7 @@ class InferredTarget:
         return infer.Inference(exc.weight_map, getattr(exc, "convention", None) or self._calling(case, model))
 
     def _calling(self, case: Any, model: nn.Module) -> infer.Convention:
-        return infer.infer_calling(copy.deepcopy(model).to("cpu", torch.float64), self.level,
+        return infer.infer_calling(copy_model(model).to("cpu", torch.float64), self.level,
                                    *self.entry.inputs(case, torch.float64), batch_first=batch_first(case),
                                    keep_mask=self.target.keep_masks)
 
@@ -147,7 +149,7 @@ class InferredTarget:
         entry = self.entry
         builtin = entry.reference(case)
         inputs, kwargs = entry.inputs(case, torch.float64)
-        sample = copy.deepcopy(model).to("cpu", torch.float64)
+        sample = copy_model(model).to("cpu", torch.float64)
         return infer.infer_target(builtin, sample, self.level, entry.call, inputs, kwargs,
                                   batch_first=batch_first(case), override=self.target.weight_map,
                                   keep_mask=self.target.keep_masks)
@@ -225,7 +227,8 @@ class InferredTarget:
         base = with_options(base, dict(defaults))
         tried: list[str] = []
         closest: tuple[float, dict[str, Any], Any, nn.Module, Any, dict[int, int]] | None = None
-        for fixed in grid(self.level, plan.not_taken):
+        shapes = attention_shapes(self.target.obj) if self.level == "attention" else ({},)
+        for fixed in ({**shape, **combo} for shape in shapes for combo in grid(self.level, plan.not_taken)):
             case, model, _ = self._sample(with_options(base, dict(fixed)))
             try:
                 found = self._infer(case, model)
@@ -237,12 +240,12 @@ class InferredTarget:
                     case, model, _ = self._sample(with_options(base, dict(fixed)))
                     if difference == 0.0:
                         return self._found(base, defaults, fixed, self._infer(case, model), plan, "", case)
-                tried.append(f"{fixed or 'as built'}: outputs differ by {difference:.3g}")
+                tried.append(f"{shown(fixed)}: outputs differ by {difference:.3g}")
                 if closest is None or difference < closest[0]:
                     closest = (difference, fixed, case, model, exc, dict(self._heads))
                 continue
             except (WeightMapError, NotSupportedError) as exc:
-                tried.append(f"{fixed or 'as built'}: {str(exc).splitlines()[0]}")
+                tried.append(f"{shown(fixed)}: {' '.join(str(exc).splitlines()[:3])}")
                 continue
             if "nhead" in fixed_sizes.not_given(self.level, plan.not_taken):  # the first count tried verified
                 self._heads[width_of(case)] = heads_of(case)
@@ -252,7 +255,7 @@ class InferredTarget:
             difference, fixed, case, model, mismatch, self._heads = closest
             found = self._mismatched(mismatch, case, model)
             note = (f"matches no {self.entry.builtin} configuration tried; closest (outputs differ by "
-                    f"{difference:.3g}): {fixed or 'as built'}; run parity diagnose to see where it differs")
+                    f"{difference:.3g}): {shown(fixed)}; run parity diagnose to see where it differs")
             return self._found(base, defaults, fixed, found, plan, note, case)
         raise TargetError(
             f"{self.target.spec} cannot be paired with {self.entry.builtin} in any configuration tried:\n  "
@@ -300,6 +303,8 @@ class InferredTarget:
             record_note(f"{self.target.spec} at {self.level}: {note}")
         case = with_options(case, {**found.sizes, **found.fixed})
         case = only_masks(case, found.masks, self.level)
+        if found.fixed.get("is_causal"):  # an always-causal attention: the built-in gets the causal mask it applies
+            case = with_options(case, {k: found.fixed[k] for k in ("attn_mask", "is_causal")})
         if not found.returns_weights and isinstance(case, AttentionCase):  # nothing returned to compare with
             case = case.replace(need_weights=False)
         if not found.unbatched and batch(case) is None:  # it takes batches only: check this case batched
@@ -327,7 +332,7 @@ class InferredCandidate:
         return self.owner.target.spec
 
     def build(self, device: torch.device | str, dtype: torch.dtype) -> nn.Module:
-        return copy.deepcopy(self.model).to(device, dtype)
+        return copy_model(self.model).to(device, dtype)
 
     def load(self, model: nn.Module, builtin: nn.Module) -> None:
         self.inference = self.owner.inference(self.case, self.model)

@@ -66,16 +66,19 @@ def test_a_bug_in_code_written_elsewhere_is_localized_and_named(spec):
     assert cause.place == place and cause.place_after <= 1e-9 < cause.place_before, cause
 
 
-@pytest.mark.parametrize("spec, level, keep", [
-    ("examples.learner_attention:MultiHeadAttention", "attention", True),
-    ("examples.nanogpt_blocks:Blocks", "decoder_only", False),
-    ("examples.blog_seq2seq:Seq2SeqTransformer", "transformer", False),
-    (f"{TARGETS}:Correct", "transformer", False),
+@pytest.mark.parametrize("spec, level, keep, crashing", [
+    ("examples.learner_attention:MultiHeadAttention", "attention", True, set()),
+    ("examples.nanogpt_blocks:Blocks", "decoder_only", False, set()),
+    # the blog's attention takes 2-D masks only: per-head masks raise deep inside it (a finding, not a decline)
+    ("examples.blog_seq2seq:Seq2SeqTransformer", "transformer", False, {"per-head (N*nhead, L, S) masks"}),
+    (f"{TARGETS}:Correct", "transformer", False, set()),
 ])
-def test_a_correct_implementation_written_elsewhere_is_equivalent(spec, level, keep):
+def test_a_correct_implementation_written_elsewhere_is_equivalent_wherever_it_runs(spec, level, keep, crashing):
     d = run(spec, level, keep)
-    assert d.verdict == "equivalent", [(f.name, f.verdict, f.detail) for f in d.families if f.verdict != "equivalent"]
-    assert not d.causes
+    assert {f.verdict for f in d.families} <= {"equivalent", "not supported", "crashes"}
+    assert {f.name for f in d.families if f.verdict == "crashes"} == crashing
+    assert all(c.where.startswith("raised in") for c in d.crashes), d.crashes
+    assert not d.causes and any(f.verdict == "equivalent" for f in d.families)
 
 
 def test_a_target_running_one_configuration_is_judged_from_it_and_its_masks_examined():

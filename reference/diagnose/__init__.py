@@ -42,6 +42,7 @@ from reference.diagnose.reproducer import minimal_failing_case, write
 from reference.diagnose.runs import Observation, as_case, observe, one_thread
 from reference.level_targets import MASKS_JUDGED
 from reference.registry import LEVELS
+from reference.strategies import tanh_gelu
 from reference.targets import HandmadeAdapter, NotSupportedError, Target, TargetError, load_target
 
 __all__ = ["Diagnosis", "diagnose", "main"]
@@ -158,6 +159,13 @@ def _reproduce(d: Diagnosis, target: Target, device: torch.device | str, out_dir
         d.reproducer = write(target, case, Path(out_dir))
 
 
+# Causes that amount to an option a target's code may fix (found at the place: a fit or the catalogue there)
+OPTION_OF = {"gelu_tanh_approximation": "activation=tanh_gelu", "always_gelu": "activation='gelu'",
+             "always_relu": "activation='relu'", "pre_norm": "norm_first=True", "post_norm": "norm_first=False",
+             "layer_norm_eps_1e-5": "layer_norm_eps=1e-05", "layer_norm_eps_1e-6": "layer_norm_eps=1e-06",
+             "layer_norm_eps_1e-12": "layer_norm_eps=1e-12"}
+
+
 def _measure_layout(target: Target, level: str, base: object, device: torch.device | str) -> str | None:
     """Batch-first or sequence-first inside, when the shapes allow both and the values could not decide (the
     map matches no configuration): the layout in which more of the target's submodules agree in isolation."""
@@ -194,16 +202,17 @@ def _measure_layout(target: Target, level: str, base: object, device: torch.devi
 
 def _refit(target: Target, level: str, d: Diagnosis) -> str | None:
     """Correct the options an inferred target's code fixes from the causes found; the note, or None."""
-    if not d.kind.startswith("inferred") or not d.families or not d.families[0].closest:
+    if not d.kind.startswith("inferred") or not d.families:
         return None
     found = inferred(target, level).discover()
     if "matches no" not in found.sentence:
         return None
-    changes = {}
-    for part in d.families[0].closest.split(" + "):
+    said = [*d.families[0].closest.split(" + "), *(OPTION_OF.get(c.key, "") for c in d.causes)]
+    changes: dict[str, object] = {}
+    for part in filter(None, said):
         key, _, text = part.partition("=")
         try:
-            value = ast.literal_eval(text)
+            value = tanh_gelu if text == "tanh_gelu" else ast.literal_eval(text)
         except (ValueError, SyntaxError):
             continue
         if key in found.fixed and found.fixed[key] != value:

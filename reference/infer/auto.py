@@ -60,7 +60,8 @@ def infer_target(builtin: nn.Module, model: nn.Module, level: str, call: Callabl
     conv = infer_calling(model, level, inputs, kwargs, batch_first=batch_first, expected=expected,
                          keep_mask=keep_mask)
     # the map does not depend on masks: infer it on the unmasked call (a GPT's causal mask is its behaviour)
-    bare = {k: v for k, v in kwargs.items() if level == "decoder_only" or not _is_mask(k, v)}
+    # (a target that takes no mask is always masked so, when the built-in is given one: its behaviour too)
+    bare = {k: v for k, v in kwargs.items() if level == "decoder_only" or not conv.masks or not _is_mask(k, v)}
     masked = bare != dict(kwargs)
     failures: list[Exception] = []
     for layout in conv.alternatives or (conv.batch_first,):

@@ -220,7 +220,8 @@ def infer_calling(model: nn.Module, level: str, inputs: Mapping[str, Tensor], kw
     if merge:
         notes.append(f"key_padding_mask merged into {masks['attn_mask']} as one (N, 1|H, L, S) mask")
     flags = tuple(f for f in FLAGS if any(p.name == f for p in params))
-    always_causal = level == "decoder_only" and not masks
+    # a GPT (decoder_only), or an attention drawn causal (is_causal): one that takes no mask applies it itself
+    always_causal = (level == "decoder_only" or bool(kwargs.get("is_causal"))) and not masks
     if always_causal:
         notes.append("it takes no mask: assumed always causal (the level's causal mask is not passed)")
     notes.append("masks passed as keep-masks (True = may attend), as declared" if keep_mask

@@ -23,13 +23,18 @@ from torch import nn
 from reference.infer import stacks
 
 # canonical (torch) option -> the names a constructor may give it, most specific first
+# A config's sequence-length limit (minGPT/nanoGPT's block_size, for a tril buffer): set above every drawn length.
+LENGTH_LIMITS = ("block_size", "max_len", "max_seq_len", "max_length", "n_positions", "seq_len", "context_length",
+                 "max_position_embeddings", "n_ctx", "seq_length")
+MAX_LENGTH = 64
 ALIASES: dict[str, tuple[str, ...]] = {
     "d_model": ("d_model", "embed_dim", "n_embd", "hidden_size", "dim", "d", "d_embed", "emb_dim", "embedding_dim",
-                "model_dim", "n_embed", "width", "features", "size"),
+                "model_dim", "n_embed", "width", "features", "size", "emb", "ndim", "embed_size", "d_hidden_model"),
     "nhead": ("nhead", "num_heads", "n_head", "n_heads", "heads", "h", "num_attention_heads", "nheads"),
     "dim_feedforward": ("dim_feedforward", "d_ff", "ff_dim", "d_hidden", "hidden_dim", "d_ffn", "ffn_dim",
                         "d_inner", "intermediate_size", "mlp_dim", "ff_hidden"),
-    "dropout": ("dropout", "p_drop", "drop", "dropout_p", "dropout_rate", "drop_prob", "p", "pdrop"),
+    "dropout": ("dropout", "p_drop", "drop", "dropout_p", "dropout_rate", "drop_prob", "p", "pdrop", "attn_pdrop",
+                "resid_pdrop", "attn_dropout", "resid_dropout", "hidden_dropout_prob", "attention_probs_dropout_prob"),
     "layer_norm_eps": ("layer_norm_eps", "eps", "ln_eps", "norm_eps", "layer_norm_epsilon", "epsilon"),
     "num_layers": ("num_layers", "n_layer", "n_layers", "N", "depth", "num_blocks", "n_blocks", "layers"),
     "num_encoder_layers": ("num_encoder_layers", "n_enc_layers", "num_enc_layers", "enc_layers", "n_encoder_layers",
@@ -182,6 +187,8 @@ class AliasNamespace:
             if name in _aliases(option) or name.lower() in (a.lower() for a in _aliases(option)):
                 self._read[option] = name
                 return value
+        if name.lower() in LENGTH_LIMITS:  # a causal-mask buffer or position table: longer than any drawn case
+            return MAX_LENGTH
         raise AttributeError(f"the level's configuration has no {name!r}")
 
 
@@ -265,7 +272,15 @@ def build(obj: Any, options: Mapping[str, Any], level: str) -> Built:
     elif how.kind == "factory":
         model = obj()
     elif how.kind == "config":
-        model = obj(how.config)
+        try:
+            model = obj(how.config)
+        except AttributeError as exc:
+            if "the level's configuration has no" not in str(exc):
+                raise
+            raise ConstructionError(f"cannot construct {_name(obj)} for level {level!r}: its config reads a field the "
+                                    f"level does not set ({exc}); the level sets {', '.join(sorted(options))}. "
+                                    "Give the field a default in your config class, or pass a zero-argument "
+                                    "factory or an instance") from exc
         if isinstance(how.config, AliasNamespace):
             read = dict(how.config._read)
             opts = canonical_options(options, level)

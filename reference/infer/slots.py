@@ -18,9 +18,9 @@ from torch import nn
 from reference.infer.record import Recording, Use
 
 ROLES = ("q", "k", "v")
-ROLE_WORDS = {"q": {"q", "query", "queries", "wq", "toq", "qproj", "qlin", "wquery"},
-              "k": {"k", "key", "keys", "wk", "tok", "kproj", "klin", "wkey"},
-              "v": {"v", "value", "values", "wv", "tov", "vproj", "vlin", "wvalue"},
+ROLE_WORDS = {"q": {"q", "query", "queries", "wq", "toq", "qproj", "qlin", "wquery", "toqueries", "toquery"},
+              "k": {"k", "key", "keys", "wk", "tok", "kproj", "klin", "wkey", "tokeys", "tokey"},
+              "v": {"v", "value", "values", "wv", "tov", "vproj", "vlin", "wvalue", "tovalues", "tovalue"},
               "kv": {"kv", "tokv", "kvproj", "wkv", "keyvalue", "kvlin"}}
 NORMS: tuple[type[nn.Module], ...] = (nn.LayerNorm, nn.RMSNorm) if hasattr(nn, "RMSNorm") else (nn.LayerNorm,)
 

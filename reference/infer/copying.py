@@ -1,0 +1,38 @@
+"""A copy of a user's model that really is a copy: closures over its own modules follow the copy.
+
+``copy.deepcopy`` copies modules but not functions: a forward that calls a lambda built in ``__init__`` over
+the model's own submodules (minGPT: ``self.mlpf = lambda x: m.dropout(m.c_proj(m.act(m.c_fc(x))))``) would run
+the original's weights, in the original's dtype, from the copy. Here such functions are rebuilt with their
+closure cells pointing at the copies.
+"""
+
+from __future__ import annotations
+
+import copy
+import types
+from typing import TypeVar
+
+from torch import nn
+
+M = TypeVar("M", bound=nn.Module)
+
+
+def copy_model(model: M) -> M:
+    """``copy.deepcopy(model)``, with every function stored on its modules re-bound to the copied modules."""
+    memo: dict[int, object] = {}
+    new = copy.deepcopy(model, memo)
+    for module in new.modules():
+        for name, value in list(vars(module).items()):
+            if isinstance(value, types.FunctionType) and value.__closure__:
+                cells = tuple(_follow(cell, memo) for cell in value.__closure__)
+                module.__dict__[name] = types.FunctionType(value.__code__, value.__globals__, value.__name__,
+                                                           value.__defaults__, cells)
+    return new
+
+
+def _follow(cell: types.CellType, memo: dict[int, object]) -> types.CellType:
+    try:
+        value = cell.cell_contents
+    except ValueError:  # an empty cell (a name not yet bound)
+        return cell
+    return types.CellType(memo.get(id(value), value))
