@@ -87,6 +87,7 @@ class InferredTarget:
     _tried_heads: dict[int, list[int]] = field(default_factory=dict)
     _maps: dict[Hashable, infer.Inference] = field(default_factory=dict)  # per configuration shape
     layout: bool | None = None  # when values cannot decide (diagnosis measures it): True = the case's own layout
+    _failed: TargetError | None = None  # discovery's failure, kept: it does not depend on the drawn case
 
     @property
     def entry(self) -> Level:
@@ -219,6 +220,16 @@ class InferredTarget:
         and the number of heads it has)."""
         if self._discovery is not None:
             return self._discovery
+        if self._failed is not None:  # it failed once: every case would fail the same way, so say it at once
+            raise TargetError(str(self._failed))
+        try:
+            return self._discover()
+        except (TargetError, NotSupportedError) as exc:
+            if isinstance(exc, TargetError):
+                self._failed = exc
+            raise
+
+    def _discover(self) -> Discovery:
         base = self.entry.pinned[0][0] if self.entry.pinned else self.entry.from_config(Config())
         base, plan = self._accepted(unmasked(base))
         if "nhead" in fixed_sizes.not_given(self.level, plan.not_taken):
