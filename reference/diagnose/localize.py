@@ -380,8 +380,10 @@ def where_raised(obs: Observation) -> tuple[str, str]:
     finally:
         for h in handles:
             h.remove()
-    if error is None or not stack:
+    if error is None:
         return "", ""
+    if not stack:
+        return "raised outside the target's modules (in its adapter or its top-level forward code)", ""
     inner = stack[-1]
     here = f"raised in {inner or 'the model'} ({type(obs.model.get_submodule(inner)).__name__})"
     mapping, _ = target_map(obs, tracked(obs.builtin))
