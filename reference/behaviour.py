@@ -6,13 +6,18 @@ from __future__ import annotations
 
 import inspect
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
+from reference import infer
+from reference.level_cases import with_options
 from reference.registry import Level
 from reference.strategies import tanh_gelu
+from reference.targets import NotSupportedError
 
 # What a target's code may fix, and the values tried, the built-in's default first.
 BEHAVIOUR: dict[str, tuple[Any, ...]] = {
@@ -70,3 +75,44 @@ def attention_shapes(obj: Any) -> tuple[dict[str, Any], ...]:
     if not any("mask" in n or "causal" in n for n in names):
         shapes.append({"self_attention": True, "attn_mask": "causal_bool", "is_causal": True})
     return tuple(shapes)
+
+
+@dataclass
+class Discovery:
+    """What measurement found: the options the code fixes, the masks it takes, and the sentence saying so."""
+
+    fixed: dict[str, Any]
+    masks: tuple[str, ...]
+    returns_weights: bool
+    unbatched: bool
+    one_layer_count: bool  # one constructor argument for both stacks' layer counts
+    sentence: str
+    notes: list[str] = field(default_factory=list)
+    inference: infer.Inference | None = field(default=None, repr=False)  # on the case it was measured on
+    sizes: dict[str, Any] = field(default_factory=dict)  # sizes fixed by the object itself (instance, factory)
+
+
+# Diagnosis sets this: a map that holds without masks but not with them is then used, and the masking judged
+# on the numbers (check stops with the keep-masks question instead).
+MASKS_JUDGED: ContextVar[bool] = ContextVar("masks_judged", default=False)
+
+
+def accepted(sample: Callable[[Any], tuple[Any, nn.Module, Any]], base: Any) -> tuple[Any, Any]:
+    """(base, plan): the base itself, or (when its constructor declines it) the first of the options a target most often
+    fixes that it accepts: pre-norm, GELU, batch-first, and their combinations."""
+    options = {"norm_first": True, "activation": "gelu", "batch_first": True}
+    tries: list[dict[str, Any]] = [{}] + [{k: options[k] for k in keys} for n in (1, 2, 3)
+                                          for keys in itertools.combinations(options, n)]
+    declined: NotSupportedError | None = None
+    for changes in tries:
+        case = with_options(base, dict(changes))
+        if changes and case == base:  # options this level has not: nothing else to try
+            break
+        try:
+            _, _, plan = sample(case)
+        except NotSupportedError as exc:
+            declined = declined or exc
+            continue
+        return case, plan
+    assert declined is not None
+    raise declined

@@ -19,24 +19,23 @@ the engine's candidates, one per drawn case (reference/infer does the inference)
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 from collections.abc import Hashable
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from reference import fixed_sizes, infer
 from reference.assertions import record_note
-from reference.behaviour import DEFAULTS, attention_shapes, grid, shown
+from reference.behaviour import DEFAULTS, MASKS_JUDGED, Discovery, accepted, attention_shapes, grid, shown
 from reference.behaviour import sentence as configuration_sentence
 from reference.build import Config
 from reference.cases import Case
 from reference.infer.copying import copy_model
 from reference.inference_cache import FLOAT64_AGREEMENT, disagreement, holds, shape_key
+from reference.inferred_candidate import InferredCandidate
 from reference.level_cases import (
     batch,
     batch_first,
@@ -54,26 +53,6 @@ from reference.registry import LEVELS, Level
 from reference.strategies import AttentionCase, LayerNormCase
 from reference.targets import NotSupportedError, Target, TargetError
 from reference.weights import WeightMapError
-
-
-@dataclass
-class Discovery:
-    """What measurement found: the options the code fixes, the masks it takes, and the sentence saying so."""
-
-    fixed: dict[str, Any]
-    masks: tuple[str, ...]
-    returns_weights: bool
-    unbatched: bool
-    one_layer_count: bool  # one constructor argument for both stacks' layer counts
-    sentence: str
-    notes: list[str] = field(default_factory=list)
-    inference: infer.Inference | None = field(default=None, repr=False)  # on the case it was measured on
-    sizes: dict[str, Any] = field(default_factory=dict)  # sizes fixed by the object itself (instance, factory)
-
-
-# Diagnosis sets this: a map that holds without masks but not with them is then used, and the masking judged
-# on the numbers (check stops with the keep-masks question instead).
-MASKS_JUDGED: ContextVar[bool] = ContextVar("masks_judged", default=False)
 
 
 @dataclass
@@ -195,26 +174,6 @@ class InferredTarget:
             lines.append(found.inference.weight_map.describe())
         return "\n".join(lines)
 
-    def _accepted(self, base: Any) -> tuple[Any, infer.Plan]:
-        """The base itself, or (when its constructor declines it) the first of the options a target most often
-        fixes that it accepts: pre-norm, GELU, batch-first, and their combinations."""
-        options = {"norm_first": True, "activation": "gelu", "batch_first": True}
-        tries: list[dict[str, Any]] = [{}] + [{k: options[k] for k in keys} for n in (1, 2, 3)
-                                              for keys in itertools.combinations(options, n)]
-        declined: NotSupportedError | None = None
-        for changes in tries:
-            case = with_options(base, dict(changes))
-            if changes and case == base:  # options this level has not: nothing else to try
-                break
-            try:
-                _, _, plan = self._sample(case)
-            except NotSupportedError as exc:
-                declined = declined or exc
-                continue
-            return case, plan
-        assert declined is not None
-        raise declined
-
     def discover(self) -> Discovery:
         """Find, once, the built-in configuration the target implements (options it does not take, the sizes
         and the number of heads it has)."""
@@ -231,7 +190,7 @@ class InferredTarget:
 
     def _discover(self) -> Discovery:
         base = self.entry.pinned[0][0] if self.entry.pinned else self.entry.from_config(Config())
-        base, plan = self._accepted(unmasked(base))
+        base, plan = accepted(self._sample, unmasked(base))
         if "nhead" in fixed_sizes.not_given(self.level, plan.not_taken):
             base = long_enough(base)  # with one key, every number of heads computes the same
         defaults = {k: v for k, v in DEFAULTS.items() if k in plan.not_taken}
@@ -327,32 +286,3 @@ class InferredTarget:
             case = with_options(case, {"num_decoder_layers": case.config.num_encoder_layers})
         case, model, _ = self._sample(case)
         return case, InferredCandidate(self, case, model)
-
-
-@dataclass
-class InferredCandidate:
-    """The engine's candidate for one case: the target's model, its inferred map and calling convention."""
-
-    owner: InferredTarget
-    case: Any
-    model: nn.Module
-    inference: infer.Inference | None = None
-
-    @property
-    def name(self) -> str:
-        return self.owner.target.spec
-
-    def build(self, device: torch.device | str, dtype: torch.dtype) -> nn.Module:
-        return copy_model(self.model).to(device, dtype)
-
-    def load(self, model: nn.Module, builtin: nn.Module) -> None:
-        self.inference = self.owner.inference(self.case, self.model)
-        self.inference.weight_map.load(model, builtin)
-
-    def call(self, model: nn.Module, call: Any, inputs: dict[str, Tensor], kwargs: dict[str, object]) -> Any:
-        assert self.inference is not None, "load() runs before call()"
-        return self.inference.convention(model, inputs, kwargs, batch_first=batch_first(self.case))
-
-    def param_grads(self, model: nn.Module, builtin: nn.Module) -> dict[str, Tensor] | None:
-        assert self.inference is not None, "load() runs before param_grads()"
-        return self.inference.weight_map.grads(model)

@@ -3,10 +3,12 @@
 Steps, each in its own module:
 
 - families.py    a base configuration the target runs, then one option or mask kind varied at a time from
-                 it; a verdict per family (the engine and the suite's tolerance policy);
+                 it (variations.py); a verdict per family (the engine and the suite's tolerance policy);
+- measure.py     what values could not decide about an inferred target: its layout, the options it fixes;
 - localize.py    the first diverging submodule (also the first NaN/inf, or the module that raised),
-                 propagated and isolated (an adapter's ``submodules()``; a drop-in's names; else the
-                 inferred weight map);
+                 propagated and isolated (hooks.py records; mapping.py: an adapter's ``submodules()``, a
+                 drop-in's names, else the inferred weight map);
+- crashes.py     each crashing family as a finding, with where it starts;
 - probes.py      likely causes from the whole outputs: handmade with deviations from the bug catalogue
                  (reference/catalogue) planted, searched; dropout in eval: the target run twice; a crash:
                  handmade with a deviation crashing the same way;
@@ -20,7 +22,6 @@ Exit status: 0 equivalent, 1 divergent / crashes / not supported, 2 bad argument
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
 import inspect
 import math
@@ -32,17 +33,18 @@ import torch
 from torch import nn
 
 from reference.catalogue import BY_KEY
-from reference.compare import inferred, is_adapter, is_drop_in
+from reference.compare import is_adapter, is_drop_in
 from reference.diagnose import families as fam
-from reference.diagnose.localize import Localization, localize, where_raised
+from reference.diagnose.crashes import crash_causes
+from reference.diagnose.localize import localize
+from reference.diagnose.measure import measure_layout, refit_options
 from reference.diagnose.place import Finding, probe_places
-from reference.diagnose.probes import Cause, dropout_in_eval, explain, same_crash
-from reference.diagnose.report import CrashFinding, Diagnosis, render, to_json
+from reference.diagnose.probes import Cause, dropout_in_eval, explain
+from reference.diagnose.report import Diagnosis, render, to_json
 from reference.diagnose.reproducer import minimal_failing_case, write
 from reference.diagnose.runs import Observation, as_case, observe, one_thread
 from reference.level_targets import MASKS_JUDGED
 from reference.registry import LEVELS
-from reference.strategies import tanh_gelu
 from reference.targets import HandmadeAdapter, NotSupportedError, Target, TargetError, load_target
 
 __all__ = ["Diagnosis", "diagnose", "main"]
@@ -90,7 +92,7 @@ def _diagnose(target: Target, device: torch.device | str, out_dir: Path | str | 
               refit: bool) -> Diagnosis:
     if refit:
         first = _diagnose(target, device, out_dir, family_names, False, examples, level, refit=False)
-        note = _refit(target, level, first)
+        note = refit_options(target, level, first)
         if note is None:
             if reproduce:
                 _reproduce(first, target, device, out_dir, examples)
@@ -104,7 +106,7 @@ def _diagnose(target: Target, device: torch.device | str, out_dir: Path | str | 
     with one_thread(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*(mismatched|nested tensor|enable_nested_tensor).*")
         d.base, base, d.base_tried = fam.find_base(target, level, device)
-        layout = _measure_layout(target, level, base, device) if d.kind.startswith("inferred") else None
+        layout = measure_layout(target, level, base, device) if d.kind.startswith("inferred") else None
         d.notes += [layout] if layout else []
         grid = fam.family_grid(family_names, level, base, d.base)
         d.families = [fam.judge_family(target, f, device, level) for f in grid]
@@ -129,7 +131,7 @@ def _diagnose(target: Target, device: torch.device | str, out_dir: Path | str | 
         for f in d.families:
             if f.name in by_name:
                 fam.closest_configuration(f, by_name[f.name], d.explanation.keys)
-        d.extra_causes += _crash_causes(d, by_name, target, device, level)
+        d.extra_causes += crash_causes(d, by_name, target, device, level)
         d.best_match = _best_match(d.families)
         _localize(d, by_name, target, device, level)
         if reproduce:
@@ -157,73 +159,6 @@ def _reproduce(d: Diagnosis, target: Target, device: torch.device | str, out_dir
         d.reproducer_note = f"case: {case.describe()} (no --out folder, so no script was written)"
     else:
         d.reproducer = write(target, case, Path(out_dir))
-
-
-# Causes that amount to an option a target's code may fix (found at the place: a fit or the catalogue there)
-OPTION_OF = {"gelu_tanh_approximation": "activation=tanh_gelu", "always_gelu": "activation='gelu'",
-             "always_relu": "activation='relu'", "pre_norm": "norm_first=True", "post_norm": "norm_first=False",
-             "layer_norm_eps_1e-5": "layer_norm_eps=1e-05", "layer_norm_eps_1e-6": "layer_norm_eps=1e-06",
-             "layer_norm_eps_1e-12": "layer_norm_eps=1e-12"}
-
-
-def _measure_layout(target: Target, level: str, base: object, device: torch.device | str) -> str | None:
-    """Batch-first or sequence-first inside, when the shapes allow both and the values could not decide (the
-    map matches no configuration): the layout in which more of the target's submodules agree in isolation."""
-    view = inferred(target, level)
-    try:
-        obs = observe(target, base, device, level)
-    except NotSupportedError:
-        return None
-    found = getattr(obs.candidate, "inference", None)
-    if found is None or found.weight_map.verified or len(found.convention.alternatives) < 2:
-        return None
-    agree: dict[bool, int] = {}
-    own = bool(as_case(obs.case).config.batch_first)
-    for layout in found.convention.alternatives:
-        view.layout = layout == own  # the case's own layout, or the other one
-        try:
-            tables = localize(observe(target, base, device, level))[0]
-        except Exception:  # this layout cannot even run: it is not the target's
-            agree[layout] = -1
-            continue
-        isolated = next((t for t in tables if t.mode == "isolated"), None)
-        agree[layout] = -1 if isolated is None else sum(not r.diverges for r in isolated.rows)
-    chosen = found.convention.batch_first  # the values' pick: kept unless another layout agrees strictly more
-    best = max(agree, key=lambda k: (agree[k], k == chosen))
-    view.layout = None if best == chosen else best == own
-    if best == chosen:
-        return None
-    other = {k: v for k, v in agree.items() if k != best}
-    name = {True: "batch-first", False: "sequence-first"}
-    return (f"layout measured: {name[best]} ({agree[best]} submodules agree in isolation; "
-            + ", ".join(f"{name[k]}: {v}" for k, v in other.items()) + "); the shapes allow both and the "
-            "outputs, which differ either way, could not decide")
-
-
-def _refit(target: Target, level: str, d: Diagnosis) -> str | None:
-    """Correct the options an inferred target's code fixes from the causes found; the note, or None."""
-    if not d.kind.startswith("inferred") or not d.families:
-        return None
-    found = inferred(target, level).discover()
-    if "matches no" not in found.sentence:
-        return None
-    said = [*d.families[0].closest.split(" + "), *(OPTION_OF.get(c.key, "") for c in d.causes)]
-    changes: dict[str, object] = {}
-    for part in filter(None, said):
-        key, _, text = part.partition("=")
-        try:
-            value = tanh_gelu if text == "tanh_gelu" else ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            continue
-        if key in found.fixed and found.fixed[key] != value:
-            changes[key] = value
-    if not changes:
-        return None
-    before = {k: getattr(found.fixed[k], "__name__", found.fixed[k]) for k in changes}
-    found.fixed.update(changes)
-    found.sentence = f"follows {', '.join(f'{k}={v!r}' for k, v in changes.items())} (measured by diagnosis)"
-    return (f"the options its code fixes, measured: {', '.join(f'{k}={v!r}' for k, v in changes.items())}; the "
-            f"closest whole output had suggested {before}, but the difference there comes from the causes below")
 
 
 def _observe(target: Target, families: list[fam.Family], device: torch.device | str,
@@ -307,39 +242,6 @@ def _merge(d: Diagnosis, findings: list[Finding], family: str) -> None:
         d.unexplained = (f"{row.name or 'the module itself'}" + (f" (the target's {row.target_module})"
                          if row.target_module else "") + f": {own} on {family}; no catalogue deviation or fit "
                          "accounts for it")
-
-
-def _crash_causes(d: Diagnosis, by_name: dict[str, Observation], target: Target, device: torch.device | str,
-                  level: str) -> list[Cause]:
-    """Each crashing family as a finding (its place and message), and a deviation crashing the same way."""
-    found: list[Cause] = []
-    for f in d.families:
-        obs = f.crash_obs
-        if f.verdict != "crashes" or obs is None:
-            continue
-        where, place = _crash_place(obs)
-        d.crashes.append(CrashFinding(f.name, f.detail, where, place))
-        cause = same_crash(obs)
-        if cause is not None and cause.key not in {c.key for c in [*d.causes, *found]}:
-            found.append(cause)
-    return found
-
-
-def _crash_place(obs: Observation) -> tuple[str, str]:
-    """Where a crash starts, in words, and the built-in submodule there: the module that raised, or the first
-    submodule with NaN/inf."""
-    if obs.error is not None:
-        return where_raised(obs)
-    try:
-        tables: list[Localization] = localize(obs)[0]
-    except Exception:
-        return "", ""
-    for t in tables:
-        row = next((r for r in t.rows if "NaN" in r.note or not math.isfinite(r.max_abs)), None)
-        if t.mode == "propagated" and row is not None:
-            return (f"first NaN/inf at {row.name or 'the module itself'}"
-                    + (f" (the target's {row.target_module})" if row.target_module else "")), row.name
-    return "", ""
 
 
 def _best_match(families: list[fam.Family]) -> str:

@@ -19,7 +19,6 @@ that raises is localized to the module that raised (``where_raised``).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,13 +26,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from reference.compare import TargetCandidate, fastpath
+from reference.compare import fastpath
+from reference.diagnose.hooks import _layout, _Recorder
+from reference.diagnose.mapping import target_map, tracked
 from reference.diagnose.runs import Observation, as_case
-from reference.engine import HandmadeTwin
 from reference.tolerance import judge
-
-_PART = r"(self_attn|multihead_attn|linear1|linear2|norm[123])"
-TRACKED = re.compile(rf"^((encoder|decoder)\.)?(norm|layers\.\d+(\.{_PART})?)$|^(encoder|decoder)$|^{_PART}$")
 
 
 @dataclass
@@ -86,177 +83,6 @@ class Replay:
     got: dict[str, Tensor]  # the target module's output fed the built-in's input, in the built-in's layout
     fed: dict[str, Tensor]  # the first tensor input the target itself gave it, in the built-in's layout
     modules: dict[str, nn.Module]  # built-in name -> the built-in's submodule
-
-
-def _first_tensor(value: object) -> Tensor | None:
-    if isinstance(value, Tensor):
-        return value
-    if isinstance(value, (tuple, list)) and value and isinstance(value[0], Tensor):
-        return value[0]
-    return None
-
-
-def _replace_first(value: object, tensor: Tensor) -> object:
-    if isinstance(value, Tensor):
-        return tensor
-    return type(value)([tensor, *value[1:]]) if isinstance(value, (tuple, list)) else value
-
-
-def _layout(ref: torch.Size, shape: torch.Size) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]] | None:
-    """(built-in -> target layout, target -> built-in layout) when ``shape`` is ``ref`` rearranged."""
-    if shape == ref:
-        return (lambda t: t), (lambda t: t)
-    if len(ref) == 3 and tuple(shape) == (ref[1], ref[0], ref[2]):
-        return (lambda t: t.transpose(0, 1)), (lambda t: t.transpose(0, 1))
-    if len(ref) == 2 and tuple(shape) == (1, *ref):
-        return (lambda t: t.unsqueeze(0)), (lambda t: t.squeeze(0))
-    if len(ref) == 2 and tuple(shape) == (ref[0], 1, ref[1]):
-        return (lambda t: t.unsqueeze(1)), (lambda t: t.squeeze(1))
-    return None
-
-
-def tracked(builtin: nn.Module) -> list[str]:
-    """The built-in's submodules localization compares; the module itself when it has none (attention, norm)."""
-    names = [n for n, _ in builtin.named_modules() if n and TRACKED.match(n)]
-    return names or [""]
-
-
-def _inferred_map(weight_map: Any, model: nn.Module, names: list[str]) -> dict[str, nn.Module]:
-    """Built-in name -> the smallest target module holding exactly the parameters paired with it."""
-    found: dict[str, nn.Module] = {}
-    links = list(weight_map.links)
-    for name in names:
-        prefix = f"{name}." if name else ""
-        mine = [link.target for link in links if any(s.name.startswith(prefix) for s in link.sources)]
-        if not mine:
-            continue
-        paths = [t.split(".")[:-1] for t in mine]
-        common: list[str] = []
-        for parts in zip(*paths, strict=False):
-            if len(set(parts)) != 1:
-                break
-            common.append(parts[0])
-        while common and isinstance(model.get_submodule(".".join(common)), (nn.ModuleDict, nn.ModuleList)):
-            common.pop()  # a container is never called: the module that holds it and runs its parts is
-        owner = ".".join(common)
-        inside = [link for link in links if not owner or link.target.startswith(f"{owner}.")]
-        if all(all(s.name.startswith(prefix) for s in link.sources) for link in inside):
-            found[name] = model.get_submodule(owner)
-    return found
-
-
-def target_map(obs: Observation, names: list[str]) -> tuple[dict[str, nn.Module], str]:
-    """Built-in name -> target module, and why it is empty when it is."""
-    cand, model = obs.candidate, obs.model
-    if model is None:
-        return {}, "the target could not be built or loaded, so nothing can be compared inside it"
-    if isinstance(cand, HandmadeTwin):
-        return {n: model.get_submodule(n) for n in names}, ""
-    inference = getattr(cand, "inference", None)
-    if inference is not None:
-        found = _inferred_map(inference.weight_map, model, names)
-        return found, "" if found else "the inferred weight map pairs no target module with a built-in submodule"
-    if not isinstance(cand, TargetCandidate):
-        return {}, f"no map from the built-in's submodules to a {type(cand).__name__}'s"
-    target = cand.target
-    try:
-        mapping = target.submodules(model)
-    except Exception as exc:  # the target's own map failed: say so, compare whole outputs only
-        return {}, f"submodules(model) raised {type(exc).__name__}: {exc}"
-    if mapping is not None:
-        unknown = sorted(set(mapping) - set(names))
-        note = f"ignored names the built-in does not have: {', '.join(unknown[:5])}" if unknown else ""
-        return {n: m for n, m in mapping.items() if n in names and isinstance(m, nn.Module)}, note
-    if not target.is_drop_in:
-        return {}, ("the adapter has no submodules(model) map, so the outputs can only be compared whole; add "
-                    "submodules() returning {nn.Transformer submodule name: your module} (docs/plugins.md), or "
-                    "pass the class itself, whose weight map is then inferred")
-    found = {}
-    for name in names:
-        try:
-            found[name] = model.get_submodule(name)
-        except AttributeError:
-            continue
-    if not found:
-        return {}, ("the drop-in class has no modules named like nn.Transformer's (encoder.layers.0.self_attn, ...), "
-                    "so the outputs can only be compared whole")
-    return found, ""
-
-
-class _Recorder:
-    """Hooks one model's modules: records inputs/outputs per name; optionally feeds and replaces them."""
-
-    def __init__(self, modules: dict[str, nn.Module], order: dict[str, int]) -> None:
-        self.names: dict[int, list[str]] = {}
-        self.objects: dict[int, nn.Module] = {}
-        for name, module in modules.items():
-            self.names.setdefault(id(module), []).append(name)
-            self.objects[id(module)] = module
-        for names in self.names.values():
-            names.sort(key=lambda n: order.get(n, 1 << 30))
-        self.count: dict[int, int] = {}
-        self.stack: dict[int, list[str | None]] = {}
-        self.calls: dict[str, tuple[tuple, dict]] = {}
-        self.inputs: dict[str, list[Tensor]] = {}
-        self.fed: dict[str, Any] = {}  # the input the target gave a module, against the built-in's (a Verdict)
-        self.fed_tensor: dict[str, Tensor] = {}
-        self.outputs: dict[str, Tensor] = {}
-        self.order: list[str] = []
-        self.feed: dict[str, list[Tensor]] | None = None
-        self.replace: dict[str, Tensor] | None = None
-
-    def _pre(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-        k = self.count.get(id(module), 0)
-        self.count[id(module)] = k + 1
-        names = self.names[id(module)]
-        name = names[k] if k < len(names) else None
-        self.stack.setdefault(id(module), []).append(name)
-        if name is None:
-            return None
-        self.calls[name] = (args, dict(kwargs))
-        self.inputs[name] = [a.detach() for a in args if isinstance(a, Tensor)]
-        if self.feed is None or name not in self.feed:
-            return None
-        new_args, new_kwargs = list(args), dict(kwargs)
-        slots = [("a", i) for i, a in enumerate(args) if isinstance(a, Tensor)]
-        slots += [("k", key) for key, v in kwargs.items() if isinstance(v, Tensor)]
-        for (where, key), ref in zip(slots, self.feed[name], strict=False):
-            mine = new_args[key] if where == "a" else new_kwargs[key]
-            layout = _layout(ref.shape, mine.shape)
-            if layout is None or not mine.is_floating_point():
-                break
-            own = layout[1](mine.detach().to("cpu", torch.float64))
-            fed = judge(f"{name} input", own, ref)
-            self.fed_tensor.setdefault(name, own)
-            if name not in self.fed or fed.max_abs > self.fed[name].max_abs:
-                self.fed[name] = fed
-            value = layout[0](ref).to(mine.device, mine.dtype)
-            if where == "a":
-                new_args[key] = value
-            else:
-                new_kwargs[key] = value
-        return tuple(new_args), new_kwargs
-
-    def _post(self, module: nn.Module, args: tuple, kwargs: dict, output: object) -> object:
-        name = self.stack[id(module)].pop()
-        out = _first_tensor(output)
-        if name is None or out is None:
-            return None
-        self.order.append(name)  # completion order: a layer's parts before the layer
-        self.outputs[name] = out.detach()
-        if self.replace is None or name not in self.replace:
-            return None
-        layout = _layout(self.replace[name].shape, out.shape)
-        if layout is None:
-            return None
-        return _replace_first(output, layout[0](self.replace[name]).to(out.device, out.dtype))
-
-    def attach(self) -> list:
-        handles = []
-        for module in self.objects.values():
-            handles.append(module.register_forward_pre_hook(self._pre, with_kwargs=True))
-            handles.append(module.register_forward_hook(self._post, with_kwargs=True))
-        return handles
 
 
 def _run(obs: Observation, recorder: _Recorder | None) -> Exception | None:

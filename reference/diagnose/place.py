@@ -27,7 +27,8 @@ from torch import Tensor
 
 from reference.catalogue import Deviation, apply_all
 from reference.diagnose import fits
-from reference.diagnose.localize import Localization, Replay, SubmoduleError, _first_tensor
+from reference.diagnose.hooks import _first_tensor
+from reference.diagnose.localize import Localization, Replay, SubmoduleError
 from reference.diagnose.probes import VARIANTS, candidate, fresh_modules, search, shows
 from reference.diagnose.runs import Observation, bound_for, config_of, max_err
 

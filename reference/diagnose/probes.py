@@ -248,7 +248,9 @@ def dropout_in_eval(target: Target, first: Observation, device: torch.device | s
 
 def _first_varying(obs: Observation) -> str:
     """The first mapped submodule (in completion order) whose output differs between two runs; "" if unknown."""
-    from reference.diagnose.localize import _Recorder, _run, target_map, tracked
+    from reference.diagnose.hooks import _Recorder
+    from reference.diagnose.localize import _run
+    from reference.diagnose.mapping import target_map, tracked
 
     names = tracked(obs.builtin)
     mapping, _ = target_map(obs, names)

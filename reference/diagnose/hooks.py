@@ -1,0 +1,118 @@
+"""Forward hooks that record a model's submodules' calls and outputs, and optionally feed and replace them.
+
+Tensors are matched by shape between layouts ((L, N, E) against (N, L, E), unbatched), so one recorder
+serves the built-in and a target that keeps its tensors in another layout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from reference.tolerance import judge
+
+
+def _first_tensor(value: object) -> Tensor | None:
+    if isinstance(value, Tensor):
+        return value
+    if isinstance(value, (tuple, list)) and value and isinstance(value[0], Tensor):
+        return value[0]
+    return None
+
+
+def _replace_first(value: object, tensor: Tensor) -> object:
+    if isinstance(value, Tensor):
+        return tensor
+    return type(value)([tensor, *value[1:]]) if isinstance(value, (tuple, list)) else value
+
+
+def _layout(ref: torch.Size, shape: torch.Size) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]] | None:
+    """(built-in -> target layout, target -> built-in layout) when ``shape`` is ``ref`` rearranged."""
+    if shape == ref:
+        return (lambda t: t), (lambda t: t)
+    if len(ref) == 3 and tuple(shape) == (ref[1], ref[0], ref[2]):
+        return (lambda t: t.transpose(0, 1)), (lambda t: t.transpose(0, 1))
+    if len(ref) == 2 and tuple(shape) == (1, *ref):
+        return (lambda t: t.unsqueeze(0)), (lambda t: t.squeeze(0))
+    if len(ref) == 2 and tuple(shape) == (ref[0], 1, ref[1]):
+        return (lambda t: t.unsqueeze(1)), (lambda t: t.squeeze(1))
+    return None
+
+
+class _Recorder:
+    """Hooks one model's modules: records inputs/outputs per name; optionally feeds and replaces them."""
+
+    def __init__(self, modules: dict[str, nn.Module], order: dict[str, int]) -> None:
+        self.names: dict[int, list[str]] = {}
+        self.objects: dict[int, nn.Module] = {}
+        for name, module in modules.items():
+            self.names.setdefault(id(module), []).append(name)
+            self.objects[id(module)] = module
+        for names in self.names.values():
+            names.sort(key=lambda n: order.get(n, 1 << 30))
+        self.count: dict[int, int] = {}
+        self.stack: dict[int, list[str | None]] = {}
+        self.calls: dict[str, tuple[tuple, dict]] = {}
+        self.inputs: dict[str, list[Tensor]] = {}
+        self.fed: dict[str, Any] = {}  # the input the target gave a module, against the built-in's (a Verdict)
+        self.fed_tensor: dict[str, Tensor] = {}
+        self.outputs: dict[str, Tensor] = {}
+        self.order: list[str] = []
+        self.feed: dict[str, list[Tensor]] | None = None
+        self.replace: dict[str, Tensor] | None = None
+
+    def _pre(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        k = self.count.get(id(module), 0)
+        self.count[id(module)] = k + 1
+        names = self.names[id(module)]
+        name = names[k] if k < len(names) else None
+        self.stack.setdefault(id(module), []).append(name)
+        if name is None:
+            return None
+        self.calls[name] = (args, dict(kwargs))
+        self.inputs[name] = [a.detach() for a in args if isinstance(a, Tensor)]
+        if self.feed is None or name not in self.feed:
+            return None
+        new_args, new_kwargs = list(args), dict(kwargs)
+        slots = [("a", i) for i, a in enumerate(args) if isinstance(a, Tensor)]
+        slots += [("k", key) for key, v in kwargs.items() if isinstance(v, Tensor)]
+        for (where, key), ref in zip(slots, self.feed[name], strict=False):
+            mine = new_args[key] if where == "a" else new_kwargs[key]
+            layout = _layout(ref.shape, mine.shape)
+            if layout is None or not mine.is_floating_point():
+                break
+            own = layout[1](mine.detach().to("cpu", torch.float64))
+            fed = judge(f"{name} input", own, ref)
+            self.fed_tensor.setdefault(name, own)
+            if name not in self.fed or fed.max_abs > self.fed[name].max_abs:
+                self.fed[name] = fed
+            value = layout[0](ref).to(mine.device, mine.dtype)
+            if where == "a":
+                new_args[key] = value
+            else:
+                new_kwargs[key] = value
+        return tuple(new_args), new_kwargs
+
+    def _post(self, module: nn.Module, args: tuple, kwargs: dict, output: object) -> object:
+        name = self.stack[id(module)].pop()
+        out = _first_tensor(output)
+        if name is None or out is None:
+            return None
+        self.order.append(name)  # completion order: a layer's parts before the layer
+        self.outputs[name] = out.detach()
+        if self.replace is None or name not in self.replace:
+            return None
+        layout = _layout(self.replace[name].shape, out.shape)
+        if layout is None:
+            return None
+        return _replace_first(output, layout[0](self.replace[name]).to(out.device, out.dtype))
+
+    def attach(self) -> list:
+        handles = []
+        for module in self.objects.values():
+            handles.append(module.register_forward_pre_hook(self._pre, with_kwargs=True))
+            handles.append(module.register_forward_hook(self._post, with_kwargs=True))
+        return handles
