@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from reference.assertions import Context, assert_parity, examples, skip_when_nothing_supported
 from reference.cases import CAUSAL_KINDS, Case
-from reference.compare import fastpath, forward_kwargs, prepare
+from reference.compare import fastpath, forward_kwargs, prepare, takes_mask
 from reference.registry import LEVELS
 from reference.strategies import cases
 from reference.targets import NotSupportedError, Target
@@ -48,6 +48,12 @@ def run(target: Target, case: Case, src: Tensor, tgt: Tensor, kwargs: dict, weig
     except NotSupportedError:
         reject()
     return out if isinstance(out, Tensor) else out["output"]
+
+
+def padding_taken(target: Target, keyword: str) -> None:
+    """Skip at once when the target takes no such padding mask: no case could ask it (each would be declined)."""
+    if not takes_mask(target, "transformer", keyword):
+        pytest.skip(f"{target.spec} takes no {keyword}, so padded positions cannot be masked out")
 
 
 def seq_dim(case: Case) -> int:
@@ -83,6 +89,7 @@ def grow(x: Tensor, extra: int, dim: int, seed: int) -> Tensor:
 @examples(1, suppress=(HealthCheck.filter_too_much,))  # a target may decline many cases
 @given(case=cases(), extra=st.integers(1, 3))
 def test_extra_padded_source_positions_change_no_output(target, case, extra):
+    padding_taken(target, "src_key_padding_mask")
     case = as_checked(target, case)
     src, tgt, kw = case.tensors()
     expected = run(target, case, src, tgt, kw)
@@ -100,6 +107,7 @@ def test_extra_padded_source_positions_change_no_output(target, case, extra):
 @examples(1, suppress=(HealthCheck.filter_too_much,))  # a target may decline many cases
 @given(case=cases(), extra=st.integers(1, 3))
 def test_extra_padded_target_positions_change_no_earlier_output(target, case, extra):
+    padding_taken(target, "tgt_key_padding_mask")
     case = as_checked(target, case)
     src, tgt, kw = case.tensors()
     expected = run(target, case, src, tgt, kw)

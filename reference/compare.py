@@ -18,11 +18,11 @@ from reference.cases import Case
 from reference.engine import Call, Candidate, HandmadeTwin, compare_modules, fastpath, param_grads, repacked_grads
 from reference.level_targets import InferredTarget
 from reference.registry import LEVELS, present
-from reference.targets import HandmadeAdapter, NotSupportedError, Target
+from reference.targets import HandmadeAdapter, NotSupportedError, Target, TargetError
 from reference.tolerance import Verdict
 
 __all__ = [
-    "TargetCandidate", "fastpath", "forward_kwargs", "inferred", "levels_of", "prepare", "whole_model",
+    "TargetCandidate", "fastpath", "forward_kwargs", "inferred", "levels_of", "prepare", "takes_mask", "whole_model",
 ]
 
 
@@ -123,6 +123,18 @@ def prepare(target: Target, level: str, case: Any) -> tuple[Any, Candidate]:
             raise NotSupportedError(f"{target.spec} does not support {config}")
         return case, TargetCandidate(target, config)
     return inferred(target, level).prepare(case)
+
+
+def takes_mask(target: Target, level: str, keyword: str) -> bool:
+    """Whether ``target`` takes the mask ``keyword`` at ``level``: an inferred target's forward says (found once,
+    by discovery); handmade, adapters and drop-ins take every mask nn.Transformer does (or decline per case)."""
+    if isinstance(target.obj, HandmadeAdapter) or (level == "transformer" and (is_adapter(target.obj)
+                                                                            or is_drop_in(target))):
+        return True
+    try:
+        return keyword in inferred(target, level).discover().masks
+    except (TargetError, NotSupportedError):  # it cannot be paired at all: the properties say so themselves
+        return True
 
 
 def is_adapter(obj: Any) -> bool:
