@@ -86,10 +86,18 @@ class DiagnoseReport:
     __repr__ = __str__
 
 
-def diagnose(target: Any, *, device: str = "cpu", out_dir: Path | str | None = None, reproduce: bool = False,
+def diagnose(target: Any, *, level: str = "transformer", keep_masks: bool = False, weight_map: str | None = None,
+             device: str = "cpu", out_dir: Path | str | None = None, reproduce: bool = False,
              families: tuple[str, ...] | None = None) -> DiagnoseReport:
-    """Diagnose ``target`` as ``parity diagnose`` does (no reproducer script unless asked); return the report."""
-    from reference.diagnose import diagnose as run
+    """Diagnose ``target`` at ``level`` as ``parity diagnose --as LEVEL`` does (no reproducer script unless
+    asked); return the report."""
+    import dataclasses
 
-    return DiagnoseReport(run(spec_of(target), device=device, out_dir=out_dir, family_names=families,
-                              reproduce=reproduce))
+    from reference.diagnose import diagnose as run
+    from reference.registry import level as level_entry
+    from reference.targets import load_target
+
+    level_entry(level)  # a clear error naming the levels for a wrong one
+    loaded = dataclasses.replace(load_target(spec_of(target)), keep_masks=keep_masks, weight_map=weight_map)
+    return DiagnoseReport(run(loaded, device=device, out_dir=out_dir, family_names=families, reproduce=reproduce,
+                              level=level))

@@ -42,3 +42,14 @@ def test_an_unknown_level_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -
     with pytest.raises(SystemExit):
         main(["--as", "gpt"])
     assert "invalid choice: 'gpt'" in capsys.readouterr().err
+
+
+def test_diagnose_takes_a_level_like_the_command() -> None:
+    from examples.learner_attention import MergeWithoutTranspose
+
+    found = api.diagnose(MergeWithoutTranspose, level="attention", keep_masks=True, families=("default",))
+    assert found.verdict == "divergent"
+    assert [c.key for c in found.diagnosis.causes] == ["head_merge_without_transpose"]
+    assert "--as attention" in repr(found)
+    with pytest.raises(ValueError, match="level must be one of"):
+        api.diagnose(MergeWithoutTranspose, level="gpt")
