@@ -93,7 +93,7 @@ class HandmadeTwin:
         return repacked_grads(model, builtin)
 
 
-def _outputs(out: object) -> dict[str, Tensor]:
+def outputs(out: object) -> dict[str, Tensor]:
     """A call's result by name: a tensor is the "output"; a pair is (output, attention weights)."""
     if isinstance(out, Tensor):
         return {"output": out}
@@ -130,7 +130,7 @@ def _run(run: Callable[[dict[str, Tensor], dict[str, object]], object], model: n
     kw = {k: _moved(v, device, dtype) for k, v in kwargs.items()}
     model.zero_grad(set_to_none=True)
     with torch.set_grad_enabled(grads):
-        outs = _outputs(run(xs, kw))
+        outs = outputs(run(xs, kw))
     if cotangent_seed is not None:
         g = torch.Generator().manual_seed(cotangent_seed)
         loss = sum((o * torch.randn(o.shape, generator=g, dtype=torch.float64).to(o.device, o.dtype)).sum()

@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from reference.catalogue import BY_KEY, CATALOGUE, Deviation, apply_all, extends
-from reference.diagnose.runs import Observation, as_case, config_of, observe, outputs
+from reference.diagnose.runs import Observation, as_case, config_of, observe
+from reference.engine import outputs
 from reference.targets import NotSupportedError, Target
 from reference.weights import copy_torch_to_handmade
 

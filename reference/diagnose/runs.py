@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from reference.build import Config
 from reference.cases import Case
 from reference.compare import fastpath, prepare
-from reference.engine import Candidate
+from reference.engine import Candidate, outputs
 from reference.registry import LEVELS, Level
 from reference.strategies import AttentionCase, LayerNormCase, StackCase
 from reference.targets import NotSupportedError, Target, TargetError
@@ -35,17 +35,6 @@ def one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def outputs(out: object) -> dict[str, Tensor]:
-    """A call's result by name: a tensor is the "output"; a pair is (output, attention weights)."""
-    if isinstance(out, Tensor):
-        return {"output": out}
-    if isinstance(out, tuple) and out and isinstance(out[0], Tensor):
-        return {"output": out[0], **({"weights": out[1]} if len(out) > 1 and isinstance(out[1], Tensor) else {})}
-    if isinstance(out, Mapping):
-        return {k: v for k, v in out.items() if isinstance(v, Tensor)}
-    raise TypeError(f"returned a {type(out).__name__}, but should return a Tensor, a pair or a dict")
 
 
 def as_case(case: Any) -> Case:
