@@ -55,7 +55,7 @@ def options(args: argparse.Namespace) -> object:
     from benchmarks.presets import SWEEP_LENGTHS, select_sizes
     from benchmarks.runner import Options
     from benchmarks.workload import implementations
-    from reference.targets import DEFAULT_TARGET, load_target
+    from reference.targets.contract import DEFAULT_TARGET, load_target
 
     presets = args.preset if args.preset is not None else ([] if args.size else ["tiny"])
     seq_lens = list(SWEEP_LENGTHS) if args.sweep else args.seq_len

@@ -9,10 +9,10 @@ import torch
 from torch import Tensor, nn
 
 from benchmarks.presets import Case
-from reference.build import Config
-from reference.cases import Case as TransformerCase
-from reference.registry import LEVELS
-from reference.targets import DEFAULT_TARGET, Target, load_target
+from reference.builtin.config import Config
+from reference.builtin.registry import LEVELS
+from reference.cases.case import Case as TransformerCase
+from reference.targets.contract import DEFAULT_TARGET, Target, load_target
 
 BUILTIN = "nn.Transformer"
 

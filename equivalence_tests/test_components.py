@@ -1,9 +1,9 @@
 """Each level the target provides equals its built-in: outputs, returned weights and every gradient.
 
-One property per registry level (reference/registry.py), run in every dtype the level takes on every
+One property per registry level (reference/builtin/registry.py), run in every dtype the level takes on every
 device: the built-in gets random weights from the drawn seed, the target's component is loaded with them,
 and every output and gradient is judged against the float64 oracle under the tolerance policy
-(reference/tolerance.py). A plug-in target (``--impl``) provides the whole-model level; handmade, the
+(reference/verdict/tolerance.py). A plug-in target (``--impl``) provides the whole-model level; handmade, the
 default target, provides every level. The registry's pinned edge cases run in every dtype, whatever is drawn.
 """
 
@@ -15,10 +15,10 @@ import pytest
 import torch
 from hypothesis import HealthCheck, example, given
 
-from reference.assertions import check, examples, skip_unless_dtype_runs, skip_when_nothing_supported
-from reference.compare import prepare
-from reference.registry import LEVELS, Level
-from reference.targets import Target
+from reference.builtin.registry import LEVELS, Level
+from reference.targets.contract import Target
+from reference.targets.prepare import prepare
+from reference.verdict.assertions import check, examples, skip_unless_dtype_runs, skip_when_nothing_supported
 
 DECLINED = (HealthCheck.filter_too_much,)  # a target may decline many configurations; each one is recorded
 

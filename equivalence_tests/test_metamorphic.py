@@ -14,13 +14,13 @@ from hypothesis import HealthCheck, assume, given, reject
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
-from reference.assertions import Context, assert_parity, examples, skip_when_nothing_supported
-from reference.cases import CAUSAL_KINDS, Case
-from reference.compare import fastpath, forward_kwargs, prepare, takes_mask
-from reference.registry import LEVELS
-from reference.strategies import cases
-from reference.targets import NotSupportedError, Target
-from reference.tolerance import judge
+from reference.builtin.registry import LEVELS
+from reference.cases.case import CAUSAL_KINDS, Case
+from reference.cases.strategies import cases
+from reference.targets.contract import NotSupportedError, Target
+from reference.targets.prepare import fastpath, forward_kwargs, prepare, takes_mask
+from reference.verdict.assertions import Context, assert_parity, examples, skip_when_nothing_supported
+from reference.verdict.tolerance import judge
 
 pytestmark = pytest.mark.level("transformer")  # whole-model properties
 

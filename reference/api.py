@@ -93,9 +93,9 @@ def diagnose(target: Any, *, level: str = "transformer", keep_masks: bool = Fals
     asked); return the report."""
     import dataclasses
 
-    from reference.diagnose import diagnose as run
-    from reference.registry import level as level_entry
-    from reference.targets import load_target
+    from reference.builtin.registry import level as level_entry
+    from reference.diagnose.pipeline import diagnose as run
+    from reference.targets.contract import load_target
 
     level_entry(level)  # a clear error naming the levels for a wrong one
     loaded = dataclasses.replace(load_target(spec_of(target)), keep_masks=keep_masks, weight_map=weight_map)

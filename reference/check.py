@@ -16,8 +16,8 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-from reference.registry import LEVELS
-from reference.targets import DEFAULT_TARGET
+from reference.builtin.registry import LEVELS
+from reference.targets.contract import DEFAULT_TARGET
 
 DTYPE_ORDER = {"float64": 0, "float32": 1, "bfloat16": 2, "float16": 3}
 
@@ -102,9 +102,9 @@ def show_map(spec: str, level: str | None, keep_masks: bool, weight_map: str | N
     """Print what is inferred about ``spec`` at ``level``; 1 with the reason when it cannot be inferred."""
     import dataclasses
 
-    from reference.compare import inferred, is_adapter
-    from reference.targets import TargetError, load_target
-    from reference.weights import WeightMapError
+    from reference.builtin.weights import WeightMapError
+    from reference.targets.contract import TargetError, load_target
+    from reference.targets.prepare import inferred, is_adapter
 
     target = dataclasses.replace(load_target(spec), keep_masks=keep_masks, weight_map=weight_map)
     if is_adapter(target.obj):

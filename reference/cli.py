@@ -8,8 +8,9 @@ import sys
 
 COMMANDS = {
     "check": ("reference.check", "run the equivalence suite on a target and print the summary table"),
-    "diagnose": ("reference.diagnose", "explain where and why a target differs from nn.Transformer"),
-    "zoo": ("reference.zoo", "hunt every bug-zoo entry and say which catalogue key diagnosis names for each"),
+    "diagnose": ("reference.diagnose.pipeline", "explain where and why a target differs from nn.Transformer"),
+    "zoo": ("reference.studies.zoo_hunt",
+            "hunt every bug-zoo entry and say which catalogue key diagnosis names for each"),
     "bench": ("benchmarks.__main__", "time and measure both implementations (same as python -m benchmarks)"),
 }
 

@@ -5,7 +5,7 @@ paths are given (and no ``testpaths`` configured), it runs the installed suite (
 ``pytest --pyargs equivalence_tests --impl MODULE:OBJECT`` says the same explicitly.
 
 Options:
-  --impl MODULE:OBJECT      the implementation under test (default reference.targets:handmade); properties of
+  --impl MODULE:OBJECT      the implementation under test (default reference.targets.contract:handmade); properties of
                             a level the target does not provide (``@pytest.mark.level``) are deselected
   --as LEVEL                the level the target implements (a registry level; default: the whole model)
   --parity-report PATH      write a JSON report at the end: one record per test (nodeid, outcome, property,
@@ -14,7 +14,7 @@ Options:
 
 Profiles (``--hypothesis-profile``): ``ci`` (deterministic, used by .ci/run), ``dev`` (the default for runs of
 the suite), ``thorough`` (10x ci's examples), ``kill`` (ci without shrinking, for bug-planting runs). Tests
-weight their example counts with ``examples(weight)`` (reference/assertions.py), a multiple of the profile's
+weight their example counts with ``examples(weight)`` (reference/verdict/assertions.py), a multiple of the profile's
 max_examples, so a profile change scales every test.
 
 Markers and warning filters are registered here, in one place, so that they hold in an installed copy too.
@@ -35,10 +35,10 @@ import pytest
 import torch
 from hypothesis import HealthCheck, Phase, settings
 
-from reference import assertions
-from reference.compare import levels_of
-from reference.registry import LEVELS
-from reference.targets import DEFAULT_TARGET, Target, load_target
+import reference.verdict.assertions as assertions
+from reference.builtin.registry import LEVELS
+from reference.targets.contract import DEFAULT_TARGET, Target, load_target
+from reference.targets.prepare import levels_of
 
 CI_EXAMPLES = 20
 settings.register_profile(
@@ -140,7 +140,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def target(pytestconfig: pytest.Config) -> Target:
-    """The implementation under test (``--impl``), behind the adapter interface of reference.targets."""
+    """The implementation under test (``--impl``), behind the adapter interface of reference.targets.contract."""
     return dataclasses.replace(load_target(impl(pytestconfig)), keep_masks=pytestconfig.getoption("keep_masks"),
                                weight_map=pytestconfig.getoption("weight_map"))
 

@@ -6,7 +6,7 @@ einsum; the feed-forward as GPT-2's ``Conv1D`` (``c_fc``/``c_proj``: weight stor
 a hand-written ``LayerNorm`` with ``gamma``/``beta``; each block's parts in an ``nn.ModuleDict``; stacks ``h``
 with a final ``ln_f``; sequence-first (L, N, E) tensors inside whatever ``batch_first`` says. The constructor
 takes HF-style names (``hidden_size``, ``num_attention_heads``, ``intermediate_size``) that
-reference.infer.construct maps from nn.Transformer's ``d_model``, ``nhead``, ``dim_feedforward``; forward is
+reference.inference.construct maps from nn.Transformer's ``d_model``, ``nhead``, ``dim_feedforward``; forward is
 nn.Transformer's without the ``*_is_causal`` hints (the masks always come with them). Bool masks are True =
 blocked, float masks are added; a query whose keys are all blocked gets 0, as in nn.Transformer.
 

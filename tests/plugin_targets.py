@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from handmade import Transformer
-from reference.targets import HandmadeAdapter
+from reference.targets.contract import HandmadeAdapter
 
 
 class _Handmade(HandmadeAdapter):

@@ -17,8 +17,8 @@ import handmade
 from handmade.embeddings import PositionalEncoding, sinusoidal_table
 from handmade.masks import generate_square_subsequent_mask, padding_mask, subsequent_mask
 from handmade.seq2seq import Seq2SeqTransformer
-from reference.tolerance import judge
-from reference.weights import plan
+from reference.builtin.weights import plan
+from reference.verdict.tolerance import judge
 
 PAIRS = ("Transformer", "TransformerEncoderLayer", "TransformerDecoderLayer", "TransformerEncoder",
          "TransformerDecoder", "MultiheadAttention", "LayerNorm")
@@ -147,8 +147,8 @@ def test_mixed_bool_and_float_masks_warn_as_torch_warns():
 @pytest.mark.parametrize("name", ["TransformerEncoderLayer", "TransformerDecoderLayer"])
 def test_the_attention_blocks_take_no_causal_hint_by_default_as_torchs_do(name):
     """The private sublayer blocks are called as torch's are (test_train_mode calls _ff_block): no hint, no mask."""
-    from reference.engine import fastpath
-    from reference.weights import copy_torch_to_handmade
+    from reference.builtin.weights import copy_torch_to_handmade
+    from reference.verdict.engine import fastpath
 
     theirs = getattr(nn, name)(8, 2, 16, dropout=0.0, dtype=torch.float64).eval()
     ours = getattr(handmade, name)(8, 2, 16, dropout=0.0, dtype=torch.float64).eval()

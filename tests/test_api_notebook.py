@@ -16,7 +16,7 @@ class Scaled(nn.Transformer):
 
 
 def test_check_takes_handmade_at_one_level_and_its_report_prints_the_table() -> None:
-    report = api.check("reference.targets:handmade", level="layer_norm", profile="ci", device="cpu")
+    report = api.check("reference.targets.contract:handmade", level="layer_norm", profile="ci", device="cpu")
     text = repr(report)
     assert report.passed, text
     assert "layer_norm" in text and "float64" in text and "tests: 4 passed" in text

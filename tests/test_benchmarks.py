@@ -22,7 +22,7 @@ from benchmarks.presets import PRESETS, Case, parse_size, select_sizes
 from benchmarks.report import SCHEMA, ratio_line
 from benchmarks.timing import round_ratios, summarize
 from benchmarks.workload import BUILTIN, build_models, implementations, make_inputs, make_step
-from reference.targets import DEFAULT_TARGET
+from reference.targets.contract import DEFAULT_TARGET
 
 TINY = PRESETS["tiny"]
 

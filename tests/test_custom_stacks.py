@@ -8,11 +8,12 @@ from hypothesis import strategies as st
 from torch import nn
 
 import handmade
-from reference.assertions import Context, assert_parity, examples
-from reference.build import build_pair, randomize_
-from reference.engine import compare_pair
-from reference.strategies import cases, dtypes
-from reference.weights import copy_torch_to_handmade
+from reference.builtin.config import randomize_
+from reference.builtin.pairs import build_pair
+from reference.builtin.weights import copy_torch_to_handmade
+from reference.cases.strategies import cases, dtypes
+from reference.verdict.assertions import Context, assert_parity, examples
+from reference.verdict.engine import compare_pair
 
 
 @examples(0.25)

@@ -20,13 +20,13 @@ from reference.catalogue._base import become
 from reference.catalogue.attention_math import Equation1
 from reference.catalogue.norms import Formula
 from reference.catalogue.zoo import ENTRIES, spec
-from reference.diagnose import diagnose, main
 from reference.diagnose.families import family_grid
+from reference.diagnose.pipeline import diagnose, main
 from reference.diagnose.probes import candidate, run_candidate
 from reference.diagnose.reproducer import minimal_failing_case, write
 from reference.diagnose.runs import observe, one_thread
-from reference.targets import load_target
-from reference.zoo import PANEL, diagnosis_families, first_catch
+from reference.studies.zoo_hunt import PANEL, diagnosis_families, first_catch
+from reference.targets.contract import load_target
 
 ROOT = Path(__file__).resolve().parents[1]
 EINSUM = "examples.einsum_transformer"

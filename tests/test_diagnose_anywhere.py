@@ -16,10 +16,10 @@ import math
 
 import pytest
 
-from reference.diagnose import diagnose, main
+from reference.diagnose.pipeline import diagnose, main
 from reference.diagnose.report import WIDTH, render, to_json
 from reference.diagnose.runs import one_thread
-from reference.targets import load_target
+from reference.targets.contract import load_target
 
 TARGETS = "tests.diagnose_targets"
 

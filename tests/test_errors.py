@@ -18,12 +18,13 @@ from hypothesis import strategies as st
 from torch import Tensor, nn
 
 import handmade
-from reference.assertions import Context, assert_parity, examples
-from reference.build import Config, build_pair, build_torch, randomize_
-from reference.compare import fastpath
-from reference.strategies import configs, seeds
-from reference.tolerance import judge
-from reference.weights import WeightMapError, copy_torch_to_handmade
+from reference.builtin.config import Config, randomize_
+from reference.builtin.pairs import build_pair, build_torch
+from reference.builtin.weights import WeightMapError, copy_torch_to_handmade
+from reference.cases.strategies import configs, seeds
+from reference.targets.prepare import fastpath
+from reference.verdict.assertions import Context, assert_parity, examples
+from reference.verdict.tolerance import judge
 
 D, H, S, T, N = 8, 2, 5, 4, 2
 F64 = torch.float64

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from reference.catalogue import BY_KEY
 
 try:
-    from reference.diagnose import fits
+    import reference.diagnose.fits as fits
 except ImportError:  # reference/diagnose/__init__.py mid-rewrite: load the file alone
     _spec = importlib.util.spec_from_file_location(
         "reference.diagnose.fits", Path(__file__).resolve().parents[1] / "reference/diagnose/fits.py")

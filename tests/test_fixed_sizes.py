@@ -11,11 +11,12 @@ import dataclasses
 import pytest
 import torch
 
-from reference import api, fixed_sizes
-from reference.compare import inferred
-from reference.registry import LEVELS
-from reference.strategies import AttentionCase
-from reference.targets import load_target
+import reference.inference.sizes as fixed_sizes
+from reference import api
+from reference.builtin.registry import LEVELS
+from reference.cases.strategies import AttentionCase
+from reference.targets.contract import load_target
+from reference.targets.prepare import inferred
 from tests import fixed_size_targets as fx
 
 F64 = ("-k", "float64")

@@ -1,4 +1,4 @@
-"""The inference library (reference/infer): constructors, weight maps and calling conventions, inferred for
+"""The inference library (reference/inference): constructors, weight maps and calling conventions, inferred for
 implementations in styles unlike handmade's (examples/ and tests/infer_fixtures.py), with no adapter.
 
 Each map is checked by what it is for: loaded with a built-in's weights (other than those it was inferred
@@ -22,22 +22,15 @@ import handmade
 from examples.blog_seq2seq import Seq2SeqTransformer, UnbiasedNorm
 from examples.learner_attention import MergeWithoutTranspose, MultiHeadAttention
 from examples.nanogpt_blocks import Blocks, GPTConfig, ScaledByWidth
-from reference.build import Config, randomize_
-from reference.cases import Case
-from reference.engine import compare_modules
-from reference.infer import (
-    AmbiguousMapError,
-    ConstructionError,
-    Inference,
-    MapMismatchError,
-    UnpairedError,
-    build,
-    infer_target,
-    sizes_from_model,
-)
-from reference.registry import level
-from reference.strategies import AttentionCase, LayerNormCase, StackCase
-from reference.targets import NotSupportedError
+from reference.builtin.config import Config, randomize_
+from reference.builtin.registry import level
+from reference.cases.case import Case
+from reference.cases.strategies import AttentionCase, LayerNormCase, StackCase
+from reference.inference.auto import Inference, infer_target
+from reference.inference.construct import ConstructionError, build, sizes_from_model
+from reference.inference.weightmap import AmbiguousMapError, MapMismatchError, UnpairedError
+from reference.targets.contract import NotSupportedError
+from reference.verdict.engine import compare_modules
 from tests.infer_fixtures import (
     EinsumEncoderLayer,
     GPT2Attention,

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from reference import api
-from reference.build import Config
-from reference.compare import inferred
-from reference.targets import load_target
+from reference.builtin.config import Config
+from reference.targets.contract import load_target
+from reference.targets.prepare import inferred
 
 FAST = ("-k", "float64 or float32")
 
@@ -106,7 +106,7 @@ def test_a_stack_taking_a_layer_is_built_from_the_levels_configuration() -> None
     """Encoder(encoder_layer, num_layers, norm): the layer built through its own class, the final norm from the
     class of the layer's norms, or None when the drawn stack has none."""
     import handmade
-    from reference.infer import build
+    from reference.inference.construct import build
 
     options = {**Config(d_model=12, nhead=3, num_encoder_layers=3, norm_first=True).kwargs(), "final_norm": True}
     built = build(handmade.TransformerEncoder, options, "encoder")

@@ -28,14 +28,15 @@ from hypothesis import strategies as st
 from torch import Tensor, nn
 
 import handmade
-from reference.assertions import Context, assert_parity, compare_pair, examples
-from reference.build import Config, build_pair, randomize_
-from reference.cases import Case
-from reference.compare import fastpath, whole_model
-from reference.strategies import configs, seeds
-from reference.targets import load_target
-from reference.tolerance import judge
-from reference.weights import copy_torch_to_handmade
+from reference.builtin.config import Config, randomize_
+from reference.builtin.pairs import build_pair
+from reference.builtin.weights import copy_torch_to_handmade
+from reference.cases.case import Case
+from reference.cases.strategies import configs, seeds
+from reference.targets.contract import load_target
+from reference.targets.prepare import fastpath, whole_model
+from reference.verdict.assertions import Context, assert_parity, compare_pair, examples
+from reference.verdict.tolerance import judge
 
 pytestmark = pytest.mark.edge
 F64 = torch.float64

@@ -1,7 +1,7 @@
 """The plug-in contract: drop-in classes and adapters load, run and are judged; misfits fail clearly.
 
 Targets that break one rule each live in plugin_targets.py. These tests call the contract directly
-(reference.targets, reference.compare); one runs the suite itself with ``--impl`` in a subprocess.
+(reference.targets.contract, reference.targets.prepare); one runs the suite itself with ``--impl`` in a subprocess.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from reference.build import Config
-from reference.cases import Case
-from reference.compare import whole_model
+from reference.builtin.config import Config
+from reference.cases.case import Case
 from reference.diagnose.runs import one_thread
-from reference.targets import NotSupportedError, TargetError, load_target
+from reference.targets.contract import NotSupportedError, TargetError, load_target
+from reference.targets.prepare import whole_model
 
 ROOT = Path(__file__).resolve().parents[1]
 CASE = Case(Config(num_encoder_layers=2, num_decoder_layers=2), src_mask="causal_bool",
@@ -36,7 +36,7 @@ def _one_thread():
 @pytest.mark.parametrize("spec", [
     "examples.einsum_transformer:EinsumTransformer",  # a drop-in class
     "examples.fixed_transformer:adapter",  # an adapter object
-    "reference.targets:handmade",  # the default target
+    "reference.targets.contract:handmade",  # the default target
 ])
 def test_correct_targets_of_either_kind_match_torch(spec):
     target = load_target(spec)

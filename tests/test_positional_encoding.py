@@ -8,9 +8,9 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 import handmade
-from reference.assertions import Context, assert_parity, examples, skip_unless_dtype_runs
-from reference.strategies import dtypes, positional_encoding_cases, seeds
-from reference.tolerance import judge
+from reference.cases.strategies import dtypes, positional_encoding_cases, seeds
+from reference.verdict.assertions import Context, assert_parity, examples, skip_unless_dtype_runs
+from reference.verdict.tolerance import judge
 
 
 def paper_table(length: int, d_model: int) -> np.ndarray:

@@ -10,7 +10,12 @@ from hypothesis import example, given
 from torch import Tensor, nn
 
 import handmade
-from reference.assertions import (
+from reference.builtin.config import Config, randomize_
+from reference.builtin.pairs import build_torch
+from reference.builtin.weights import copy_torch_to_handmade
+from reference.cases.case import Case
+from reference.cases.strategies import Seq2SeqCase, dtypes, is_smooth, seq2seq_cases
+from reference.verdict.assertions import (
     Context,
     assert_parity,
     compare_pair,
@@ -18,10 +23,6 @@ from reference.assertions import (
     low_precision_grads_comparable,
     skip_unless_dtype_runs,
 )
-from reference.build import Config, build_torch, randomize_
-from reference.cases import Case
-from reference.strategies import Seq2SeqCase, dtypes, is_smooth, seq2seq_cases
-from reference.weights import copy_torch_to_handmade
 from tests.test_positional_encoding import paper_table
 
 

@@ -2,9 +2,9 @@
 core and nn.MultiheadAttention: outputs and gradients, every mask kind, fully masked rows, long sequences,
 lengths that are not multiples of the blocks, float64 to float16 under the tolerance policy, and dropout.
 
-Lower precisions are judged by ``reference.tolerance.judge`` against the float64 oracle with PyTorch's own
+Lower precisions are judged by ``reference.verdict.tolerance.judge`` against the float64 oracle with PyTorch's own
 error at that dtype (F.scaled_dot_product_attention's, or nn.MultiheadAttention's through the engine).
-The suite runs on the tiled core too: ``pytest equivalence_tests --impl reference.targets:handmade_tiled``.
+The suite runs on the tiled core too: ``pytest equivalence_tests --impl reference.targets.contract:handmade_tiled``.
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ from torch import Tensor, nn
 import handmade
 from handmade.attention import ScaledDotProductAttention
 from handmade.tiled_attention import TiledAttention, TiledAttentionFunction, blocks, keep_mask, use_tiled_attention
-from reference.assertions import Context, assert_parity, check
-from reference.cases import ATTN_MASKS, PADDING_MASKS
-from reference.engine import HandmadeTwin
-from reference.registry import LEVELS
-from reference.strategies import AttentionCase
-from reference.tolerance import judge
+from reference.builtin.registry import LEVELS
+from reference.cases.case import ATTN_MASKS, PADDING_MASKS
+from reference.cases.strategies import AttentionCase
+from reference.verdict.assertions import Context, assert_parity, check
+from reference.verdict.engine import HandmadeTwin
+from reference.verdict.tolerance import judge
 
 F64, F32, BF16, F16 = torch.float64, torch.float32, torch.bfloat16, torch.float16
 INF = float("inf")
@@ -235,7 +235,7 @@ def test_whole_transformer_with_the_tiled_core_equals_nn_transformer_in_float64(
               "dropout": 0.0, "batch_first": True, "dtype": F64}
     builtin = nn.Transformer(**kwargs).eval()
     ours = use_tiled_attention(handmade.Transformer(**kwargs), 3, 4).eval()
-    from reference.weights import copy_torch_to_handmade
+    from reference.builtin.weights import copy_torch_to_handmade
 
     copy_torch_to_handmade(builtin, ours)
     src, tgt = torch.randn(2, 11, 8, dtype=F64), torch.randn(2, 9, 8, dtype=F64)

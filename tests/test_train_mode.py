@@ -20,13 +20,14 @@ from hypothesis import strategies as st
 from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from reference.assertions import Context, assert_parity, examples
-from reference.build import Config, build_pair
-from reference.cases import Case
-from reference.compare import fastpath, forward_kwargs
-from reference.strategies import cases, configs
-from reference.tolerance import Verdict, floor, judge
-from reference.weights import Link, copy_torch_to_handmade, plan
+from reference.builtin.config import Config
+from reference.builtin.pairs import build_pair
+from reference.builtin.weights import Link, copy_torch_to_handmade, plan
+from reference.cases.case import Case
+from reference.cases.strategies import cases, configs
+from reference.targets.prepare import fastpath, forward_kwargs
+from reference.verdict.assertions import Context, assert_parity, examples
+from reference.verdict.tolerance import Verdict, floor, judge
 
 F64 = torch.float64
 ADAM_STEPS, LR = 3, 1e-3

@@ -1,7 +1,7 @@
 """The comparison code reports what it measured: verdict fields, and PyTorch's own error for every tensor.
 
-Written to kill mutants of reference/tolerance.py and reference/compare.py that the equivalence properties
-cannot see (handmade is correct, so a verdict with a wrong label or a lost ``torch_own`` still passes there).
+Written to kill mutants of reference/verdict/tolerance.py and reference/targets/prepare.py that the equivalence
+properties cannot see (handmade is correct, so a verdict with a wrong label or a lost ``torch_own`` still passes there).
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import math
 import pytest
 import torch
 
-from reference.build import Config
-from reference.cases import Case
-from reference.compare import whole_model
-from reference.targets import load_target
-from reference.tolerance import FLOAT64_FLOOR, FLOOR_ULPS, K, floor, jittered, judge
+from reference.builtin.config import Config
+from reference.cases.case import Case
+from reference.targets.contract import load_target
+from reference.targets.prepare import whole_model
+from reference.verdict.tolerance import FLOAT64_FLOOR, FLOOR_ULPS, K, floor, jittered, judge
 
 
 def test_judge_reports_a_shape_mismatch_as_a_failure_naming_the_tensor():
@@ -43,7 +43,7 @@ def test_judge_reports_the_worst_element_its_values_and_the_relative_error():
 def test_whole_model_measures_pytorchs_own_error_for_every_tensor_in_float32():
     case = Case(Config(d_model=8, nhead=2, activation="gelu"), batch=2, src_len=4, tgt_len=3, src_mask="additive",
                 memory_key_padding_mask="float_inf", seed=11)
-    verdicts = whole_model(load_target("reference.targets:handmade"), case, "cpu", torch.float32, grads=True)
+    verdicts = whole_model(load_target("reference.targets.contract:handmade"), case, "cpu", torch.float32, grads=True)
     names = [v.what for v in verdicts]
     assert names[:3] == ["output", "grad src", "grad tgt"] and len(names) > 3 + 10
     assert all(v.dtype == "float32" for v in verdicts)
@@ -84,7 +84,7 @@ def test_whole_model_compares_with_the_slow_path_even_without_gradients():
     """Outputs only (no autograd): the built-in's fast path could run, and would zero the padded rows."""
     case = Case(Config(d_model=8, nhead=2, batch_first=True), batch=2, src_len=5, tgt_len=3,
                 src_key_padding_mask="bool", seed=12)
-    verdicts = whole_model(load_target("reference.targets:handmade"), case, "cpu", torch.float64, grads=False)
+    verdicts = whole_model(load_target("reference.targets.contract:handmade"), case, "cpu", torch.float64, grads=False)
     assert [v.what for v in verdicts] == ["output"] and verdicts[0].passed, verdicts[0]
 
 
@@ -117,7 +117,7 @@ def test_a_shape_mismatch_verdict_prints_the_two_shapes():
 
 def test_an_output_the_builtin_does_not_return_is_judged_a_failure():
     """A candidate returning more than the built-in (here attention weights nobody asked for) fails on it."""
-    from reference.engine import HandmadeTwin, compare_modules
+    from reference.verdict.engine import HandmadeTwin, compare_modules
 
     class ExtraOutput(HandmadeTwin):
         def call(self, model, call, inputs, kwargs):
@@ -133,8 +133,8 @@ def test_an_output_the_builtin_does_not_return_is_judged_a_failure():
 
 
 def test_a_candidates_crash_is_a_target_error_naming_the_candidate_and_the_exception():
-    from reference.engine import HandmadeTwin, compare_modules
-    from reference.targets import TargetError
+    from reference.targets.contract import TargetError
+    from reference.verdict.engine import HandmadeTwin, compare_modules
 
     class Crashing(HandmadeTwin):
         def call(self, model, call, inputs, kwargs):

@@ -9,11 +9,12 @@ from hypothesis import strategies as st
 from torch import nn
 
 import handmade
-from reference.assertions import examples
-from reference.build import Config, build_handmade, build_pair, build_torch, randomize_
-from reference.registry import COMPONENTS
-from reference.strategies import configs, seeds
-from reference.weights import WeightMapError, copy_handmade_to_torch, copy_torch_to_handmade, plan
+from reference.builtin.config import Config, randomize_
+from reference.builtin.pairs import build_handmade, build_pair, build_torch
+from reference.builtin.registry import COMPONENTS
+from reference.builtin.weights import WeightMapError, copy_handmade_to_torch, copy_torch_to_handmade, plan
+from reference.cases.strategies import configs, seeds
+from reference.verdict.assertions import examples
 
 components = st.sampled_from(COMPONENTS)
 

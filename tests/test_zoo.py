@@ -12,8 +12,8 @@ import pytest
 from reference.catalogue import BY_KEY, CATALOGUE
 from reference.catalogue.zoo import ENTRIES, spec
 from reference.diagnose.runs import one_thread
-from reference.targets import load_target
-from reference.zoo import PANEL, drawn_cases, first_catch, hunt
+from reference.studies.zoo_hunt import PANEL, drawn_cases, first_catch, hunt
+from reference.targets.contract import load_target
 
 
 @pytest.fixture(autouse=True)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 import handmade
-from reference.cases import Case
+from reference.cases.case import Case
 
 Plant = Callable[[nn.Module, Mapping[str, object]], None]
 M = TypeVar("M", bound=nn.Module)

@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from torch import Tensor, nn
 
 import handmade
-from reference.cases import Case
+from reference.cases.case import Case
 from reference.catalogue._base import ATTN, LAYERS, STACK_CLASSES, Deviation, Plant, become, delegate, instances, layers
 
 

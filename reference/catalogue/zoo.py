@@ -1,9 +1,9 @@
 """The bug zoo: handmade.Transformer with exactly one catalogue deviation per entry, each a plug-in target.
 
 ``reference.catalogue:zoo.<key>`` is handmade with deviation ``<key>`` planted (built as handmade, weights
-through the normal weight map), loadable by ``reference.targets.load_target`` like any target, so
+through the normal weight map), loadable by ``reference.targets.contract.load_target`` like any target, so
 ``parity check`` and ``parity diagnose`` take every entry; ``reference.catalogue:zoo.control`` is the zoo's
-machinery without a deviation (must never be caught). ``parity zoo`` (reference/zoo.py) hunts them all.
+machinery without a deviation (must never be caught). ``parity zoo`` (reference/studies/zoo_hunt.py) hunts them all.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from reference.catalogue import CATALOGUE, Deviation
-from reference.engine import repacked_grads
-from reference.targets import HandmadeAdapter
+from reference.targets.contract import HandmadeAdapter
+from reference.verdict.engine import repacked_grads
 
 _HANDMADE = HandmadeAdapter()
 

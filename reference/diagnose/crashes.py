@@ -10,7 +10,7 @@ from reference.diagnose.localize import Localization, localize, where_raised
 from reference.diagnose.probes import Cause, same_crash
 from reference.diagnose.report import CrashFinding, Diagnosis
 from reference.diagnose.runs import Observation
-from reference.targets import Target
+from reference.targets.contract import Target
 
 
 def crash_causes(d: Diagnosis, by_name: dict[str, Observation], target: Target, device: torch.device | str,

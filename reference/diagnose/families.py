@@ -19,19 +19,19 @@ from typing import Any
 
 import torch
 
-from reference.build import Config
-from reference.cases import Case
+from reference.builtin.config import Config
+from reference.builtin.registry import LEVELS
+from reference.cases.case import Case
+from reference.cases.strategies import AttentionCase, LayerNormCase, StackCase
 from reference.catalogue import BY_KEY
 from reference.catalogue._base import KPM_FIELDS, MASK_FIELDS
-from reference.compare import prepare
 from reference.diagnose.probes import Scorer, shows
 from reference.diagnose.runs import Observation, observe, with_seed
 from reference.diagnose.variations import Variation, _set_config, variations
-from reference.engine import compare_modules
-from reference.registry import LEVELS
-from reference.strategies import AttentionCase, LayerNormCase, StackCase
-from reference.targets import NotSupportedError, Target, TargetError
-from reference.tolerance import Verdict
+from reference.targets.contract import NotSupportedError, Target, TargetError
+from reference.targets.prepare import prepare
+from reference.verdict.engine import compare_modules
+from reference.verdict.tolerance import Verdict
 
 CONFIG_SWITCHES = tuple(key for key, d in BY_KEY.items() if d.option)
 @dataclass

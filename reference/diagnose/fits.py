@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from reference.tolerance import FLOAT64_FLOOR
+from reference.verdict.tolerance import FLOAT64_FLOOR
 
 # Every catalogue key a fit may name (tests/test_fits.py checks each is in reference.catalogue.BY_KEY).
 KEYS = frozenset({"layer_norm_eps_1e-5", "layer_norm_eps_1e-6", "layer_norm_eps_1e-12", "layer_norm_unbiased_variance",

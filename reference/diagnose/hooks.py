@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from reference.tolerance import judge
+from reference.verdict.tolerance import judge
 
 
 def _first_tensor(value: object) -> Tensor | None:

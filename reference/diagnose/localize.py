@@ -26,11 +26,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from reference.compare import fastpath
 from reference.diagnose.hooks import _layout, _Recorder
 from reference.diagnose.mapping import target_map, tracked
 from reference.diagnose.runs import Observation, as_case
-from reference.tolerance import judge
+from reference.targets.prepare import fastpath
+from reference.verdict.tolerance import judge
 
 
 @dataclass

@@ -12,9 +12,9 @@ from typing import Any
 
 from torch import nn
 
-from reference.compare import TargetCandidate
 from reference.diagnose.runs import Observation
-from reference.engine import HandmadeTwin
+from reference.targets.prepare import TargetCandidate
+from reference.verdict.engine import HandmadeTwin
 
 _PART = r"(self_attn|multihead_attn|linear1|linear2|norm[123])"
 TRACKED = re.compile(rf"^((encoder|decoder)\.)?(norm|layers\.\d+(\.{_PART})?)$|^(encoder|decoder)$|^{_PART}$")

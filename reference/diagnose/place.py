@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+import reference.diagnose.fits as fits
 from reference.catalogue import Deviation, apply_all
-from reference.diagnose import fits
 from reference.diagnose.hooks import _first_tensor
 from reference.diagnose.localize import Localization, Replay, SubmoduleError
 from reference.diagnose.probes import VARIANTS, candidate, fresh_modules, search, shows

@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from reference.builtin.weights import copy_torch_to_handmade
 from reference.catalogue import BY_KEY, CATALOGUE, Deviation, apply_all, extends
 from reference.diagnose.runs import Observation, as_case, config_of, observe
-from reference.engine import outputs
-from reference.targets import NotSupportedError, Target
-from reference.weights import copy_torch_to_handmade
+from reference.targets.contract import NotSupportedError, Target
+from reference.verdict.engine import outputs
 
 MIN_GAIN = 0.3  # log10 units summed over cases: a deviation must at least halve one case's error
 CRASHED = 30.0  # the score of a candidate that cannot run on a case

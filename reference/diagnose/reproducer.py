@@ -1,6 +1,6 @@
 """The minimal failing example, found and shrunk by hypothesis, written as a standalone reproducer.
 
-The search uses the suite's own strategy (``reference.strategies.cases``, string activations only so
+The search uses the suite's own strategy (``reference.cases.strategies.cases``, string activations only so
 that the configuration can be saved) and the suite's comparison (compare.whole_model). The reproducer is a
 folder ``repro_<target>/`` holding ``tensors.pt`` (configuration, nn.Transformer's state_dict, inputs,
 masks) and ``repro.py``, which needs only torch and the target: it rebuilds nn.Transformer, loads the target
@@ -21,12 +21,12 @@ from hypothesis import HealthCheck, Phase, find, settings
 from hypothesis import strategies as st
 from hypothesis.errors import NoSuchExample
 
-from reference.build import Config
-from reference.cases import ATTN_MASKS, CAUSAL_KINDS, PADDING_MASKS, Case
-from reference.compare import forward_kwargs, whole_model
-from reference.registry import LEVELS
-from reference.targets import NotSupportedError, Target, TargetError
-from reference.tolerance import floor
+from reference.builtin.config import Config
+from reference.builtin.registry import LEVELS
+from reference.cases.case import ATTN_MASKS, CAUSAL_KINDS, PADDING_MASKS, Case
+from reference.targets.contract import NotSupportedError, Target, TargetError
+from reference.targets.prepare import forward_kwargs, whole_model
+from reference.verdict.tolerance import floor
 
 
 @dataclass
@@ -67,7 +67,7 @@ def _fallback_cases() -> st.SearchStrategy[Case]:
 def case_strategy() -> st.SearchStrategy[Case]:
     """The suite's whole-model strategy, restricted to string activations (callables cannot be saved)."""
     try:
-        from reference import strategies
+        import reference.cases.strategies as strategies
         return strategies.cases(config=strategies.configs(activations=("relu", "gelu")))
     except (ImportError, AttributeError, TypeError):
         return _fallback_cases()

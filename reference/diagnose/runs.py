@@ -16,14 +16,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from reference.build import Config
-from reference.cases import Case
-from reference.compare import fastpath, prepare
-from reference.engine import Candidate, outputs
-from reference.registry import LEVELS, Level
-from reference.strategies import AttentionCase, LayerNormCase, StackCase
-from reference.targets import NotSupportedError, Target, TargetError
-from reference.tolerance import floor
+from reference.builtin.config import Config
+from reference.builtin.registry import LEVELS, Level
+from reference.cases.case import Case
+from reference.cases.strategies import AttentionCase, LayerNormCase, StackCase
+from reference.targets.contract import NotSupportedError, Target, TargetError
+from reference.targets.prepare import fastpath, prepare
+from reference.verdict.engine import Candidate, outputs
+from reference.verdict.tolerance import floor
 
 
 @contextmanager

@@ -10,10 +10,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from reference.build import Config
+from reference.builtin.config import Config
+from reference.cases.strategies import AttentionCase, LayerNormCase, StackCase
 from reference.catalogue._base import KPM_FIELDS, MASK_FIELDS
 from reference.diagnose.runs import as_case
-from reference.strategies import AttentionCase, LayerNormCase, StackCase
 
 LEVEL_MASKS = {  # the Case fields each level draws masks for
     "transformer": (*MASK_FIELDS, *KPM_FIELDS), "encoder_layer": ("src_mask", "src_key_padding_mask"),

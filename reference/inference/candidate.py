@@ -1,0 +1,41 @@
+"""The engine's candidate for one case of an inferred target (reference/inference/target.py): its model, and
+the weight map and calling convention the target inferred for the case."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from reference.cases.adapt import batch_first
+from reference.inference.auto import Inference
+from reference.inference.copying import copy_model
+
+
+@dataclass
+class InferredCandidate:
+    """The engine's candidate for one case: the target's model, its inferred map and calling convention."""
+
+    name: str  # the target's spec
+    resolve: Callable[[Any, nn.Module], Inference]  # the weight map and calling convention for (case, model)
+    case: Any
+    model: nn.Module
+    inference: Inference | None = None
+
+    def build(self, device: torch.device | str, dtype: torch.dtype) -> nn.Module:
+        return copy_model(self.model).to(device, dtype)
+
+    def load(self, model: nn.Module, builtin: nn.Module) -> None:
+        self.inference = self.resolve(self.case, self.model)
+        self.inference.weight_map.load(model, builtin)
+
+    def call(self, model: nn.Module, call: Any, inputs: dict[str, Tensor], kwargs: dict[str, object]) -> Any:
+        assert self.inference is not None, "load() runs before call()"
+        return self.inference.convention(model, inputs, kwargs, batch_first=batch_first(self.case))
+
+    def param_grads(self, model: nn.Module, builtin: nn.Module) -> dict[str, Tensor] | None:
+        assert self.inference is not None, "load() runs before param_grads()"
+        return self.inference.weight_map.grads(model)

@@ -1,0 +1,118 @@
+"""The options a user's code may fix rather than take (norm placement, activation, biases, eps, a final norm),
+the values discovery tries for each (reference/inference/target.py), and the sentence saying what was found.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from reference.builtin.registry import Level
+from reference.cases.adapt import with_options
+from reference.cases.strategies import tanh_gelu
+from reference.inference.auto import Inference
+from reference.targets.contract import NotSupportedError
+
+# What a target's code may fix, and the values tried, the built-in's default first.
+BEHAVIOUR: dict[str, tuple[Any, ...]] = {
+    "norm_first": (False, True), "activation": ("relu", "gelu", tanh_gelu), "bias": (True, False),
+    "layer_norm_eps": (1e-5, 1e-6, 1e-12), "final_norm": (True, False),
+}
+LEVEL_BEHAVIOUR = {
+    "attention": ("bias",), "layer_norm": ("layer_norm_eps", "bias"), "feed_forward": ("activation", "bias"),
+}
+# Options a constructor that does not take them is taken to have at the built-in's default (no search).
+DEFAULTS = {"add_bias_kv": False, "add_zero_attn": False, "kdim": None, "vdim": None, "elementwise_affine": True}
+
+
+def behaviour(level: str) -> tuple[str, ...]:
+    """The options of ``level`` that code may fix."""
+    if level in LEVEL_BEHAVIOUR:
+        return LEVEL_BEHAVIOUR[level]
+    keys = ("norm_first", "activation", "bias", "layer_norm_eps")
+    return (*keys, "final_norm") if level in ("encoder", "decoder", "decoder_only") else keys
+
+
+def grid(level: str, not_taken: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Each combination of the options the constructor does not take, the built-in's defaults first."""
+    keys = [k for k in behaviour(level) if k in not_taken]
+    values = [BEHAVIOUR[k] for k in keys]
+    for combo in itertools.product(*values):
+        yield dict(zip(keys, combo, strict=True))
+
+
+def sentence(entry: Level, fixed: dict[str, Any]) -> str:
+    """"equals nn.TransformerEncoder(norm_first=True, activation='gelu') with a causal mask"."""
+    call = ("self_attention", "attn_mask", "is_causal")  # how an attention is called, not built
+    shown = {k: (getattr(v, "__name__", v)) for k, v in fixed.items()
+             if k not in call and v != BEHAVIOUR.get(k, (None,))[0]}
+    args = ", ".join(f"{k}={v!r}" for k, v in shown.items())
+    causal = " with a causal mask" if entry.name == "decoder_only" or fixed.get("is_causal") else ""
+    self_only = " as self-attention (one input)" if fixed.get("self_attention") else ""
+    return f"equals {entry.builtin.split(' with ')[0]}({args}){self_only}{causal}"
+
+
+def shown(fixed: dict[str, Any]) -> str:
+    """Options as a user would write them (a function by its name)."""
+    return ", ".join(f"{k}={getattr(v, '__name__', repr(v))}" for k, v in fixed.items()) or "as built"
+
+
+def attention_shapes(obj: Any) -> tuple[dict[str, Any], ...]:
+    """The attention call shapes discovery tries: as drawn; self-attention (one input); and, for a module whose
+    forward takes no mask, always-causal self-attention (a GPT's attention: the built-in gets the causal mask)."""
+    shapes: list[dict[str, Any]] = [{}, {"self_attention": True}]
+    forward = getattr(obj, "forward", None) if not isinstance(obj, nn.Module) else obj.forward
+    try:
+        names = list(inspect.signature(forward).parameters) if forward is not None else []
+    except (TypeError, ValueError):
+        names = []
+    if not any("mask" in n or "causal" in n for n in names):
+        shapes.append({"self_attention": True, "attn_mask": "causal_bool", "is_causal": True})
+    return tuple(shapes)
+
+
+@dataclass
+class Discovery:
+    """What measurement found: the options the code fixes, the masks it takes, and the sentence saying so."""
+
+    fixed: dict[str, Any]
+    masks: tuple[str, ...]
+    returns_weights: bool
+    unbatched: bool
+    one_layer_count: bool  # one constructor argument for both stacks' layer counts
+    sentence: str
+    notes: list[str] = field(default_factory=list)
+    inference: Inference | None = field(default=None, repr=False)  # on the case it was measured on
+    sizes: dict[str, Any] = field(default_factory=dict)  # sizes fixed by the object itself (instance, factory)
+
+
+# Diagnosis sets this: a map that holds without masks but not with them is then used, and the masking judged
+# on the numbers (check stops with the keep-masks question instead).
+MASKS_JUDGED: ContextVar[bool] = ContextVar("masks_judged", default=False)
+
+
+def accepted(sample: Callable[[Any], tuple[Any, nn.Module, Any]], base: Any) -> tuple[Any, Any]:
+    """(base, plan): the base itself, or (when its constructor declines it) the first of the options a target most often
+    fixes that it accepts: pre-norm, GELU, batch-first, and their combinations."""
+    options = {"norm_first": True, "activation": "gelu", "batch_first": True}
+    tries: list[dict[str, Any]] = [{}] + [{k: options[k] for k in keys} for n in (1, 2, 3)
+                                          for keys in itertools.combinations(options, n)]
+    declined: NotSupportedError | None = None
+    for changes in tries:
+        case = with_options(base, dict(changes))
+        if changes and case == base:  # options this level has not: nothing else to try
+            break
+        try:
+            _, _, plan = sample(case)
+        except NotSupportedError as exc:
+            declined = declined or exc
+            continue
+        return case, plan
+    assert declined is not None
+    raise declined

@@ -1,0 +1,236 @@
+"""Infer which of the built-in's parameters each of a target's parameters holds, and prove it by running.
+
+``infer_weight_map`` records the order in which both models use their parameters in one forward pass
+(``reference.inference.record``), pairs them by that order, by shape (a transposed ``Conv1D`` weight fits an
+(out, in) slot), by kind (a norm's scale is not a bias) and by name (``W_q`` holds the q third of torch's
+packed ``in_proj_weight``), then loads the built-in's random weights into the target and requires both to
+give the same outputs to float64 rounding. A map that pairs
+but does not reproduce the outputs is rejected (the code differs, or the map is wrong): it is never
+returned silently. What it cannot decide (tensors never used; several same-shaped tensors first used in
+one operation whose order the names do not give) it names, with the override that settles it.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from reference.builtin.config import randomize_
+from reference.builtin.weights import WeightMapError
+from reference.inference.maps import OVERRIDE_HELP, Link, Override, Source, WeightMap, load_override, override_links
+from reference.inference.record import Recording, record_uses
+from reference.inference.slots import Fit, Slot, builtin_slots, fits, role_of
+from reference.verdict.engine import fastpath
+
+
+class AmbiguousMapError(WeightMapError):
+    """The pairing cannot be decided from order, shapes and names: an override (or an adapter) must say."""
+
+    def __init__(self, message: str, target: Sequence[str] = (), builtin: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.target, self.builtin = tuple(target), tuple(builtin)
+
+
+class UnpairedError(WeightMapError):
+    """Some tensors have no counterpart (different structure: biases, a final norm, shared layers ...)."""
+
+    def __init__(self, message: str, target: Sequence[str] = (), builtin: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.target, self.builtin = tuple(target), tuple(builtin)
+
+
+class MapMismatchError(WeightMapError):
+    """The tensors paired, but with the built-in's weights loaded the target's outputs differ."""
+
+    def __init__(self, message: str, difference: float, weight_map: WeightMap) -> None:
+        super().__init__(message)
+        self.difference, self.weight_map = difference, weight_map
+
+
+class _Rows:
+    """Which rows of each built-in parameter are taken."""
+
+    def __init__(self) -> None:
+        self.taken: dict[str, list[tuple[int, int]]] = {}
+
+    def free(self, slot: Slot) -> bool:
+        return all(b <= slot.rows[0] or a >= slot.rows[1] for a, b in self.taken.get(slot.name, []))
+
+    def take(self, name: str, rows: tuple[int, int]) -> None:
+        self.taken.setdefault(name, []).append(rows)
+
+    def missing(self, name: str, n: int) -> list[tuple[int, int]]:
+        gaps, at = [], 0
+        for a, b in sorted(self.taken.get(name, [])):
+            if a > at:
+                gaps.append((at, a))
+            at = max(at, b)
+        return gaps + ([(at, n)] if at < n else [])
+
+
+def pair(builtin: nn.Module, model: nn.Module, builtin_rec: Recording, model_rec: Recording,
+         override: Mapping[str, Any] | None = None) -> WeightMap:
+    """Pair by order, shape, kind and name (no verification); UnpairedError/AmbiguousMapError when it cannot."""
+    slots, shapes = builtin_slots(builtin, builtin_rec)
+    params = dict(model.named_parameters())
+    rows = _Rows()
+    links, ignored = override_links(override or {}, params, shapes)
+    for link in links:
+        for s in link.sources:
+            rows.take(s.name, s.rows or (0, shapes[s.name][0] if shapes[s.name] else 1))
+    fixed = {link.target for link in links} | set(ignored)
+    chosen: dict[str, Fit] = {}
+    notes: list[str] = []
+    unpaired: list[str] = []
+    ties: list[tuple[str, ...]] = []
+    for name in model_rec.ordered():
+        if name in fixed:
+            continue
+        use, shape = model_rec.uses[name], tuple(params[name].shape)
+        candidates = [f for s in slots if rows.free(s) and (f := fits(shape, use, s)) is not None]
+        role = role_of(name)
+        if role and any(f.slot.role == role for f in candidates):
+            candidates = [f for f in candidates if f.slot.role == role]
+        if not candidates:
+            unpaired.append(name)
+            continue
+        best = min(candidates, key=lambda f: (f.slot.order, f.slot.rows))
+        if role is None and any(_alike(name, g, params, model_rec) for g in use.group):
+            ties.append(use.group)
+        chosen[name] = best
+        rows.take(best.slot.name, best.slot.rows)
+    for name, fit in chosen.items():
+        slot = fit.slot
+        whole = (0, shapes[slot.name][0] if shapes[slot.name] else 1)
+        source = Source(slot.name, None if slot.rows == whole else slot.rows)
+        how = "order and shape" + (f", name says {slot.role}" if slot.role and role_of(name) == slot.role else "")
+        links.append(Link(name, (source,), fit.transpose, how + (", transposed" if fit.transpose else "")))
+    idle = set(builtin_rec.unused)  # the level's call does not use them (feed_forward: the layer's attention)
+    missing = {n: gaps for n, shape in shapes.items()
+               if n not in idle and (gaps := rows.missing(n, shape[0] if shape else 1))}
+    never = [n for n in model_rec.unused if n not in fixed]
+    if idle:
+        notes.append(f"built-in tensors the level's call does not use, not paired: {', '.join(sorted(idle))}")
+    if missing and never:
+        raise AmbiguousMapError(
+            f"cannot pair target {', '.join(f'{n} {tuple(params[n].shape)}' for n in never)}: never used in the "
+            f"forward pass, so its place is unknown; the built-in's {_gaps(missing, shapes)} are unpaired. "
+            + OVERRIDE_HELP, never, list(missing))
+    if missing or unpaired:
+        raise UnpairedError(_unpaired_message(missing, shapes, unpaired, params, model_rec), unpaired, list(missing))
+    if never:
+        notes.append(f"never used in the forward pass, left as they are: {', '.join(never)}")
+    tied = [n for n in model_rec.ordered() if model_rec.uses[n].uses > 1]
+    if tied:
+        notes.append(f"used more than once: {', '.join(tied)}")
+    return WeightMap(tuple(sorted(links, key=lambda link: list(params).index(link.target))),
+                     {n: shape for n, shape in shapes.items() if n not in idle},
+                     tuple(ignored) + tuple(never), tuple(notes), ties=tuple(dict.fromkeys(ties)))
+
+
+def _alike(name: str, other: str, params: Mapping[str, Tensor], rec: Recording) -> bool:
+    """Two tensors first used by one operation that nothing tells apart: shape, orientation, kind, name."""
+    if other == name or other not in params or role_of(other) is not None:
+        return False
+    a, b = rec.uses[name], rec.uses.get(other)
+    return (b is not None and params[name].shape == params[other].shape and a.kind == b.kind
+            and a.orientation == b.orientation)
+
+
+def _gaps(missing: Mapping[str, list[tuple[int, int]]], shapes: Mapping[str, tuple[int, ...]]) -> str:
+    parts = []
+    for name, gaps in missing.items():
+        full = [(0, shapes[name][0] if shapes[name] else 1)]
+        parts += [f"{name} {shapes[name]}" if gaps == full else f"{name}[rows {a}:{b}]" for a, b in gaps]
+    return ", ".join(parts)
+
+
+def _unpaired_message(missing: Mapping[str, list[tuple[int, int]]], shapes: Mapping[str, tuple[int, ...]],
+                      unpaired: list[str], params: Mapping[str, Tensor], rec: Recording) -> str:
+    lines = ["the target's parameters and the built-in's do not pair one to one:"]
+    if missing:
+        lines.append(f"  built-in tensors with no target counterpart: {_gaps(missing, shapes)}")
+        if all(n.endswith("bias") for n in missing) and not any(n.endswith("bias") for n in unpaired):
+            lines.append("  the target has no biases there: compare it with a built-in built with bias=False")
+    if unpaired:
+        lines.append("  target tensors with no built-in counterpart: "
+                     + ", ".join(f"{n} {tuple(params[n].shape)}" for n in unpaired))
+        if all(n.endswith("bias") or "bias" in n for n in unpaired) and not missing:
+            lines.append("  the built-in has no biases there: compare with bias=True")
+    shared = [n for n in rec.ordered() if rec.uses[n].uses > 1]
+    if missing and shared:
+        lines.append(f"  used more than once in the target: {', '.join(shared)} (one module shared where the "
+                     "built-in has separate ones?)")
+    lines.append("  sizes or structure differ (a final norm, biases, layer counts); " + OVERRIDE_HELP)
+    return "\n".join(lines)
+
+
+def _outputs(out: Any) -> dict[str, Tensor]:
+    if isinstance(out, Tensor):
+        return {"output": out}
+    if isinstance(out, (tuple, list)):
+        return {k: v for k, v in zip(("output", "weights"), out, strict=False) if isinstance(v, Tensor)}
+    if isinstance(out, Mapping):
+        return {k: v for k, v in out.items() if isinstance(v, Tensor)}
+    raise TypeError(f"a run returned a {type(out).__name__}, not a Tensor, tuple or dict")
+
+
+def difference(expected: Any, got: Any) -> float:
+    """The largest relative difference between the outputs both runs return ("output" at least)."""
+    want, have = _outputs(expected), _outputs(got)
+    worst = 0.0
+    for key in want.keys() & have.keys() or {"output"}:
+        a, b = want[key].detach().double(), have[key].detach().double().to(want[key].device)
+        if a.shape != b.shape:
+            return float("inf")
+        finite = torch.isfinite(a)
+        if not torch.equal(finite, torch.isfinite(b)):
+            return float("inf")
+        if finite.any():
+            worst = max(worst, float(((a - b)[finite].abs().max()) / max(1.0, float(a[finite].abs().max()))))
+    return worst
+
+
+def _tolerance(out: Any) -> float:
+    dtype = _outputs(out)["output"].dtype
+    return 1e-9 if dtype == torch.float64 else 1e-4 if dtype == torch.float32 else 3e-2
+
+
+def infer_weight_map(builtin: nn.Module, model: nn.Module, run_builtin: Callable[[nn.Module], Any],
+                     run_model: Callable[[nn.Module], Any], override: str | Override | None = None,
+                     *, seed: int = 0) -> WeightMap:
+    """The verified map from ``builtin``'s parameters to ``model``'s (which is left loaded, in eval mode).
+
+    ``run_builtin(module)``/``run_model(module)`` run one forward pass on the same sample inputs (float64
+    is best). A random-weight copy of ``builtin`` is loaded into ``model`` and both outputs must agree to the
+    output dtype's rounding. Raises UnpairedError (no counterpart), AmbiguousMapError (order unknown: an
+    override settles it) or MapMismatchError (paired, but the outputs differ); all are WeightMapError.
+    """
+    reference = randomize_(copy.deepcopy(builtin).eval(), torch.Generator().manual_seed(seed))
+    model.eval()
+    with fastpath(False):
+        builtin_rec = record_uses(reference, run_builtin)
+        model_rec = record_uses(model, run_model)
+        wm = pair(reference, model, builtin_rec, model_rec, load_override(override) if override else None)
+        wm.load(model, reference)
+        with torch.no_grad():
+            expected, got = run_builtin(reference), run_model(model)
+    diff = difference(expected, got)
+    wm.difference, wm.verified = diff, diff <= _tolerance(got)
+    if wm.verified:
+        return wm
+    ties = [g for g in wm.ties if not any(link.how == "override" for link in wm.links
+                                                           if link.target in g)]
+    if ties:
+        names = "; ".join(", ".join(g) for g in ties)
+        raise AmbiguousMapError(
+            f"cannot order target tensors {names}: each group is first used by one operation and their names do "
+            f"not say which is which; ordered by argument position, the outputs differ by {diff:.3g}. "
+            + OVERRIDE_HELP, [n for g in ties for n in g])
+    raise MapMismatchError(
+        f"paired by order and shape, but the outputs differ by {diff:.3g}: the map is wrong or the code differs; "
+        f"see parity diagnose.\n{wm.describe()}", diff, wm)

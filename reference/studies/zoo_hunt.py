@@ -1,0 +1,212 @@
+"""``parity zoo``: hunt every bug-zoo entry in-process, diagnose each one caught, print what caught and what was named.
+
+Each entry (reference/catalogue/zoo.py: handmade with one catalogue deviation) meets a fixed panel of
+discriminating cases, then cases drawn from ``reference.cases.strategies.cases()`` (generate phase only: a kill
+needs no shrinking), in float64 and in any other dtype its deviation lists. Every caught entry is then
+diagnosed (``parity diagnose`` on the families its catching case belongs to, no reproducer) and the report
+says which catalogue key diagnosis named, and whether it is the entry's own. Exit status 1 if an entry
+escapes or the control is caught, 0 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+
+import torch
+from hypothesis import HealthCheck, Phase, given, settings
+
+import reference.cases.strategies as strategies
+from reference.builtin.config import Config
+from reference.cases.case import Case
+from reference.targets.contract import Target, TargetError, load_target
+from reference.targets.prepare import whole_model
+
+# Between them, these three cases touch every option and mask kind a zoo bug hides behind.
+PANEL = (
+    Case(Config(16, 4, 2, 2, 32, 0.5, "gelu", 1e-3, batch_first=False, norm_first=False), batch=3, src_len=5,
+         tgt_len=4, tgt_mask="causal_float", memory_mask="additive", src_key_padding_mask="bool",
+         memory_key_padding_mask="float_finite", seed=1),
+    Case(Config(16, 4, 2, 1, 32, 0.1, "relu", 1e-6, batch_first=True, norm_first=True), batch=2, src_len=6,
+         tgt_len=6, src_mask="per_head_additive", tgt_mask="per_head_bool", memory_mask="random_inf",
+         src_key_padding_mask="float_inf", tgt_key_padding_mask="bool", memory_key_padding_mask="bool", seed=2),
+    Case(Config(12, 3, 1, 2, 16, 0.0, "gelu", 0.5, norm_first=True, bias=False), batch=None, src_len=4, tgt_len=5,
+         src_mask="random_bool", tgt_mask="causal_bool", tgt_is_causal=True, seed=3),
+)
+DRAWN = 12  # strategy-drawn cases after the panel: the derandomized sequence reaches every entry within a few
+
+
+@dataclass(frozen=True)
+class Catch:
+    """How a case exposed the target: the first failing verdict, or the target's crash."""
+
+    case: Case
+    index: int  # in the sequence hunted: the panel first, then the drawn cases
+    dtype: str
+    what: str
+    detail: str
+    crashed: bool
+
+
+def drawn_cases(count: int = DRAWN) -> list[Case]:
+    """``count`` cases from ``strategies.cases()``, the same ones every run (derandomized, no database)."""
+    out: list[Case] = []
+
+    @settings(max_examples=count, derandomize=True, database=None, phases=[Phase.generate], deadline=None,
+              suppress_health_check=list(HealthCheck))
+    @given(strategies.cases())
+    def collect(case: Case) -> None:
+        out.append(case)
+
+    collect()
+    return out[:count]
+
+
+def first_catch(target: Target, cases: Iterable[Case], dtype: torch.dtype = torch.float64) -> Catch | None:
+    """The first case on which ``target`` fails a whole-model comparison at ``dtype``, or None if it passes all."""
+    for index, case in enumerate(cases):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                verdicts = whole_model(target, case, "cpu", dtype)
+        except TargetError as exc:
+            return Catch(case, index, str(dtype), "crash", str(exc).splitlines()[0][:160], True)
+        failed = [v for v in verdicts if not v.passed]
+        if failed:
+            return Catch(case, index, str(dtype), failed[0].what, str(failed[0]).splitlines()[0][:200], False)
+    return None
+
+
+def hunt(target: Target, dtypes: Iterable[torch.dtype] = (torch.float64,), drawn: list[Case] | None = None
+         ) -> Catch | None:
+    """The panel, then the drawn cases, in each dtype in turn: the first catch."""
+    cases = [*PANEL, *(drawn_cases() if drawn is None else drawn)]
+    for dtype in dict.fromkeys((torch.float64, *dtypes)):
+        catch = first_catch(target, cases, dtype)
+        if catch is not None:
+            return catch
+    return None
+
+
+@dataclass
+class EntryResult:
+    """One entry: how it was caught, and which catalogue keys diagnosis named for it."""
+
+    key: str
+    bug: str
+    caught: bool = False
+    by: str = ""  # panel case i / drawn case i, dtype, verdict
+    detail: str = ""
+    named: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def named_own(self) -> bool:
+        return self.key in self.named
+
+
+def run_entry(key: str, diagnose_it: bool = True) -> EntryResult:
+    """Hunt one entry (``control`` for the control) and, when caught, diagnose it on the families it fails."""
+    from reference.catalogue import BY_KEY
+    from reference.catalogue.zoo import spec
+
+    start = time.perf_counter()
+    torch.set_num_threads(1)
+    target = load_target(spec(key))
+    result = EntryResult(key, target.obj.bug)
+    deviation = BY_KEY.get(key)
+    catch = hunt(target, deviation.dtypes if deviation else ())
+    if catch is not None:
+        where = f"panel case {catch.index}" if catch.index < len(PANEL) else f"drawn case {catch.index - len(PANEL)}"
+        result.caught, result.detail = True, catch.detail
+        result.by = f"{where} ({catch.dtype.removeprefix('torch.')}): {'crash' if catch.crashed else catch.what}"
+        if diagnose_it:
+            result.named = named_keys(target, catch.case)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def diagnosis_families(target: Target, case: Case, count: int = 2) -> tuple[str, ...]:
+    """The first ``count`` diagnosis families (in ``parity diagnose``'s order) whose probe case the target fails
+    (two, so that deviations alike on one family are told apart); else the families like ``case``."""
+    from reference.diagnose.families import families_like, family_grid
+
+    failing = tuple(f.name for f in family_grid() if first_catch(target, f.cases[:1]) is not None)
+    return failing[:count] or families_like(case)
+
+
+def named_keys(target: Target, case: Case) -> list[str]:
+    """The catalogue keys ``parity diagnose`` names for ``target``, on the families that show its difference."""
+    from reference.diagnose.pipeline import diagnose
+
+    d = diagnose(target, out_dir=None, family_names=diagnosis_families(target, case), reproduce=False)
+    return [c.key for c in d.causes]
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="parity zoo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--entries", default="", help="comma-separated entry keys (default: every entry)")
+    parser.add_argument("--jobs", type=int, default=2, help="entries hunted in parallel processes (default 2)")
+    parser.add_argument("--no-diagnose", action="store_true", help="only hunt: do not diagnose the entries caught")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    parser.add_argument("--list", action="store_true", help="list the entries and their bugs, run nothing")
+    return parser.parse_args(argv)
+
+
+def report(results: list[EntryResult], control: EntryResult) -> str:
+    width = max(len(r.key) for r in results)
+    lines = [f"{'entry':<{width}}  caught  {'by (case, dtype, verdict)':<44}  diagnosis named"]
+    for r in results:
+        named = ", ".join(r.named) or "-"
+        own = "" if not r.caught or not r.named else ("  (its own)" if r.named_own else "  (NOT its own)")
+        lines.append(f"{r.key:<{width}}  {'yes' if r.caught else 'NO':6s}  {r.by:<44}  {named}{own}")
+    caught = sum(r.caught for r in results)
+    n_own = sum(r.named_own for r in results)
+    lines += ["", f"caught {caught}/{len(results)}; diagnosis named the entry's own key for {n_own}/{caught} caught",
+              f"control ({control.bug}): {'CAUGHT: ' + control.by if control.caught else 'not caught (as it must be)'}"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``parity zoo``; exit 1 if any entry escapes or the control is caught."""
+    from reference.catalogue.zoo import ENTRIES
+
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    keys = [n.strip() for n in args.entries.split(",") if n.strip()] or list(ENTRIES)
+    unknown = [n for n in keys if n not in ENTRIES]
+    if unknown:
+        print(f"unknown entries {unknown}; known: {', '.join(ENTRIES)}", file=sys.stderr)
+        return 2
+    if args.list:
+        for k in keys:
+            print(f"{k:32s} {ENTRIES[k].bug}")
+        return 0
+    print(f"parity zoo: {len(keys)} entries + the control, {args.jobs} process(es)", flush=True)
+    start = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        futures = [pool.submit(run_entry, k, not args.no_diagnose) for k in keys]
+        control_future = pool.submit(run_entry, "control", False)
+        results = []
+        for future in futures:
+            r = future.result()
+            results.append(r)
+            print(f"  {r.key}: {'caught' if r.caught else 'ESCAPED'}"
+                  f"{'; named ' + ', '.join(r.named) if r.named else ''} ({r.seconds:.0f} s)", flush=True)
+        control = control_future.result()
+    print()
+    print(report(results, control))
+    print(f"\n{len(results)} entries and the control in {time.perf_counter() - start:.0f} s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump([{**asdict(r), "named_own": r.named_own} for r in [*results, control]], f, indent=1)
+    return 0 if all(r.caught for r in results) and not control.caught else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
