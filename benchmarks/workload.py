@@ -10,8 +10,8 @@ from torch import Tensor, nn
 
 from benchmarks.presets import Case
 from reference.builtin.config import Config
-from reference.builtin.registry import LEVELS
 from reference.cases.case import Case as TransformerCase
+from reference.levels.registry import LEVELS
 from reference.targets.contract import DEFAULT_TARGET, Target, load_target
 
 BUILTIN = "nn.Transformer"

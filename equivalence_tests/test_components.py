@@ -1,6 +1,6 @@
 """Each level the target provides equals its built-in: outputs, returned weights and every gradient.
 
-One property per registry level (reference/builtin/registry.py), run in every dtype the level takes on every
+One property per registry level (reference/levels/registry.py), run in every dtype the level takes on every
 device: the built-in gets random weights from the drawn seed, the target's component is loaded with them,
 and every output and gradient is judged against the float64 oracle under the tolerance policy
 (reference/verdict/tolerance.py). A plug-in target (``--impl``) provides the whole-model level; handmade, the
@@ -15,9 +15,9 @@ import pytest
 import torch
 from hypothesis import HealthCheck, example, given
 
-from reference.builtin.registry import LEVELS, Level
+from reference.inference.prepare import prepare
+from reference.levels.registry import LEVELS, Level
 from reference.targets.contract import Target
-from reference.targets.prepare import prepare
 from reference.verdict.assertions import check, examples, skip_unless_dtype_runs, skip_when_nothing_supported
 
 DECLINED = (HealthCheck.filter_too_much,)  # a target may decline many configurations; each one is recorded
@@ -42,6 +42,14 @@ def _property(entry: Level) -> Callable[..., None]:
     return test
 
 
-for _entry in LEVELS.values():
-    _test = _property(_entry)
-    globals()[_test.__name__] = _test
+# One property per registry level, written out so that each can be found by name
+# (tests/test_architecture.py checks that every level has its own).
+test_attention_matches_torch = _property(LEVELS["attention"])
+test_layer_norm_matches_torch = _property(LEVELS["layer_norm"])
+test_feed_forward_matches_torch = _property(LEVELS["feed_forward"])
+test_encoder_layer_matches_torch = _property(LEVELS["encoder_layer"])
+test_decoder_layer_matches_torch = _property(LEVELS["decoder_layer"])
+test_encoder_matches_torch = _property(LEVELS["encoder"])
+test_decoder_matches_torch = _property(LEVELS["decoder"])
+test_decoder_only_matches_torch = _property(LEVELS["decoder_only"])
+test_transformer_matches_torch = _property(LEVELS["transformer"])

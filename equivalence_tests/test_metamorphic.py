@@ -14,11 +14,11 @@ from hypothesis import HealthCheck, assume, given, reject
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
-from reference.builtin.registry import LEVELS
 from reference.cases.case import CAUSAL_KINDS, Case
 from reference.cases.strategies import cases
+from reference.inference.prepare import fastpath, forward_kwargs, prepare, takes_mask
+from reference.levels.registry import LEVELS
 from reference.targets.contract import NotSupportedError, Target
-from reference.targets.prepare import fastpath, forward_kwargs, prepare, takes_mask
 from reference.verdict.assertions import Context, assert_parity, examples, skip_when_nothing_supported
 from reference.verdict.tolerance import judge
 
@@ -42,7 +42,7 @@ def run(target: Target, case: Case, src: Tensor, tgt: Tensor, kwargs: dict, weig
         case, candidate = prepare(target, "transformer", case)
         with fastpath(False), torch.no_grad():
             model = candidate.build("cpu", F64)
-            candidate.load(model, weights if weights is not None else level.reference(case))
+            candidate.load(model, weights if weights is not None else level.seeded_builtin(case))
             model.eval()
             out = candidate.call(model, level.call, {"src": src, "tgt": tgt}, forward_kwargs(kwargs, "cpu"))
     except NotSupportedError:
@@ -182,7 +182,7 @@ def test_permuting_heads_consistently_leaves_the_output_unchanged(target, case, 
     heads = torch.tensor(data.draw(st.permutations(range(case.config.nhead)), label="heads"))
     src, tgt, kw = case.tensors()
     expected = run(target, case, src, tgt, kw)
-    weights = LEVELS["transformer"].reference(case)
+    weights = LEVELS["transformer"].seeded_builtin(case)
     permute_heads_(weights, heads)
     identity = torch.arange(case.batch or 1)
     kw_perm = {k: permute_heads_mask(v, case, identity, heads) for k, v in kw.items()}

@@ -7,11 +7,13 @@ Front doors (this folder):
     api.py            ``check`` and ``diagnose`` for notebooks and scripts
 
 The pipeline, one subpackage per step, each importing only the ones above it in this list:
-    builtin/    the built-in side: configuration, the level registry, the weight bridge to handmade
+    builtin/    the built-in side: nn.Transformer's configuration, random weights, the weight bridge
     cases/      cases as plain data: case types, hypothesis strategies, pinned edge cases
-    targets/    the plug-in contract, and how a target becomes the engine's candidate for a case
+    levels/     the component registry: one record per level (built-in, handmade twin, cases, inputs, call)
+    targets/    the plug-in contract: what a target is and how it is loaded
     verdict/    the comparison engine, the tolerance policy, the assertion helper
-    inference/  code nobody adapted, resolved: construction, calling, weight map, configuration
+    inference/  a target becomes the engine's candidate for a case; code nobody adapted is resolved here
+                (construction, calling, weight map, the configuration it implements)
     catalogue/  the bug catalogue (every known deviation, one key each) and the bug zoo's entries
     diagnose/   whether, where and why a target differs: families, localization, causes, report
     studies/    runs over many cases or targets: calibration, no false alarms, the zoo hunt

@@ -93,8 +93,8 @@ def diagnose(target: Any, *, level: str = "transformer", keep_masks: bool = Fals
     asked); return the report."""
     import dataclasses
 
-    from reference.builtin.registry import level as level_entry
     from reference.diagnose.pipeline import diagnose as run
+    from reference.levels.registry import level as level_entry
     from reference.targets.contract import load_target
 
     level_entry(level)  # a clear error naming the levels for a wrong one

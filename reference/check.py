@@ -16,7 +16,7 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-from reference.builtin.registry import LEVELS
+from reference.levels.registry import LEVELS
 from reference.targets.contract import DEFAULT_TARGET
 
 DTYPE_ORDER = {"float64": 0, "float32": 1, "bfloat16": 2, "float16": 3}
@@ -103,8 +103,8 @@ def show_map(spec: str, level: str | None, keep_masks: bool, weight_map: str | N
     import dataclasses
 
     from reference.builtin.weights import WeightMapError
+    from reference.inference.prepare import inferred, is_adapter
     from reference.targets.contract import TargetError, load_target
-    from reference.targets.prepare import inferred, is_adapter
 
     target = dataclasses.replace(load_target(spec), keep_masks=keep_masks, weight_map=weight_map)
     if is_adapter(target.obj):

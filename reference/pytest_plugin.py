@@ -36,9 +36,9 @@ import torch
 from hypothesis import HealthCheck, Phase, settings
 
 import reference.verdict.assertions as assertions
-from reference.builtin.registry import LEVELS
+from reference.inference.prepare import levels_of
+from reference.levels.registry import LEVELS
 from reference.targets.contract import DEFAULT_TARGET, Target, load_target
-from reference.targets.prepare import levels_of
 
 CI_EXAMPLES = 20
 settings.register_profile(

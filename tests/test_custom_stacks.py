@@ -9,9 +9,9 @@ from torch import nn
 
 import handmade
 from reference.builtin.config import randomize_
-from reference.builtin.pairs import build_pair
 from reference.builtin.weights import copy_torch_to_handmade
 from reference.cases.strategies import cases, dtypes
+from reference.levels.pairs import build_pair
 from reference.verdict.assertions import Context, assert_parity, examples
 from reference.verdict.engine import compare_pair
 

@@ -106,7 +106,7 @@ def test_nan_in_some_families_is_localized_and_explained():
 def test_a_bug_outside_the_catalogue_is_unexplained_with_its_place_and_no_cause_is_made_up():
     d = run(f"{TARGETS}:HalfResidual", families=("default", "norm_first"))
     assert d.verdict == "divergent"
-    assert d.causes == [], [(c.key, c.err_vs_reference, c.err_without_it) for c in d.causes]
+    assert d.causes == [], [(c.key, c.err_vs_builtin, c.err_without_it) for c in d.causes]
     assert d.unexplained.startswith("decoder.layers.0.norm3"), d.unexplained
     assert "decoder.layers.0.linear2" in d.unexplained  # the code between the two: the residual
     assert "Unexplained: decoder.layers.0.norm3" in render(d)

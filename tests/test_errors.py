@@ -19,10 +19,10 @@ from torch import Tensor, nn
 
 import handmade
 from reference.builtin.config import Config, randomize_
-from reference.builtin.pairs import build_pair, build_torch
 from reference.builtin.weights import WeightMapError, copy_torch_to_handmade
 from reference.cases.strategies import configs, seeds
-from reference.targets.prepare import fastpath
+from reference.inference.prepare import fastpath
+from reference.levels.pairs import build_pair, build_torch
 from reference.verdict.assertions import Context, assert_parity, examples
 from reference.verdict.tolerance import judge
 

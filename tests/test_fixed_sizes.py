@@ -13,10 +13,10 @@ import torch
 
 import reference.inference.sizes as fixed_sizes
 from reference import api
-from reference.builtin.registry import LEVELS
 from reference.cases.strategies import AttentionCase
+from reference.inference.prepare import inferred
+from reference.levels.registry import LEVELS
 from reference.targets.contract import load_target
-from reference.targets.prepare import inferred
 from tests import fixed_size_targets as fx
 
 F64 = ("-k", "float64")
@@ -74,7 +74,7 @@ def test_the_map_is_inferred_once_per_shape_and_again_when_it_no_longer_verifies
     entry = LEVELS["attention"]
     for seed, length in ((1, 3), (2, 5), (3, 2)):  # one shape: only the seed and the lengths differ
         case, candidate = view.prepare(AttentionCase(seed=seed, query_len=length, key_len=length + 1))
-        candidate.load(candidate.build("cpu", torch.float64), entry.reference(case))
+        candidate.load(candidate.build("cpu", torch.float64), entry.seeded_builtin(case))
     assert len(calls) == 1, calls
     key, kept = next(iter(view._maps.items()))
     broken = kept.weight_map.links[0]  # a stale map: W_q's weight said to hold the keys' rows
@@ -82,5 +82,5 @@ def test_the_map_is_inferred_once_per_shape_and_again_when_it_no_longer_verifies
     view._maps[key] = dataclasses.replace(kept, weight_map=dataclasses.replace(
         kept.weight_map, links=(swapped, *kept.weight_map.links[1:])))
     case, candidate = view.prepare(AttentionCase(seed=4))
-    candidate.load(candidate.build("cpu", torch.float64), entry.reference(case))
+    candidate.load(candidate.build("cpu", torch.float64), entry.seeded_builtin(case))
     assert len(calls) == 2 and view._maps[key].weight_map.links[0] == broken  # re-inferred, and kept

@@ -23,12 +23,12 @@ from examples.blog_seq2seq import Seq2SeqTransformer, UnbiasedNorm
 from examples.learner_attention import MergeWithoutTranspose, MultiHeadAttention
 from examples.nanogpt_blocks import Blocks, GPTConfig, ScaledByWidth
 from reference.builtin.config import Config, randomize_
-from reference.builtin.registry import level
 from reference.cases.case import Case
 from reference.cases.strategies import AttentionCase, LayerNormCase, StackCase
 from reference.inference.auto import Inference, infer_target
 from reference.inference.construct import ConstructionError, build, sizes_from_model
 from reference.inference.weightmap import AmbiguousMapError, MapMismatchError, UnpairedError
+from reference.levels.registry import level
 from reference.targets.contract import NotSupportedError
 from reference.verdict.engine import compare_modules
 from tests.infer_fixtures import (
@@ -72,7 +72,7 @@ def infer(name: str, case: Any, obj: Any, **kw: Any) -> tuple[Inference, nn.Modu
     lv = level(name)
     model = build(obj, options(case), name).model.to(F64)
     inputs, kwargs = lv.inputs(case, F64)
-    return infer_target(lv.reference(case), model, name, lv.call, inputs, kwargs, batch_first=batch_first(case),
+    return infer_target(lv.seeded_builtin(case), model, name, lv.call, inputs, kwargs, batch_first=batch_first(case),
                         **kw), model
 
 
@@ -204,7 +204,7 @@ def test_gpt2_conv1d_packed_and_transposed() -> None:
     check_equal("attention", case, inference, model)
     lv = level("attention")  # the per-head weights it returns, averaged as the built-in's
     inputs, kwargs = lv.inputs(case, F64)
-    builtin = lv.reference(case)
+    builtin = lv.seeded_builtin(case)
     inference.weight_map.load(model, builtin)
     torch.testing.assert_close(inference.convention(model, inputs, kwargs, batch_first=True)["weights"],
                                lv.call(builtin, **inputs, **kwargs)["weights"])
@@ -249,7 +249,8 @@ def test_packed_keys_and_values_from_one_context() -> None:
     inputs, kwargs = lv.inputs(ATTENTION, F64)
     inputs["value"] = inputs["key"]  # a cross-attention: keys and values from one context
     model = build(KVCrossAttention, options(ATTENTION), "attention").model.to(F64)
-    inference = infer_target(lv.reference(ATTENTION), model, "attention", lv.call, inputs, kwargs, batch_first=True)
+    inference = infer_target(lv.seeded_builtin(ATTENTION), model, "attention", lv.call, inputs, kwargs,
+                             batch_first=True)
     links = {link.target: link.text() for link in inference.weight_map.links}
     assert links["to_kv.weight"] == "in_proj_weight[rows 8:24]" and links["to_kv.bias"] == "in_proj_bias[rows 8:24]"
     assert links["to_q.weight"] == "in_proj_weight[rows 0:8]" and inference.convention.key_is_value
@@ -300,7 +301,7 @@ def test_handmade_stacks_with_their_final_norm(name: str) -> None:
     model = level(name).build("handmade", case).to(F64)
     lv = level(name)
     inputs, kwargs = lv.inputs(case, F64)
-    inference = infer_target(lv.reference(case), model, name, lv.call, inputs, kwargs, batch_first=True)
+    inference = infer_target(lv.seeded_builtin(case), model, name, lv.call, inputs, kwargs, batch_first=True)
     assert "always causal" not in inference.convention.describe()
     check_equal(name, case, inference, model)
 
@@ -395,6 +396,6 @@ def test_an_inferred_target_runs_through_the_engine_with_gradients() -> None:
     lv = level("attention")
     case = ATTENTION.replace(need_weights=False, seed=8)
     inputs, kwargs = lv.inputs(case, torch.float32)
-    verdicts = compare_modules(lv.reference(case), candidate, lv.call, inputs, kwargs, dtype=torch.float32,
+    verdicts = compare_modules(lv.seeded_builtin(case), candidate, lv.call, inputs, kwargs, dtype=torch.float32,
                                device="cpu", grads=True, seed=8)
     assert len(verdicts) == 1 + 3 + 4 and all(v.passed for v in verdicts), "\n".join(map(str, verdicts))

@@ -14,8 +14,8 @@ import pytest
 
 from reference import api
 from reference.builtin.config import Config
+from reference.inference.prepare import inferred
 from reference.targets.contract import load_target
-from reference.targets.prepare import inferred
 
 FAST = ("-k", "float64 or float32")
 

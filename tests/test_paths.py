@@ -29,12 +29,12 @@ from torch import Tensor, nn
 
 import handmade
 from reference.builtin.config import Config, randomize_
-from reference.builtin.pairs import build_pair
 from reference.builtin.weights import copy_torch_to_handmade
 from reference.cases.case import Case
 from reference.cases.strategies import configs, seeds
+from reference.inference.prepare import fastpath, whole_model
+from reference.levels.pairs import build_pair
 from reference.targets.contract import load_target
-from reference.targets.prepare import fastpath, whole_model
 from reference.verdict.assertions import Context, assert_parity, compare_pair, examples
 from reference.verdict.tolerance import judge
 

@@ -1,7 +1,7 @@
 """The plug-in contract: drop-in classes and adapters load, run and are judged; misfits fail clearly.
 
 Targets that break one rule each live in plugin_targets.py. These tests call the contract directly
-(reference.targets.contract, reference.targets.prepare); one runs the suite itself with ``--impl`` in a subprocess.
+(reference.targets.contract, reference.inference.prepare); one runs the suite itself with ``--impl`` in a subprocess.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import torch
 from reference.builtin.config import Config
 from reference.cases.case import Case
 from reference.diagnose.runs import one_thread
+from reference.inference.prepare import whole_model
 from reference.targets.contract import NotSupportedError, TargetError, load_target
-from reference.targets.prepare import whole_model
 
 ROOT = Path(__file__).resolve().parents[1]
 CASE = Case(Config(num_encoder_layers=2, num_decoder_layers=2), src_mask="causal_bool",

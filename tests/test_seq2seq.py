@@ -11,10 +11,10 @@ from torch import Tensor, nn
 
 import handmade
 from reference.builtin.config import Config, randomize_
-from reference.builtin.pairs import build_torch
 from reference.builtin.weights import copy_torch_to_handmade
 from reference.cases.case import Case
 from reference.cases.strategies import Seq2SeqCase, dtypes, is_smooth, seq2seq_cases
+from reference.levels.pairs import build_torch
 from reference.verdict.assertions import (
     Context,
     assert_parity,

@@ -19,9 +19,9 @@ from torch import Tensor, nn
 import handmade
 from handmade.attention import ScaledDotProductAttention
 from handmade.tiled_attention import TiledAttention, TiledAttentionFunction, blocks, keep_mask, use_tiled_attention
-from reference.builtin.registry import LEVELS
 from reference.cases.case import ATTN_MASKS, PADDING_MASKS
 from reference.cases.strategies import AttentionCase
+from reference.levels.registry import LEVELS
 from reference.verdict.assertions import Context, assert_parity, check
 from reference.verdict.engine import HandmadeTwin
 from reference.verdict.tolerance import judge

@@ -21,11 +21,11 @@ from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from reference.builtin.config import Config
-from reference.builtin.pairs import build_pair
 from reference.builtin.weights import Link, copy_torch_to_handmade, plan
 from reference.cases.case import Case
 from reference.cases.strategies import cases, configs
-from reference.targets.prepare import fastpath, forward_kwargs
+from reference.inference.prepare import fastpath, forward_kwargs
+from reference.levels.pairs import build_pair
 from reference.verdict.assertions import Context, assert_parity, examples
 from reference.verdict.tolerance import Verdict, floor, judge
 

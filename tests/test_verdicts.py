@@ -1,6 +1,6 @@
 """The comparison code reports what it measured: verdict fields, and PyTorch's own error for every tensor.
 
-Written to kill mutants of reference/verdict/tolerance.py and reference/targets/prepare.py that the equivalence
+Written to kill mutants of reference/verdict/tolerance.py and reference/inference/prepare.py that the equivalence
 properties cannot see (handmade is correct, so a verdict with a wrong label or a lost ``torch_own`` still passes there).
 """
 
@@ -14,8 +14,8 @@ import torch
 
 from reference.builtin.config import Config
 from reference.cases.case import Case
+from reference.inference.prepare import whole_model
 from reference.targets.contract import load_target
-from reference.targets.prepare import whole_model
 from reference.verdict.tolerance import FLOAT64_FLOOR, FLOOR_ULPS, K, floor, jittered, judge
 
 

@@ -10,10 +10,10 @@ from torch import nn
 
 import handmade
 from reference.builtin.config import Config, randomize_
-from reference.builtin.pairs import build_handmade, build_pair, build_torch
-from reference.builtin.registry import COMPONENTS
 from reference.builtin.weights import WeightMapError, copy_handmade_to_torch, copy_torch_to_handmade, plan
 from reference.cases.strategies import configs, seeds
+from reference.levels.pairs import build_handmade, build_pair, build_torch
+from reference.levels.registry import COMPONENTS
 from reference.verdict.assertions import examples
 
 components = st.sampled_from(COMPONENTS)

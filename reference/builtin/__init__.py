@@ -1,2 +1,2 @@
-"""The built-in side: nn.Transformer's configuration, the component registry (one record per level) and the
-weight bridge between the built-in's parameter names and handmade's."""
+"""The built-in side: nn.Transformer's configuration with random weights, and the weight bridge between the
+built-in's parameter names and handmade's."""

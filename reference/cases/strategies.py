@@ -40,7 +40,7 @@ def silu(x: Tensor) -> Tensor:
 
 ACTIVATIONS: tuple[str | Callable[[Tensor], Tensor], ...] = ("relu", "gelu", tanh_gelu, silu)
 # relu is the one activation with a kink; gradients through it are compared in low precision only where
-# smooth (see test_transformer.py and the calibration record in reference/verdict/tolerance.py).
+# smooth (see the calibration record in docs/tolerance.md).
 SMOOTH_ACTIVATIONS = ("gelu", tanh_gelu, silu)
 
 

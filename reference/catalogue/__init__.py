@@ -11,60 +11,18 @@ plants it into a handmade model by swapping modules for faulty subclasses. Modul
 - wiring.py          norm placement, residuals, shared layers and attentions, cross-attention inputs
 - feed_forward.py    activation, its place, feed-forward dropout
 
+- index.py           the catalogue in order (``CATALOGUE``), by key (``BY_KEY``), ``apply_all``
+
 Two consumers: the bug zoo (``zoo.py``: handmade with one deviation, a target each, ``parity zoo``) and
 ``parity diagnose``, whose probes compare a target with handmade carrying candidate deviations.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-
-from torch import nn
-
-from reference.catalogue import attention_math, feed_forward, heads, masks, norms, wiring
 from reference.catalogue._base import Deviation
+from reference.catalogue.index import BY_KEY, CATALOGUE, ORDER, apply_all, claims_of, extends
 
-# Catalogue order is also the order deviations are planted in (apply_all): a skipped norm is planted after
-# the LayerNorm formula bugs, so that it wins on the final norms.
-CATALOGUE: tuple[Deviation, ...] = (
-    *wiring.CATALOGUE, *norms.CATALOGUE, *attention_math.CATALOGUE, *heads.CATALOGUE, *masks.CATALOGUE,
-    *feed_forward.CATALOGUE,
-)
-BY_KEY: dict[str, Deviation] = {d.key: d for d in CATALOGUE}
-ORDER = {d.key: i for i, d in enumerate(CATALOGUE)}
-if len(BY_KEY) != len(CATALOGUE):
-    raise RuntimeError("two catalogue deviations share a key")
-
-
-def claims_of(deviations: Iterable[Deviation]) -> dict[str, object] | None:
-    """The slots the deviations change, with their values; None when two of them claim one slot differently."""
-    out: dict[str, object] = {}
-    for d in deviations:
-        for slot, value in d.claims:
-            if out.setdefault(slot, value) != value:
-                return None
-    return out
-
-
-def extends(chosen: Iterable[Deviation], candidate: Deviation) -> bool:
-    """Whether ``candidate`` holds together with ``chosen`` and changes something they do not."""
-    held = claims_of(chosen)
-    if held is None or claims_of([*chosen, candidate]) is None:
-        return False
-    return any(held.get(slot, _ABSENT) != value for slot, value in candidate.claims)
-
-
-_ABSENT = object()
-
-
-def apply_all(model: nn.Module, config: Mapping[str, object], deviations: Iterable[Deviation]) -> nn.Module:
-    """Plant ``deviations`` (in catalogue order) into ``model``; returns it."""
-    for d in sorted(deviations, key=lambda d: ORDER.get(d.key, len(ORDER))):
-        d.apply(model, config)
-    return model
-
-
-__all__ = ["BY_KEY", "CATALOGUE", "Deviation", "apply_all", "claims_of", "extends", "zoo"]
+__all__ = ["BY_KEY", "CATALOGUE", "ORDER", "Deviation", "apply_all", "claims_of", "extends", "zoo"]
 
 
 def __getattr__(name: str) -> object:

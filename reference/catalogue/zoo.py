@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from reference.catalogue import CATALOGUE, Deviation
+from reference.catalogue._base import Deviation
+from reference.catalogue.index import CATALOGUE
 from reference.targets.contract import HandmadeAdapter
 from reference.verdict.engine import repacked_grads
 

@@ -20,7 +20,6 @@ from typing import Any
 import torch
 
 from reference.builtin.config import Config
-from reference.builtin.registry import LEVELS
 from reference.cases.case import Case
 from reference.cases.strategies import AttentionCase, LayerNormCase, StackCase
 from reference.catalogue import BY_KEY
@@ -28,8 +27,9 @@ from reference.catalogue._base import KPM_FIELDS, MASK_FIELDS
 from reference.diagnose.probes import Scorer, shows
 from reference.diagnose.runs import Observation, observe, with_seed
 from reference.diagnose.variations import Variation, _set_config, variations
+from reference.inference.prepare import prepare
+from reference.levels.registry import LEVELS
 from reference.targets.contract import NotSupportedError, Target, TargetError
-from reference.targets.prepare import prepare
 from reference.verdict.engine import compare_modules
 from reference.verdict.tolerance import Verdict
 
@@ -146,7 +146,7 @@ def verdicts_for(target: Target, level: str, case: Any, device: torch.device | s
     case, cand = prepare(target, level, case)
     entry = LEVELS[level]
     inputs, kwargs = entry.inputs(case, torch.float64)
-    return case, compare_modules(entry.reference(case), cand, entry.call, inputs, kwargs, dtype=torch.float64,
+    return case, compare_modules(entry.seeded_builtin(case), cand, entry.call, inputs, kwargs, dtype=torch.float64,
                                  device=device, grads=grads, seed=case.seed)
 
 

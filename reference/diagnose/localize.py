@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from reference.diagnose.hooks import _layout, _Recorder
 from reference.diagnose.mapping import target_map, tracked
 from reference.diagnose.runs import Observation, as_case
-from reference.targets.prepare import fastpath
+from reference.inference.prepare import fastpath
 from reference.verdict.tolerance import judge
 
 

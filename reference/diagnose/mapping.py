@@ -13,7 +13,7 @@ from typing import Any
 from torch import nn
 
 from reference.diagnose.runs import Observation
-from reference.targets.prepare import TargetCandidate
+from reference.inference.prepare import TargetCandidate
 from reference.verdict.engine import HandmadeTwin
 
 _PART = r"(self_attn|multihead_attn|linear1|linear2|norm[123])"

@@ -15,8 +15,8 @@ from reference.cases.strategies import tanh_gelu
 from reference.diagnose.localize import localize
 from reference.diagnose.report import Diagnosis
 from reference.diagnose.runs import as_case, observe
+from reference.inference.prepare import inferred
 from reference.targets.contract import NotSupportedError, Target
-from reference.targets.prepare import inferred
 
 # Causes that amount to an option a target's code may fix (found at the place: a fit or the catalogue there)
 OPTION_OF = {"gelu_tanh_approximation": "activation=tanh_gelu", "always_gelu": "activation='gelu'",

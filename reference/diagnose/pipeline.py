@@ -17,7 +17,6 @@ import torch
 from torch import nn
 
 import reference.diagnose.families as fam
-from reference.builtin.registry import LEVELS
 from reference.catalogue import BY_KEY
 from reference.diagnose.crashes import crash_causes
 from reference.diagnose.localize import localize
@@ -27,9 +26,10 @@ from reference.diagnose.probes import Cause, dropout_in_eval, explain
 from reference.diagnose.report import Diagnosis, render, to_json
 from reference.diagnose.reproducer import minimal_failing_case, write
 from reference.diagnose.runs import Observation, as_case, observe, one_thread
+from reference.inference.prepare import is_adapter, is_drop_in
 from reference.inference.target import MASKS_JUDGED
+from reference.levels.registry import LEVELS
 from reference.targets.contract import HandmadeAdapter, NotSupportedError, Target, TargetError, load_target
-from reference.targets.prepare import is_adapter, is_drop_in
 
 __all__ = ["Diagnosis", "diagnose", "main"]
 

@@ -47,7 +47,7 @@ class Cause:
     fix: str
     sites: tuple[str, ...]
     shows_on: list[str]
-    err_vs_reference: float
+    err_vs_builtin: float
     err_vs_explanation: float
     err_without_it: float
     probe: str = "variant"

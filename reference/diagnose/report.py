@@ -220,7 +220,7 @@ def render(d: Diagnosis) -> str:
     for i, c in enumerate(d.causes, 1):
         lines.append(f"   [{i}] {c.cause}: {c.does if c.probe == 'fit' else 'it ' + c.does}")
         families = _family_names(c.shows_on)
-        lines.append(f"       evidence ({c.probe}): max err against {b} {_num(c.err_vs_reference)}; against "
+        lines.append(f"       evidence ({c.probe}): max err against {b} {_num(c.err_vs_builtin)}; against "
                      f"{b} with the causes found {_num(c.err_vs_explanation)}; without this one "
                      f"{_num(c.err_without_it)}")
         if not math.isnan(c.place_before):

@@ -22,10 +22,10 @@ from hypothesis import strategies as st
 from hypothesis.errors import NoSuchExample
 
 from reference.builtin.config import Config
-from reference.builtin.registry import LEVELS
 from reference.cases.case import ATTN_MASKS, CAUSAL_KINDS, PADDING_MASKS, Case
+from reference.inference.prepare import forward_kwargs, whole_model
+from reference.levels.registry import LEVELS
 from reference.targets.contract import NotSupportedError, Target, TargetError
-from reference.targets.prepare import forward_kwargs, whole_model
 from reference.verdict.tolerance import floor
 
 
@@ -114,7 +114,7 @@ def write(target: Target, case: Case, out_dir: Path) -> Reproducer:
     """Write ``repro_<target>/repro.py`` and ``tensors.pt`` for ``case`` under ``out_dir``."""
     folder = Path(out_dir) / f"repro_{slug(target.spec)}"
     folder.mkdir(parents=True, exist_ok=True)
-    reference = LEVELS["transformer"].reference(case)
+    reference = LEVELS["transformer"].seeded_builtin(case)
     src, tgt, kwargs = case.tensors(torch.float64)
     with torch.no_grad():
         expected = reference(src, tgt, **forward_kwargs(kwargs, "cpu"))

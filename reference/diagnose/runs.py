@@ -17,11 +17,11 @@ import torch
 from torch import Tensor, nn
 
 from reference.builtin.config import Config
-from reference.builtin.registry import LEVELS, Level
 from reference.cases.case import Case
 from reference.cases.strategies import AttentionCase, LayerNormCase, StackCase
+from reference.inference.prepare import fastpath, prepare
+from reference.levels.registry import LEVELS, Level
 from reference.targets.contract import NotSupportedError, Target, TargetError
-from reference.targets.prepare import fastpath, prepare
 from reference.verdict.engine import Candidate, outputs
 from reference.verdict.tolerance import floor
 
@@ -154,7 +154,7 @@ def observe(target: Target, case: Any, device: torch.device | str = "cpu", level
     except TargetError as exc:  # it cannot even be built or paired here: a crash of this case, not of diagnosis
         crash = str(exc)
     with fastpath(False), torch.no_grad():
-        builtin = entry.reference(case)
+        builtin = entry.seeded_builtin(case)
         inputs, kwargs = entry.inputs(case, torch.float64)
         expected = _cpu(outputs(entry.call(builtin, **inputs, **kwargs)))
         if cand is None:

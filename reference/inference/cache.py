@@ -18,11 +18,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from reference.builtin.registry import Level
 from reference.cases.adapt import batch_first, options_of
 from reference.inference.auto import Inference
 from reference.inference.copying import copy_model
 from reference.inference.weightmap import difference
+from reference.levels.registry import Level
 from reference.verdict.engine import fastpath
 
 FLOAT64_AGREEMENT = 1e-9  # what the map's own verification asks of float64 outputs (reference/inference/weightmap.py)
@@ -46,7 +46,7 @@ def disagreement(inference: Inference, entry: Level, case: Any, model: nn.Module
     """How far ``inference`` is from reproducing the built-in on ``case``: the built-in's weights for the case
     loaded through the map into a float64 copy of ``model``, both called on the case's inputs and masks; the
     largest relative output difference (inf when it cannot be called so), over the layouts the values decide."""
-    builtin = entry.reference(case)
+    builtin = entry.seeded_builtin(case)
     inputs, kwargs = entry.inputs(case, torch.float64)
     sample = copy_model(model).to("cpu", torch.float64).eval()
     conv, worst = inference.convention, float("inf")

@@ -13,10 +13,10 @@ from typing import Any
 
 from torch import nn
 
-from reference.builtin.registry import Level
 from reference.cases.adapt import with_options
 from reference.cases.strategies import tanh_gelu
 from reference.inference.auto import Inference
+from reference.levels.registry import Level
 from reference.targets.contract import NotSupportedError
 
 # What a target's code may fix, and the values tried, the built-in's default first.

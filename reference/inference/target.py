@@ -29,7 +29,6 @@ from torch import nn
 
 import reference.inference.sizes as fixed_sizes
 from reference.builtin.config import Config
-from reference.builtin.registry import LEVELS, Level
 from reference.builtin.weights import WeightMapError
 from reference.cases.adapt import (
     batch,
@@ -55,6 +54,7 @@ from reference.inference.copying import copy_model
 from reference.inference.options import DEFAULTS, MASKS_JUDGED, Discovery, accepted, attention_shapes, grid, shown
 from reference.inference.options import sentence as configuration_sentence
 from reference.inference.weightmap import MapMismatchError
+from reference.levels.registry import LEVELS, Level
 from reference.targets.contract import NotSupportedError, Target, TargetError
 from reference.verdict.assertions import record_note
 
@@ -131,7 +131,7 @@ class InferredTarget:
 
     def _infer(self, case: Any, model: nn.Module) -> Inference:
         entry = self.entry
-        builtin = entry.reference(case)
+        builtin = entry.seeded_builtin(case)
         inputs, kwargs = entry.inputs(case, torch.float64)
         sample = copy_model(model).to("cpu", torch.float64)
         return infer_target(builtin, sample, self.level, entry.call, inputs, kwargs,

@@ -28,8 +28,8 @@ import torch
 
 import reference.verdict.tolerance as tolerance
 from reference.cases.case import Case
+from reference.inference.prepare import whole_model
 from reference.targets.contract import DEFAULT_TARGET, load_target
-from reference.targets.prepare import whole_model
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 FLOORS = (0, 4, 8, 16, 32, 64, 128, 256)

@@ -3,7 +3,7 @@
     python -m reference.studies.false_alarms --examples 10000 --dtype float64 --seed 1
 
 draws cases with the suite's own strategy (``strategies.cases()``, through hypothesis), compares handmade
-with nn.Transformer on each (``reference.targets.prepare.whole_model``: output, input and parameter gradients),
+with nn.Transformer on each (``reference.inference.prepare.whole_model``: output, input and parameter gradients),
 and never stops at a failure: a failure here is a false alarm, i.e. a bug in the tolerance policy or in
 the strategies, and is listed with its case. It prints the distribution of error / bound over every judged
 tensor (max, p99, p50), the worst tensors, and the margin (bound / worst error); ``--json`` keeps it all.
@@ -22,8 +22,8 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 
 import reference.cases.strategies as strategies
 from reference.cases.case import Case
+from reference.inference.prepare import whole_model
 from reference.targets.contract import load_target
-from reference.targets.prepare import whole_model
 
 
 def quantile(values: list[float], q: float) -> float:

@@ -25,8 +25,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 import reference.cases.strategies as strategies
 from reference.builtin.config import Config
 from reference.cases.case import Case
+from reference.inference.prepare import whole_model
 from reference.targets.contract import Target, TargetError, load_target
-from reference.targets.prepare import whole_model
 
 # Between them, these three cases touch every option and mask kind a zoo bug hides behind.
 PANEL = (

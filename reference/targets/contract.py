@@ -54,7 +54,7 @@ class HandmadeAdapter:
         return model(src, tgt, **kwargs)
 
     def component(self, module: nn.Module) -> nn.Module:
-        """handmade's module at a component level (reference/builtin/registry.py builds it), as this target runs it."""
+        """handmade's module at a component level (reference/levels/registry.py builds it), as this target runs it."""
         return module
 
     def submodules(self, model: nn.Module) -> dict[str, nn.Module]:

@@ -21,7 +21,7 @@ import torch
 from hypothesis import HealthCheck, reject, settings
 from hypothesis.errors import Unsatisfiable
 
-from reference.builtin.registry import Level
+from reference.levels.registry import Level
 from reference.targets.contract import NotSupportedError, TargetError
 from reference.verdict.engine import Candidate, compare_modules, compare_pair
 from reference.verdict.tolerance import Verdict
@@ -134,7 +134,7 @@ def check(level: Level, case: Any, prepare: Callable[[Any], tuple[Any, Candidate
         context = context or Context(level.name, dtype, device, case.describe())
         grads = low_precision_grads_comparable(dtype, level.smooth(case))
         inputs, kwargs = level.inputs(case, dtype)
-        verdicts = compare_modules(level.reference(case), made, level.call, inputs, kwargs, dtype=dtype,
+        verdicts = compare_modules(level.seeded_builtin(case), made, level.call, inputs, kwargs, dtype=dtype,
                                    device=device, grads=grads, seed=case.seed)
     except NotSupportedError as exc:
         record_not_supported(context or Context(level.name, dtype, device, case.describe()), str(exc))

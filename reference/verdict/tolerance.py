@@ -5,44 +5,14 @@ device v passes when
 
     max |candidate - oracle|  <=  K * max |torch_d,v - oracle|  +  FLOOR_ULPS[d] * eps(d) * max(1, max |oracle|)
 
-where torch_d,v is the built-in's own output at the same dtype and device (the flash-attention rule:
-be no worse than PyTorch itself by more than a small factor). PyTorch's own error is measured twice, on
-the weights as rounded to d and on a jittered rounding of them (``jittered``: each parameter moved up, down
-or not by about one ulp), and the larger counts: one measurement can be lucky. On small ill-conditioned
-models (d_model 2 to 9, large weights) moving the float32 weights by one ulp moved PyTorch's own gradient
-error 30-170x (0.0016 -> 0.05-0.28), and the single-rounding yardstick rejected a correct handmade in 2 of
-2,000 float32 cases whose error (0.171) sat inside that spread. For a float64 candidate on the CPU the
-built-in on the weights as rounded is the oracle (error zero), so PyTorch's own error is its error on the
-jittered float64 weights (one float64 ulp): zero-ish for a well-conditioned case, where the floor
-FLOAT64_FLOOR * max(1, max|oracle|) decides, and large where the case is ill-conditioned. Measured: a
-10,000-case run (seed 1) drew a correct case (d_model 2, pre-norm, eps 1e-6, weights x3) whose float64
-gradients differ from the oracle by 4.3e-10 relative, 4.3x the floor alone; moving its float64 weights by
-one ulp moves the built-in's own gradients by 4.5e-9 (handmade's error is 0.15 of that). The case is pinned
-in reference/cases/pinned.py; it failed the old code as well (checked at commit 6ea6944).
+where torch_d,v is the built-in's own output at the same dtype and device (the flash-attention rule: be no
+worse than PyTorch itself by more than a small factor). PyTorch's own error is measured twice, on the
+weights as rounded to d and on a jittered rounding of them (``jittered``: each parameter moved up, down or
+not by about one ulp), and the larger counts. For a float64 candidate on the CPU, PyTorch's own error is its
+error on the jittered float64 weights, and ``FLOAT64_FLOOR`` is the floor.
 
-Calibration record (``python -m reference.studies.calibrate --examples 500 --dtypes float32,bfloat16,float16``:
-500 whole-model cases per dtype drawn from the suite's own strategy, CPU, torch 2.13.0+cpu, 1 thread,
-2.5 minutes; outputs, input and parameter gradients; bf16/fp16 gradients only for smooth activations,
-as the suite judges them):
-
-    dtype     comparisons  ratio to torch's own error    K needed for every comparison to pass, at a floor of
-                           p99 (all)  max (outputs)      4 ulps   8 ulps   16 ulps   32 ulps   256 ulps
-    float32   24902        2.04       2.1                4.56     4.16     3.36      2.15      1.06
-    bfloat16  17327        1.34       1.52               3.90     3.73     3.41      2.76      0.51
-    float16   17327        1.55       2.78               3.70     3.43     2.87      2.02      1.75
-    float64   50853        max error / max(1, max|oracle|): 2.9e-12 (p99 5.9e-14; an earlier 1000-case run)
-
-Chosen: K = 16; FLOOR_ULPS = 16 for bfloat16 and float16 (margins 4.7x and 5.6x over the worst comparison
-above) and 256 for float32 (3e-5 relative, 3x tighter than the usual float32 rtol of 1e-4). A float32 floor
-of 16 ulps (margin 4.8x above) failed the larger no-false-alarm run: 1 of 10,000 correct cases (seed 1, one
-thread; d_model 2, pre-norm: parameter gradients of ~0.002 off by 2e-5, 25-35x PyTorch's error on both
-roundings), pinned in test_transformer.py; at 256 ulps that case is at 0.54 of the bound. Before the jittered
-yardstick even 256 ulps left 2 false alarms in 2,000 cases. FLOAT64_FLOOR = 1e-10 (5.5x the largest
-float64 error in 10,000 cases; a real bug is >= 1e-3). Measured before these constants: handmade's LayerNorm and
-attention computed in bf16/fp16 directly, up to 100x PyTorch's error (inputs with a large mean, peaky
-softmax) and NaN gradients in fp16; they now take float32 statistics, scores and softmax, as torch's kernels
-do. Relu gradients are not judged in bf16/fp16: a pre-activation within rounding of 0 flips its derivative
-and the gradients then differ by O(1) (ratios up to ~540 with relu, <= ~5 with gelu).
+Why two roundings, the calibration record and the runs that chose ``K``, ``FLOOR_ULPS`` and
+``FLOAT64_FLOOR``: docs/tolerance.md.
 """
 
 from __future__ import annotations
@@ -57,7 +27,7 @@ from torch import Tensor, nn
 K = 16.0
 # The floor in units of eps(dtype) * max(1, max|oracle|), per dtype (any other dtype: the largest).
 FLOOR_ULPS: dict[torch.dtype, float] = {torch.float32: 256.0, torch.bfloat16: 16.0, torch.float16: 16.0}
-FLOAT64_FLOOR = 1e-10  # relative to max(1, max|oracle|); see the calibration record above
+FLOAT64_FLOOR = 1e-10  # relative to max(1, max|oracle|); see the calibration record in docs/tolerance.md
 
 
 def floor_ulps(dtype: torch.dtype) -> float:

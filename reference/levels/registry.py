@@ -31,7 +31,7 @@ Factory = dict[str, Any]  # {"device": ..., "dtype": ...}
 Inputs = tuple[dict[str, Tensor], dict[str, Any]]  # (differentiable tensors, other arguments)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Level:
     """One component under comparison: its built-in, handmade's twin, its inputs, call and strategy."""
 
@@ -56,7 +56,7 @@ class Level:
             warnings.filterwarnings("ignore", message="enable_nested_tensor is True")
             return make(case, {"device": device, "dtype": dtype}).eval()
 
-    def reference(self, case: Any) -> nn.Module:
+    def seeded_builtin(self, case: Any) -> nn.Module:
         """The built-in for ``case`` in float64 on the CPU, with random weights drawn from the case's seed."""
         model = self.build("torch", case)
         return randomize_(model, torch.Generator().manual_seed(case.seed), case.weight_scale)
@@ -193,36 +193,44 @@ def _smooth(c: Case | StackCase) -> bool:
 
 F64, F32 = torch.float64, torch.float32
 LEVELS: dict[str, Level] = {level.name: level for level in (
-    Level("attention", "nn.MultiheadAttention", _attention(nn.MultiheadAttention),
-          _attention(handmade.MultiheadAttention), attention_inputs, call_attention, strat.attention_cases,
-          examples=0.5, pinned=pinned.ATTENTION,
+    Level(name="attention", builtin="nn.MultiheadAttention",
+          make_torch=_attention(nn.MultiheadAttention), make_handmade=_attention(handmade.MultiheadAttention),
+          inputs=attention_inputs, call=call_attention, cases=strat.attention_cases, examples=0.5,
+          pinned=pinned.ATTENTION,
           from_config=lambda c: AttentionCase(c.d_model, c.nhead, c.bias, batch_first=c.batch_first,
                                               dropout=c.dropout)),
-    Level("layer_norm", "nn.LayerNorm", _layer_norm(nn.LayerNorm), _layer_norm(handmade.LayerNorm),
-          layer_norm_inputs, lambda m, input: m(input), strat.layer_norm_cases, examples=0.4,
+    Level(name="layer_norm", builtin="nn.LayerNorm",
+          make_torch=_layer_norm(nn.LayerNorm), make_handmade=_layer_norm(handmade.LayerNorm),
+          inputs=layer_norm_inputs, call=lambda m, input: m(input), cases=strat.layer_norm_cases, examples=0.4,
           pinned=pinned.LAYER_NORM, from_config=lambda c: LayerNormCase((c.d_model,), c.layer_norm_eps, bias=c.bias)),
-    Level("feed_forward", "nn.TransformerEncoderLayer._ff_block", _layer(nn.TransformerEncoderLayer),
-          _layer(handmade.TransformerEncoderLayer), feed_forward_inputs, lambda m, x: m._ff_block(x), _layer_cases,
-          smooth=_smooth, examples=0.25),
-    Level("encoder_layer", "nn.TransformerEncoderLayer", _layer(nn.TransformerEncoderLayer),
-          _layer(handmade.TransformerEncoderLayer), encoder_layer_inputs, lambda m, src, **kw: m(src, **kw),
-          _layer_cases, smooth=_smooth, examples=0.4, pinned=pinned.ENCODER_LAYER),
-    Level("decoder_layer", "nn.TransformerDecoderLayer", _layer(nn.TransformerDecoderLayer),
-          _layer(handmade.TransformerDecoderLayer), decoder_layer_inputs,
-          lambda m, tgt, memory, **kw: m(tgt, memory, **kw), _layer_cases, smooth=_smooth, examples=0.4,
-          pinned=pinned.DECODER_LAYER),
-    Level("encoder", "nn.TransformerEncoder", _stack(nn, "Encoder"), _stack(handmade, "Encoder"), encoder_inputs,
-          lambda m, src, **kw: m(src, **kw), strat.stack_cases, smooth=_smooth, examples=0.25,
-          pinned=pinned.ENCODER, from_config=lambda c: StackCase(Case(c))),
-    Level("decoder", "nn.TransformerDecoder", _stack(nn, "Decoder"), _stack(handmade, "Decoder"), decoder_inputs,
-          lambda m, tgt, memory, **kw: m(tgt, memory, **kw), strat.stack_cases, smooth=_smooth, examples=0.25,
-          pinned=pinned.DECODER, from_config=lambda c: StackCase(Case(c))),
-    Level("decoder_only", "nn.TransformerEncoder with a causal mask", _stack(nn, "Encoder"),
-          _stack(handmade, "Encoder"), decoder_only_inputs, lambda m, src, **kw: m(src, **kw), strat.stack_cases,
+    Level(name="feed_forward", builtin="nn.TransformerEncoderLayer._ff_block",
+          make_torch=_layer(nn.TransformerEncoderLayer), make_handmade=_layer(handmade.TransformerEncoderLayer),
+          inputs=feed_forward_inputs, call=lambda m, x: m._ff_block(x), cases=_layer_cases, smooth=_smooth,
+          examples=0.25),
+    Level(name="encoder_layer", builtin="nn.TransformerEncoderLayer",
+          make_torch=_layer(nn.TransformerEncoderLayer), make_handmade=_layer(handmade.TransformerEncoderLayer),
+          inputs=encoder_layer_inputs, call=lambda m, src, **kw: m(src, **kw), cases=_layer_cases, smooth=_smooth,
+          examples=0.4, pinned=pinned.ENCODER_LAYER),
+    Level(name="decoder_layer", builtin="nn.TransformerDecoderLayer",
+          make_torch=_layer(nn.TransformerDecoderLayer), make_handmade=_layer(handmade.TransformerDecoderLayer),
+          inputs=decoder_layer_inputs, call=lambda m, tgt, memory, **kw: m(tgt, memory, **kw), cases=_layer_cases,
+          smooth=_smooth, examples=0.4, pinned=pinned.DECODER_LAYER),
+    Level(name="encoder", builtin="nn.TransformerEncoder",
+          make_torch=_stack(nn, "Encoder"), make_handmade=_stack(handmade, "Encoder"),
+          inputs=encoder_inputs, call=lambda m, src, **kw: m(src, **kw), cases=strat.stack_cases, smooth=_smooth,
+          examples=0.25, pinned=pinned.ENCODER, from_config=lambda c: StackCase(Case(c))),
+    Level(name="decoder", builtin="nn.TransformerDecoder",
+          make_torch=_stack(nn, "Decoder"), make_handmade=_stack(handmade, "Decoder"),
+          inputs=decoder_inputs, call=lambda m, tgt, memory, **kw: m(tgt, memory, **kw), cases=strat.stack_cases,
+          smooth=_smooth, examples=0.25, pinned=pinned.DECODER, from_config=lambda c: StackCase(Case(c))),
+    Level(name="decoder_only", builtin="nn.TransformerEncoder with a causal mask",
+          make_torch=_stack(nn, "Encoder"), make_handmade=_stack(handmade, "Encoder"),
+          inputs=decoder_only_inputs, call=lambda m, src, **kw: m(src, **kw), cases=strat.stack_cases,
           smooth=_smooth, examples=0.25, pinned=pinned.DECODER_ONLY, from_config=lambda c: StackCase(Case(c))),
-    Level("transformer", "nn.Transformer", _transformer(nn.Transformer), _transformer(handmade.Transformer),
-          transformer_inputs, lambda m, src, tgt, **kw: m(src, tgt, **kw), strat.cases, smooth=_smooth,
-          examples=1.0, pinned=pinned.TRANSFORMER),
+    Level(name="transformer", builtin="nn.Transformer",
+          make_torch=_transformer(nn.Transformer), make_handmade=_transformer(handmade.Transformer),
+          inputs=transformer_inputs, call=lambda m, src, tgt, **kw: m(src, tgt, **kw), cases=strat.cases,
+          smooth=_smooth, examples=1.0, pinned=pinned.TRANSFORMER),
 )}
 COMPONENTS = tuple(LEVELS)
 

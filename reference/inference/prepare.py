@@ -15,9 +15,9 @@ import torch
 from torch import Tensor, nn
 
 from reference.builtin.config import Config
-from reference.builtin.registry import LEVELS, present
 from reference.cases.case import Case
 from reference.inference.target import InferredTarget
+from reference.levels.registry import LEVELS, present
 from reference.targets.contract import HandmadeAdapter, NotSupportedError, Target, TargetError
 from reference.verdict.engine import (
     Call,
@@ -79,8 +79,8 @@ def whole_model(
     case, candidate = prepare(target, "transformer", case)  # the case as the target is checked on it
     level = LEVELS["transformer"]
     inputs, kwargs = level.inputs(case, dtype)
-    return compare_modules(level.reference(case), candidate, level.call, inputs, kwargs, dtype=dtype, device=device,
-                           grads=grads, seed=case.seed)
+    return compare_modules(level.seeded_builtin(case), candidate, level.call, inputs, kwargs, dtype=dtype,
+                           device=device, grads=grads, seed=case.seed)
 
 
 def forward_kwargs(kwargs: dict[str, object], device: torch.device | str) -> dict[str, object]:

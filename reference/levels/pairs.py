@@ -1,6 +1,6 @@
 """A level's built-in, its handmade twin, and the pair with the same random weights, from a configuration.
 
-Each level's constructors are in the component registry (reference/builtin/registry.py).
+Each level's constructors are in the component registry (reference/levels/registry.py).
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from reference.builtin.config import Config, randomize_
-from reference.builtin.registry import level
 from reference.builtin.weights import copy_torch_to_handmade
+from reference.levels.registry import level
 
 
 def build_torch(
