@@ -43,7 +43,7 @@ def _property(entry: Level) -> Callable[..., None]:
 
 
 # One property per registry level, written out so that each can be found by name
-# (tests/test_architecture.py checks that every level has its own).
+# (tests/harness/test_architecture.py checks that every level has its own).
 test_attention_matches_torch = _property(LEVELS["attention"])
 test_layer_norm_matches_torch = _property(LEVELS["layer_norm"])
 test_feed_forward_matches_torch = _property(LEVELS["feed_forward"])

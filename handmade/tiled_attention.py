@@ -29,7 +29,7 @@ with probability 1 - p and scaled by 1 / (1 - p), the distribution of the defaul
 the masks themselves differ: the default core draws one (N, H, L, S) Bernoulli tensor from the global
 stream, which a tile-by-tile core cannot reproduce without forming it. So with ``torch.manual_seed(s)`` the
 two cores give different (equally distributed) masks, and this core advances the global generator by one
-draw per attention call where the default core advances it by N * H * L * S. tests/test_tiled_attention.py
+draw per attention call where the default core advances it by N * H * L * S. tests/handmade/test_tiled_attention.py
 checks the distribution (the fraction kept, the mean output) and that forward and backward use one mask.
 
 Low precision: float16 and bfloat16 inputs are computed in float32 (scores, softmax, sums and the products

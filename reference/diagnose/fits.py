@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from reference.verdict.tolerance import FLOAT64_FLOOR
 
-# Every catalogue key a fit may name (tests/test_fits.py checks each is in reference.catalogue.BY_KEY).
+# Every catalogue key a fit may name (tests/diagnose/test_fits.py checks each is in reference.catalogue.BY_KEY).
 KEYS = frozenset({"layer_norm_eps_1e-5", "layer_norm_eps_1e-6", "layer_norm_eps_1e-12", "layer_norm_unbiased_variance",
                   "layer_norm_eps_outside_sqrt", "scale_missing", "scale_by_d_model", "scale_by_head_dim",
                   "softmax_over_queries", "head_merge_without_transpose", "head_split_without_transpose",

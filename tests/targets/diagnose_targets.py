@@ -10,7 +10,7 @@ reference.inference.construct maps from nn.Transformer's ``d_model``, ``nhead``,
 nn.Transformer's without the ``*_is_causal`` hints (the masks always come with them). Bool masks are True =
 blocked, float masks are added; a query whose keys are all blocked gets 0, as in nn.Transformer.
 
-- ``Correct``: no bug; ``parity check tests.diagnose_targets:Correct --profile ci`` passes.
+- ``Correct``: no bug; ``parity check tests.targets.diagnose_targets:Correct --profile ci`` passes.
 - ``PreNormOnly``: correct code that declines most configurations: NotImplementedError in __init__ unless
   norm_first=True, batch_first=True and activation="gelu"; and it treats every mask as bool (a float mask's
   -inf and any other non-zero entry block, so additive float masks are misread).

@@ -1,6 +1,6 @@
 """Small targets for the plug-in contract's tests (test_plugins.py, test_diagnose.py): each breaks one rule.
 
-Importable as ``tests.plugin_targets:NAME``, so they also run through ``--impl`` and
+Importable as ``tests.targets.plugin_targets:NAME``, so they also run through ``--impl`` and
 ``parity diagnose`` like a user's target.
 """
 

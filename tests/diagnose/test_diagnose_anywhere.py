@@ -1,7 +1,7 @@
 """``parity diagnose`` on code nobody here wrote: any level, any kind of target, no adapter.
 
 The targets are the examples (a learner's attention, a nanoGPT-style block stack, a blog-style seq2seq) and
-tests/diagnose_targets.py (HF-named, GPT-2 Conv1D, ModuleDict blocks, sequence-first inside): each bug is
+tests/targets/diagnose_targets.py (HF-named, GPT-2 Conv1D, ModuleDict blocks, sequence-first inside): each bug is
 localized to its submodule (by the inferred weight map) and named with its catalogue key or a measured
 cause; a target that runs one configuration has every family judged from it; NaN is localized and
 explained; a bug outside the catalogue is reported as unexplained, with its place, never as a made-up
@@ -21,7 +21,7 @@ from reference.diagnose.report import WIDTH, render, to_json
 from reference.diagnose.runs import one_thread
 from reference.targets.contract import load_target
 
-TARGETS = "tests.diagnose_targets"
+TARGETS = "tests.targets.diagnose_targets"
 
 
 @pytest.fixture(autouse=True)

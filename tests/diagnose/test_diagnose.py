@@ -28,7 +28,7 @@ from reference.diagnose.runs import observe, one_thread
 from reference.studies.zoo_hunt import PANEL, diagnosis_families, first_catch
 from reference.targets.contract import load_target
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EINSUM = "examples.einsum_transformer"
 
 
@@ -136,13 +136,13 @@ def test_a_classic_bug_is_named_with_its_submodule_and_cause(bug):
 
 
 def test_without_submodules_the_cause_is_found_and_the_report_says_why_it_is_not_localized():
-    d = diagnose("tests.plugin_targets:no_scale_no_map", family_names=("default",), reproduce=False)
+    d = diagnose("tests.targets.plugin_targets:no_scale_no_map", family_names=("default",), reproduce=False)
     assert {c.key for c in d.causes} == {"scale_missing"}
     assert not d.localization and "submodules(model)" in d.not_localized
 
 
 def test_a_crash_is_reported_as_the_target_s_failure():
-    d = diagnose("tests.plugin_targets:raises_in_run", family_names=("default",), reproduce=False)
+    d = diagnose("tests.targets.plugin_targets:raises_in_run", family_names=("default",), reproduce=False)
     assert d.verdict == "crashes"
     assert "raised RuntimeError: shape mismatch in my attention" in d.families[0].detail
 

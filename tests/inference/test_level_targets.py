@@ -73,7 +73,7 @@ def test_an_ambiguous_model_stops_naming_the_tensors_and_a_weight_map_file_fixes
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from reference.check import main
 
-    spec = "tests.infer_fixtures:StackedAttention"
+    spec = "tests.targets.infer_fixtures:StackedAttention"
     assert main([spec, "--as", "attention", "--show-map"]) == 1
     assert "cannot order target tensors w1, w2, w3" in capsys.readouterr().err
     path = tmp_path / "map.json"  # row blocks as fractions: the override holds at every drawn width
@@ -87,7 +87,7 @@ def test_an_ambiguous_model_stops_naming_the_tensors_and_a_weight_map_file_fixes
 
 @pytest.mark.parametrize(("spec", "level"), [
     ("handmade:MultiheadAttention", "attention"), ("handmade:LayerNorm", "layer_norm"),
-    ("tests.fixed_size_targets:FeedForward", "feed_forward"),  # handmade has no feed-forward class of its own
+    ("tests.targets.fixed_size_targets:FeedForward", "feed_forward"),  # handmade has no feed-forward class of its own
     ("handmade:TransformerEncoderLayer", "encoder_layer"), ("handmade:TransformerDecoderLayer", "decoder_layer"),
     ("handmade:TransformerEncoder", "encoder"), ("handmade:TransformerDecoder", "decoder"),
     ("handmade:TransformerEncoder", "decoder_only"),  # a GPT: the encoder stack run with a causal mask

@@ -1,4 +1,4 @@
-"""More implementation styles for the inference tests (tests/test_infer.py), each unlike handmade's.
+"""More implementation styles for the inference tests (tests/inference/test_infer.py), each unlike handmade's.
 
 - ``GPT2Attention``: GPT-2's self-attention, ``Conv1D`` weights stored (in, out) and applied with addmm,
   one packed (E, 3E) ``c_attn``; it takes ``attention_mask`` and returns (output, per-head weights).

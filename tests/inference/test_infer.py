@@ -1,5 +1,5 @@
 """The inference library (reference/inference): constructors, weight maps and calling conventions, inferred for
-implementations in styles unlike handmade's (examples/ and tests/infer_fixtures.py), with no adapter.
+implementations in styles unlike handmade's (examples/ and tests/targets/infer_fixtures.py), with no adapter.
 
 Each map is checked by what it is for: loaded with a built-in's weights (other than those it was inferred
 on), the target computes the built-in's outputs, and its gradients, gathered under the built-in's names,
@@ -31,7 +31,7 @@ from reference.inference.weightmap import AmbiguousMapError, MapMismatchError, U
 from reference.levels.registry import level
 from reference.targets.contract import NotSupportedError
 from reference.verdict.engine import compare_modules
-from tests.infer_fixtures import (
+from tests.targets.infer_fixtures import (
     EinsumEncoderLayer,
     GPT2Attention,
     KVCrossAttention,

@@ -21,7 +21,7 @@ from reference.diagnose.runs import one_thread
 from reference.inference.prepare import whole_model
 from reference.targets.contract import NotSupportedError, TargetError, load_target
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CASE = Case(Config(num_encoder_layers=2, num_decoder_layers=2), src_mask="causal_bool",
             memory_key_padding_mask="bool", seed=3)
 
@@ -50,8 +50,8 @@ def test_a_drop_in_class_is_judged_on_its_parameter_gradients_too():
 
 
 @pytest.mark.parametrize(("spec", "config"), [
-    ("tests.plugin_targets:declines_everything", {}),  # supports() is False
-    ("tests.plugin_targets:only_pre_norm", {}),  # build() raises NotImplementedError
+    ("tests.targets.plugin_targets:declines_everything", {}),  # supports() is False
+    ("tests.targets.plugin_targets:only_pre_norm", {}),  # build() raises NotImplementedError
     ("examples.course_transformer:adapter", {"activation": "gelu"}),
 ])
 def test_declined_configurations_are_not_supported_not_failures(spec, config):
@@ -62,13 +62,13 @@ def test_declined_configurations_are_not_supported_not_failures(spec, config):
 
 def test_a_target_that_declines_only_some_configurations_is_judged_on_the_rest():
     case = CASE.replace(config=Config(**{**CASE.config.kwargs(), "norm_first": True}))
-    assert whole_model(load_target("tests.plugin_targets:only_pre_norm"), case)[0].passed
+    assert whole_model(load_target("tests.targets.plugin_targets:only_pre_norm"), case)[0].passed
 
 
 @pytest.mark.parametrize(("spec", "message"), [
-    ("tests.plugin_targets:raises_in_run", "raised RuntimeError: shape mismatch in my attention"),
-    ("tests.plugin_targets:raises_in_build", "failed to build .*KeyError"),
-    ("tests.plugin_targets:returns_tuple", "returned a tuple, but should return a Tensor"),
+    ("tests.targets.plugin_targets:raises_in_run", "raised RuntimeError: shape mismatch in my attention"),
+    ("tests.targets.plugin_targets:raises_in_build", "failed to build .*KeyError"),
+    ("tests.targets.plugin_targets:returns_tuple", "returned a tuple, but should return a Tensor"),
 ])
 def test_a_crashing_target_is_a_target_error_naming_it(spec, message):
     with pytest.raises(TargetError, match=message) as info:
@@ -77,7 +77,7 @@ def test_a_crashing_target_is_a_target_error_naming_it(spec, message):
 
 
 def test_nan_where_torch_is_finite_fails_with_a_clear_note():
-    verdict = whole_model(load_target("tests.plugin_targets:returns_nan"), CASE)[0]
+    verdict = whole_model(load_target("tests.targets.plugin_targets:returns_nan"), CASE)[0]
     assert not verdict.passed and math.isinf(verdict.max_abs)
     assert "NaN/inf where the oracle is finite" in verdict.note
 
@@ -86,7 +86,7 @@ def test_nan_where_torch_is_finite_fails_with_a_clear_note():
     ("examples.einsum_transformer", "MODULE:OBJECT"),
     ("no_such_module_xyz:Thing", "cannot import target"),
     ("examples.einsum_transformer:NoSuchClass", "cannot import target"),
-    ("tests.plugin_targets:not_an_adapter", "lacks load_reference, run"),
+    ("tests.targets.plugin_targets:not_an_adapter", "lacks load_reference, run"),
 ])
 def test_a_bad_target_spec_is_a_clear_error(spec, message):
     with pytest.raises(ValueError, match=message):
@@ -101,7 +101,7 @@ def _pytest(*args: str) -> subprocess.CompletedProcess:
 
 def test_a_suite_run_where_the_target_supports_nothing_fails():
     run = _pytest("equivalence_tests/test_components.py", "-k", "transformer_matches_torch and float64",
-                  "--impl", "tests.plugin_targets:declines_everything", "--hypothesis-profile=ci")
+                  "--impl", "tests.targets.plugin_targets:declines_everything", "--hypothesis-profile=ci")
     assert run.returncode != 0, run.stdout[-2000:]
     assert "supported none" in run.stdout or "not supported" in run.stdout, run.stdout[-2000:]
 

@@ -23,7 +23,7 @@ from reference.verdict.assertions import (
     low_precision_grads_comparable,
     skip_unless_dtype_runs,
 )
-from tests.test_positional_encoding import paper_table
+from tests.handmade.test_positional_encoding import paper_table
 
 
 class TorchSeq2Seq(nn.Module):

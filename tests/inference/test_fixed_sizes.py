@@ -1,6 +1,6 @@
-"""Targets whose sizes are fixed by the object (instances, zero-argument factories; tests/fixed_size_targets.py):
-every drawn case is adapted to the sizes the model really has (read from its parameters, the number of heads
-found by measurement) and said in a note; the correct ones pass, the planted bugs fail with the numbers, at
+"""Targets whose sizes are fixed by the object (instances, zero-argument factories;
+tests/targets/fixed_size_targets.py): every drawn case is adapted to the sizes the model really has (read
+from its parameters, the number of heads found by measurement) and said in a note; the correct ones pass, the planted bugs fail with the numbers, at
 those sizes. And the map inferred once per configuration shape is reused only while it verifies.
 """
 
@@ -12,19 +12,19 @@ import pytest
 import torch
 
 import reference.inference.sizes as fixed_sizes
+import tests.targets.fixed_size_targets as fx
 from reference import api
 from reference.cases.strategies import AttentionCase
 from reference.inference.prepare import inferred
 from reference.levels.registry import LEVELS
 from reference.targets.contract import load_target
-from tests import fixed_size_targets as fx
 
 F64 = ("-k", "float64")
 CORRECT = [
-    ("tests.fixed_size_targets:gpt", "decoder_only",
+    ("tests.targets.fixed_size_targets:gpt", "decoder_only",
      "sizes fixed by the object: d_model=48, nhead=3, dim_feedforward=192, num_encoder_layers=2"),
-    ("tests.fixed_size_targets:make_norm", "layer_norm", "sizes fixed by the object: normalized_shape=10"),
-    ("tests.fixed_size_targets:attention", "attention", "sizes fixed by the object: d_model=20, nhead=4"),
+    ("tests.targets.fixed_size_targets:make_norm", "layer_norm", "sizes fixed by the object: normalized_shape=10"),
+    ("tests.targets.fixed_size_targets:attention", "attention", "sizes fixed by the object: d_model=20, nhead=4"),
 ]
 
 
@@ -37,9 +37,9 @@ def test_an_object_is_checked_at_the_sizes_it_has_and_passes(spec: str, level: s
 
 
 @pytest.mark.parametrize(("spec", "level", "sizes"), [
-    ("tests.fixed_size_targets:gpt_scaled_by_width", "decoder_only", "d_model=48, nhead=3"),
-    ("tests.fixed_size_targets:make_unbiased_norm", "layer_norm", "normalized_shape=(10,)"),
-    ("tests.fixed_size_targets:attention_scaled_by_width", "attention", "embed_dim=20 num_heads=4"),
+    ("tests.targets.fixed_size_targets:gpt_scaled_by_width", "decoder_only", "d_model=48, nhead=3"),
+    ("tests.targets.fixed_size_targets:make_unbiased_norm", "layer_norm", "normalized_shape=(10,)"),
+    ("tests.targets.fixed_size_targets:attention_scaled_by_width", "attention", "embed_dim=20 num_heads=4"),
 ], ids=["scores scaled by 1/sqrt(n_embd)", "unbiased variance", "attention scaled by 1/sqrt(d_model)"])
 def test_a_planted_bug_in_an_object_fails_at_its_sizes(spec: str, level: str, sizes: str) -> None:
     report = api.check(spec, level=level, profile="kill", device="cpu", exitfirst=True,
@@ -50,7 +50,7 @@ def test_a_planted_bug_in_an_object_fails_at_its_sizes(spec: str, level: str, si
 
 
 def test_the_number_of_heads_is_measured_and_the_drawn_one_preferred() -> None:
-    found = inferred(load_target("tests.fixed_size_targets:attention"), "attention").discover()
+    found = inferred(load_target("tests.targets.fixed_size_targets:attention"), "attention").discover()
     assert found.sizes == {"d_model": 20, "nhead": 4}, found
     note = next(n for n in found.notes if n.startswith("nhead="))
     assert note.startswith("nhead=4 found by measurement: of the divisors of 20 (tried 2, "), note
@@ -65,7 +65,7 @@ def test_layer_counts_are_the_outermost_stacks_not_a_list_of_heads() -> None:
 
 def test_the_map_is_inferred_once_per_shape_and_again_when_it_no_longer_verifies(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    view = inferred(load_target("tests.fixed_size_targets:attention"), "attention")
+    view = inferred(load_target("tests.targets.fixed_size_targets:attention"), "attention")
     view.discover()  # once per run, before any case
     view._maps.clear()
     calls: list[object] = []

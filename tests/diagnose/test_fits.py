@@ -21,7 +21,7 @@ try:
     import reference.diagnose.fits as fits
 except ImportError:  # reference/diagnose/__init__.py mid-rewrite: load the file alone
     _spec = importlib.util.spec_from_file_location(
-        "reference.diagnose.fits", Path(__file__).resolve().parents[1] / "reference/diagnose/fits.py")
+        "reference.diagnose.fits", Path(__file__).resolve().parents[2] / "reference/diagnose/fits.py")
     assert _spec is not None and _spec.loader is not None
     fits = importlib.util.module_from_spec(_spec)
     sys.modules[_spec.name] = fits

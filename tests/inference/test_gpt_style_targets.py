@@ -1,4 +1,4 @@
-"""Patterns from public GPT code, written here (tests/gpt_style_targets.py), checked the way a user would:
+"""Patterns from public GPT code, written here (tests/targets/gpt_style_targets.py), checked the way a user would:
 each is correct and must pass with no adapter (and a planted bug must fail); a config field no level sets is
 a clear error naming it, not a traceback."""
 
@@ -9,7 +9,7 @@ import pytest
 from reference import api
 from reference.check import main as check_main
 
-T = "tests.gpt_style_targets"
+T = "tests.targets.gpt_style_targets"
 
 
 @pytest.mark.parametrize("spec, level, passes", [

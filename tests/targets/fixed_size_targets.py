@@ -1,5 +1,5 @@
 """Targets whose sizes are fixed by the object, not by the drawn case: instances and zero-argument factories,
-each in a style unlike handmade's, with a planted bug next to each (tests/test_fixed_sizes.py).
+each in a style unlike handmade's, with a planted bug next to each (tests/inference/test_fixed_sizes.py).
 
 - ``gpt``: an instance of a GPT-style block stack as a video course writes it (n_embd=48, n_head=3,
   n_layer=2): one small module per head in a ModuleList, a ``tril`` buffer, ``nn.Sequential`` blocks,
