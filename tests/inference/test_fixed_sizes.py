@@ -1,7 +1,8 @@
 """Targets whose sizes are fixed by the object (instances, zero-argument factories;
-tests/targets/fixed_size_targets.py): every drawn case is adapted to the sizes the model really has (read
-from its parameters, the number of heads found by measurement) and said in a note; the correct ones pass, the planted bugs fail with the numbers, at
-those sizes. And the map inferred once per configuration shape is reused only while it verifies.
+tests/targets/fixed_size_targets.py): every drawn case is adapted to the sizes the model really has (read from
+its parameters, the number of heads found by measurement) and said in a note; the correct ones pass, the planted
+bugs fail with the numbers, at those sizes. And the map inferred once per configuration shape is reused only
+while it verifies.
 """
 
 from __future__ import annotations
