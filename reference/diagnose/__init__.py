@@ -14,7 +14,7 @@ Steps, each in its own module:
                  handmade with a deviation crashing the same way;
 - place.py       causes measured at the place that differs: the catalogue and fits (fits.py) there alone;
 - reproducer.py  hypothesis' minimal failing example, as a standalone script + tensors (whole models);
-- report.py      text and ``--json``.
+- report.py      text and ``--json``; plot.py: the picture (``--plot``, matplotlib, optional).
 
 Exit status: 0 equivalent, 1 divergent / crashes / not supported, 2 bad arguments or target spec.
 """
@@ -39,6 +39,7 @@ from reference.diagnose.crashes import crash_causes
 from reference.diagnose.localize import localize
 from reference.diagnose.measure import measure_layout, refit_options
 from reference.diagnose.place import Finding, probe_places
+from reference.diagnose.plot import MISSING, PlotUnavailableError, maps_of, png
 from reference.diagnose.probes import Cause, dropout_in_eval, explain
 from reference.diagnose.report import Diagnosis, render, to_json
 from reference.diagnose.reproducer import minimal_failing_case, write
@@ -201,6 +202,7 @@ def _localize(d: Diagnosis, by_name: dict[str, Observation], target: Target, dev
     except Exception as exc:  # hooks on the target's modules failed: report it, keep the rest
         d.not_localized = f"localization failed on the target: {type(exc).__name__}: {exc}"
         return
+    d.maps = maps_of(d.localization, replay, obs.case)
     if d.localization:
         _merge(d, probe_places(obs, d.localization, replay), family.name)
 
@@ -271,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="only the families whose names start with NAME (repeatable)")
     parser.add_argument("--no-reproducer", action="store_true", help="skip the hypothesis search and the script")
     parser.add_argument("--examples", type=int, default=60, help="hypothesis examples for the search (default 60)")
+    parser.add_argument("--plot", metavar="FILE.png", help="also draw where it differs into FILE.png "
+                        "(the error per submodule against the tolerance; needs the plot extra: matplotlib)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
         target = dataclasses.replace(load_target(args.target), keep_masks=args.keep_masks,
@@ -285,6 +289,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"parity diagnose: {exc}", file=sys.stderr)
         return 1
     print(to_json(d) if args.json else render(d))
+    if args.plot:
+        try:
+            Path(args.plot).write_bytes(png(d))
+        except PlotUnavailableError:
+            print(f"parity diagnose: --plot {args.plot} not written: {MISSING}", file=sys.stderr)
     return 0 if d.verdict == "equivalent" else 1
 
 
