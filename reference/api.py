@@ -58,6 +58,12 @@ def _calls(target: Any, level: str | None, profile: str, device: str, keep_masks
             "pytest_args=('-k', '{k}'))", f"api.diagnose({', '.join([_name(target), *options])})")
 
 
+def _check_call(target: Any, level: str, keep_masks: bool, weight_map: str | None) -> str:
+    """The check that prints hypothesis' shrunk failing case for ``target`` (a command for a spec)."""
+    rerun, _ = _calls(target, level, "ci", "cpu", keep_masks, weight_map)
+    return rerun.split(" -- -k")[0] if isinstance(target, str) else rerun.split(", pytest_args")[0] + ")"
+
+
 @dataclass
 class CheckReport:
     """What ``check`` found: pytest's exit status and the parity report; its repr is the summary table, and in
@@ -117,6 +123,7 @@ class DiagnoseReport:
     diagnosis: Any = field(repr=False)
     log: str = field(default="", repr=False)
     name: str = field(default="", repr=False)  # the target, as the HTML names it
+    check_call: str = field(default="", repr=False)  # prints hypothesis' shrunk failing case
     _png: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -149,7 +156,7 @@ class DiagnoseReport:
         from reference.diagnose.plot import MISSING
         from reference.report_html import diagnosis_html
 
-        return diagnosis_html(self.diagnosis, self._repr_png_(), MISSING, self.name)
+        return diagnosis_html(self.diagnosis, self._repr_png_(), MISSING, self.name, self.check_call)
 
 
 def diagnose(target: Any, *, level: str = "transformer", keep_masks: bool = False, weight_map: str | None = None,
@@ -167,4 +174,4 @@ def diagnose(target: Any, *, level: str = "transformer", keep_masks: bool = Fals
     loaded = dataclasses.replace(load_target(spec_of(target)), keep_masks=keep_masks, weight_map=weight_map)
     with captured() as log:
         found = run(loaded, device=device, out_dir=out_dir, family_names=families, reproduce=reproduce, level=level)
-    return DiagnoseReport(found, log.getvalue(), _name(target))
+    return DiagnoseReport(found, log.getvalue(), _name(target), _check_call(target, level, keep_masks, weight_map))

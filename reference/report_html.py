@@ -81,7 +81,7 @@ def check_html(report: dict, status: int, name: str, rerun: str, diagnose: str) 
              "<p style='font-size:85%;color:#555;margin:0'>ratio: error / PyTorch's own error at that dtype and "
              "device (in float64 on the CPU, error / the float64 floor)</p>",
              _list("What the harness inferred about the target",
-                   [note.replace(f"{report['impl']} at ", "at ") for note in report.get("notes", [])])]
+                   [note.replace(f"{report['impl']} at ", "") for note in report.get("notes", [])])]
     declined = sorted({r["reason"] for r in report["not_supported"]})
     if declined:
         parts.append(_list(f"Not supported (reported, not failures): {len(report['not_supported'])} drawn "
@@ -101,9 +101,27 @@ def check_html(report: dict, status: int, name: str, rerun: str, diagnose: str) 
     return "<div>" + "".join(parts) + "</div>"
 
 
-def diagnosis_html(d: Any, picture: bytes | None, missing: str, name: str = "") -> str:
+def _worst_example(d: Any, rerun: str) -> str:
+    """The case localized and its worst element in a few lines, and how to reproduce a shrunk failing case."""
+    loc = next((loc for loc in sorted(d.localization, key=lambda loc: loc.mode != "isolated") if loc.first), None)
+    lines = []
+    if loc is not None and loc.first is not None:
+        row = loc.first
+        at = ", ".join(f"{k} {v}" for k, v in row.worst.items() if v is not None)
+        lines += [f"case: {loc.case}", f"worst element of {row.name or 'the output'}" + (f" at ({at})" if at else "")
+                  + f": {row.candidate:.6g} (the target) vs {row.oracle:.6g} (the built-in)"]
+    if d.reproducer is not None:
+        lines += [f"shrunk: {d.reproducer.case}", d.reproducer.failure, f"run: {d.reproducer.command}"]
+    elif rerun:
+        lines.append(f"hypothesis' shrunk failing case: {rerun}")
+    else:
+        lines.append(d.reproducer_note)
+    return "<p style='margin:6px 0 0'><b>Worst example</b></p>" + _code("\n".join(lines))
+
+
+def diagnosis_html(d: Any, picture: bytes | None, missing: str, name: str = "", rerun: str = "") -> str:
     """A diagnosis (reference.diagnose.report.Diagnosis) of ``name``; ``picture``: its PNG, else ``missing``
-    says why not."""
+    says why not; ``rerun``: the check call or command that prints hypothesis' shrunk failing case."""
     from reference.diagnose.report import builtin_of, headline
 
     b = builtin_of(d)
@@ -135,11 +153,8 @@ def diagnosis_html(d: Any, picture: bytes | None, missing: str, name: str = "") 
               for c in d.causes]
     parts.append(_list("Likely causes (each backed by a probe run on the target)", causes + (
         [f"unexplained: {d.unexplained}"] if d.unexplained else [])))
-    if d.reproducer is not None:
-        parts += ["<p style='margin:6px 0 0'><b>Minimal failing example</b></p>",
-                  _code(f"case: {d.reproducer.case}\n{d.reproducer.failure}\nrun: {d.reproducer.command}")]
-    elif d.reproducer_note and d.verdict != "equivalent":
-        parts.append(f"<p style='margin:6px 0 0'><b>Minimal failing example</b>: {escape(d.reproducer_note)}</p>")
+    if d.verdict != "equivalent":
+        parts.append(_worst_example(d, rerun))
     if picture is not None:
         parts.append(f'<img style="max-width:100%" src="data:image/png;base64,{base64.b64encode(picture).decode()}"/>')
     elif d.localization:

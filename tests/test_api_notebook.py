@@ -58,6 +58,8 @@ def test_diagnose_takes_a_level_like_the_command() -> None:
     assert "--as attention" in repr(found)
     html = found._repr_html_()
     assert html.index("DIVERGENT:") < html.index("<table") and "permute(2, 0, 1, 3)" in html  # the fix
+    assert html.index("<table") < html.index("Worst example")  # with the check that shrinks it:
+    assert "api.check(MergeWithoutTranspose, level=&#x27;attention&#x27;, keep_masks=True, profile=" in html
     if plot_available():
         assert found._repr_png_().startswith(PNG_SIGNATURE) and "data:image/png;base64," in html
         assert "the module itself" in found.plot()._suptitle.get_text()

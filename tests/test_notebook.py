@@ -58,7 +58,7 @@ def test_the_reports_show_as_html_with_the_verdict_first(cells: dict[str, Any]) 
     assert passed.index("PASSED:") < passed.index("<table"), passed[:400]
     assert failed.index("FAILED:") < failed.index("<table") < failed.index("Worst failure"), failed[:400]
     assert "api.check(Unscaled, level=&#x27;attention&#x27;" in failed  # the call that reruns the worst failure
-    assert diagnosed.index("DIVERGENT:") < diagnosed.index("<table"), diagnosed[:400]
+    assert diagnosed.index("DIVERGENT:") < diagnosed.index("<table") < diagnosed.index("Worst example")
     assert "data:image/png;base64," in diagnosed  # the picture, inline
 
 
