@@ -88,8 +88,14 @@ class CheckReport:
 
     def __str__(self) -> str:
         if not self.report:
-            return f"parity check: the suite did not run (pytest exit status {self.status})"
+            return f"parity check: the suite did not run (pytest exit status {self.status})" + self.why_not_run
         return "\n".join(table(self.report))
+
+    @property
+    def why_not_run(self) -> str:
+        """pytest's error lines when the suite did not run (a bad target, a bad option), one per line."""
+        errors = [line for line in self.log.splitlines() if line.startswith(("ERROR", "E "))][:5]
+        return "".join(f"\n{line}" for line in errors)
 
     __repr__ = __str__
 
@@ -97,7 +103,7 @@ class CheckReport:
         from reference.report_html import check_html
 
         return check_html(self.report, self.status, self.name or str(self.report.get("impl", "")), self.rerun,
-                          self.diagnose_call)
+                          self.diagnose_call, self.why_not_run.strip())
 
 
 def check(target: Any, *, level: str | None = None, profile: str = "dev", device: str = "all",

@@ -58,12 +58,12 @@ def _worst_failure(report: dict) -> dict | None:
     return max(failed, key=lambda t: worst.get(t["nodeid"], -1.0), default=None)
 
 
-def check_html(report: dict, status: int, name: str, rerun: str, diagnose: str) -> str:
+def check_html(report: dict, status: int, name: str, rerun: str, diagnose: str, error: str = "") -> str:
     """A check report: ``rerun`` is the call or command for one test, with ``{k}`` where its -k expression goes;
     ``diagnose`` the one that explains where and why it differs."""
     if not report:
         return _verdict("DID NOT RUN", BAD, f"the suite did not run (pytest exit status {status}); "
-                                            "report.log has pytest's output")
+                                            "report.log has pytest's output") + (_code(error) if error else "")
     tests, verdicts = report["tests"], report["verdicts"]
     failed = [t for t in tests if t["outcome"] in ("failed", "error")]
     if failed:

@@ -95,6 +95,13 @@ def test_check_prints_nothing_keeps_pytests_output_and_shows_the_verdict_first(
     assert html.index("PASSED:") < html.index("<table") and "layer_norm" in html
 
 
+def test_a_check_that_did_not_run_says_why_though_it_printed_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+    report = api.check("examples.no_such_module:X", level="attention", profile="ci", device="cpu")
+    assert capsys.readouterr().out == "" and not report.passed
+    assert "cannot import target 'examples.no_such_module:X'" in str(report)
+    assert "DID NOT RUN:" in report._repr_html_() and "examples.no_such_module" in report._repr_html_()
+
+
 @pytest.mark.slow
 def test_a_failed_checks_html_gives_the_worst_failure_and_a_call_that_reruns_it(
         capsys: pytest.CaptureFixture[str]) -> None:
