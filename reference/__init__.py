@@ -4,7 +4,7 @@ Front doors (this folder):
     cli.py            the ``parity`` command (check, diagnose, zoo, bench), each imported on use
     check.py          ``parity check``: run the equivalence suite on a target, print the table
     pytest_plugin.py  the pytest11 plugin: ``--impl``, ``--as``, profiles, fixtures, the parity report
-    api.py            ``check`` and ``diagnose`` for notebooks and scripts
+    api.py            ``check`` and ``diagnose`` for notebooks and scripts (report_html.py: their HTML)
 
 The pipeline, one subpackage per step, each importing only the ones above it in this list:
     builtin/    the built-in side: nn.Transformer's configuration, random weights, the weight bridge

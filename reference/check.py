@@ -9,11 +9,14 @@ with their falsifying examples. Exit status: pytest's, or 1 when the target supp
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import math
 import sys
 import tempfile
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 from reference.levels.registry import LEVELS
@@ -50,8 +53,8 @@ def _number(x: float | str) -> float:
     return float(x)  # non-finite numbers travel as strings ("inf")
 
 
-def table(report: dict) -> list[str]:
-    """The summary: per component x dtype x device, then not-supported configurations, tests, failures."""
+def summary_rows(report: dict) -> list[tuple[tuple[str, str, str], dict]]:
+    """Per (component, dtype, device), in the table's order: examples, failed, max_abs, ratio, declined."""
     rows: dict[tuple[str, str, str], dict] = defaultdict(
         lambda: {"examples": 0, "failed": 0, "max_abs": 0.0, "ratio": 0.0, "declined": 0})
     for v in report["verdicts"]:
@@ -62,13 +65,18 @@ def table(report: dict) -> list[str]:
         row["ratio"] = max(row["ratio"], _number(v["ratio"]))
     for r in report["not_supported"]:
         rows[(r["component"], r["dtype"], r["device"])]["declined"] += 1
-    width = max([len("component"), *(len(component) for component, _, _ in rows)])
+    return sorted(rows.items(), key=lambda kv: (kv[0][0], DTYPE_ORDER.get(kv[0][1], 9), kv[0][2]))
+
+
+def table(report: dict) -> list[str]:
+    """The summary: per component x dtype x device, then not-supported configurations, tests, failures."""
+    rows = summary_rows(report)
+    width = max([len("component"), *(len(component) for (component, _, _), _ in rows)])
     lines = [f"parity check: {report['impl']} (hypothesis profile {report['profile']}, torch {report['torch']})",
              "",
              f"{'component':{width}s} {'dtype':9s} {'device':6s} {'examples':>8s} {'worst error':>12s} "
              f"{'worst ratio':>12s} {'failed':>6s} {'not supported':>13s}"]
-    for (component, dtype, device), row in sorted(rows.items(), key=lambda kv: (
-            kv[0][0], DTYPE_ORDER.get(kv[0][1], 9), kv[0][2])):
+    for (component, dtype, device), row in rows:
         ratio = f"{row['ratio']:.3g}" if math.isfinite(row["ratio"]) else "inf"
         lines.append(f"{component:{width}s} {dtype:9s} {device:6s} {row['examples']:8d} {row['max_abs']:12.3g} "
                      f"{ratio:>12s} {row['failed']:6d} {row['declined']:13d}")
@@ -116,6 +124,15 @@ def show_map(spec: str, level: str | None, keep_masks: bool, weight_map: str | N
         print(f"parity check --show-map: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+@contextlib.contextmanager
+def captured() -> Iterator[io.StringIO]:
+    """Everything written to sys.stdout and sys.stderr inside (pytest's report, warnings) kept in the buffer
+    yielded, not shown: the notebook API keeps it as the report's ``log``."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+        yield buffer
 
 
 def run_suite(spec: str, *, level: str | None = None, profile: str = "dev", device: str = "all",

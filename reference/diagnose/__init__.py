@@ -14,7 +14,7 @@ Steps, each in its own module (``pipeline`` runs them in order and is the comman
                  handmade with a deviation crashing the same way;
 - place.py       causes measured at the place that differs: the catalogue and fits (fits.py) there alone;
 - reproducer.py  hypothesis' minimal failing example, as a standalone script + tensors (whole models);
-- report.py      text and ``--json``.
+- report.py      text and ``--json``; plot.py: the picture (``--plot``, matplotlib, optional).
 
 Exit status: 0 equivalent, 1 divergent / crashes / not supported, 2 bad arguments or target spec.
 """

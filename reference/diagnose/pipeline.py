@@ -22,6 +22,7 @@ from reference.diagnose.crashes import crash_causes
 from reference.diagnose.localize import localize
 from reference.diagnose.measure import measure_layout, refit_options
 from reference.diagnose.place import Finding, probe_places
+from reference.diagnose.plot import MISSING, PlotUnavailableError, maps_of, png
 from reference.diagnose.probes import Cause, dropout_in_eval, explain
 from reference.diagnose.report import Diagnosis, render, to_json
 from reference.diagnose.reproducer import minimal_failing_case, write
@@ -185,6 +186,7 @@ def _localize(d: Diagnosis, by_name: dict[str, Observation], target: Target, dev
     except Exception as exc:  # hooks on the target's modules failed: report it, keep the rest
         d.not_localized = f"localization failed on the target: {type(exc).__name__}: {exc}"
         return
+    d.maps = maps_of(d.localization, replay, obs.case)
     if d.localization:
         _merge(d, probe_places(obs, d.localization, replay), family.name)
 
@@ -255,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="only the families whose names start with NAME (repeatable)")
     parser.add_argument("--no-reproducer", action="store_true", help="skip the hypothesis search and the script")
     parser.add_argument("--examples", type=int, default=60, help="hypothesis examples for the search (default 60)")
+    parser.add_argument("--plot", metavar="FILE.png", help="also draw where it differs into FILE.png "
+                        "(the error per submodule against the tolerance; needs the plot extra: matplotlib)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
         target = dataclasses.replace(load_target(args.target), keep_masks=args.keep_masks,
@@ -269,6 +273,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"parity diagnose: {exc}", file=sys.stderr)
         return 1
     print(to_json(d) if args.json else render(d))
+    if args.plot:
+        try:
+            Path(args.plot).write_bytes(png(d))
+        except PlotUnavailableError:
+            print(f"parity diagnose: --plot {args.plot} not written: {MISSING}", file=sys.stderr)
     return 0 if d.verdict == "equivalent" else 1
 
 

@@ -10,6 +10,8 @@ import textwrap
 from dataclasses import dataclass, field
 from typing import cast
 
+from torch import Tensor
+
 from reference.diagnose.families import Family
 from reference.diagnose.localize import Localization, SubmoduleError
 from reference.diagnose.probes import Cause, Explanation
@@ -53,6 +55,8 @@ class Diagnosis:
     extra_causes: list[Cause] = field(default_factory=list)
     reproducer: Reproducer | None = None
     reproducer_note: str = ""
+    # the first submodule whose own output differs, fed the built-in's input: (name, built-in's, target's), 2-D
+    maps: tuple[str, Tensor, Tensor] | None = field(default=None, metadata={"json": False})
 
     @property
     def explained(self) -> bool:
@@ -139,24 +143,35 @@ def _place(name: str, module: str) -> str:
     return (name or "the module itself") + (f" (the target's {module})" if module else "")
 
 
+def builtin_of(d: Diagnosis) -> str:
+    """The built-in module compared against: "nn.TransformerEncoder with a causal mask" -> nn.TransformerEncoder."""
+    return d.builtin.split(" with ")[0]
+
+
+def headline(d: Diagnosis) -> str:
+    """The verdict in one sentence or three: what it is, how many causes, whether they explain it all."""
+    b = builtin_of(d)
+    line = {"equivalent": f"EQUIVALENT: it matches {b} in every family tried.",
+            "not supported": "NOT SUPPORTED: the target declined every configuration tried.",
+            "crashes": f"CRASHES: it crashes where {b} computes an output.",
+            "divergent": f"DIVERGENT: it differs from {b}."}[d.verdict]
+    if d.causes:
+        line += f" {len(d.causes)} cause(s) found"
+        line += (", and together they explain every difference." if d.explained
+                 else "; they do not explain every difference (see 3).")
+    crashed = [f.name for f in d.families if f.verdict == "crashes"]
+    if crashed and d.verdict != "crashes":
+        line += f" It also crashes on: {', '.join(crashed)} (see 3)."
+    return line
+
+
 def render(d: Diagnosis) -> str:
     """The text report (lines of at most WIDTH columns)."""
-    b = d.builtin.split(" with ")[0]  # "nn.TransformerEncoder with a causal mask": the module is named
+    b = builtin_of(d)
     lines = [f"parity diagnose {d.target} --as {d.level}  ({d.kind}; vs {b}; torch {d.torch}; float64 on "
              f"{d.device})", ""]
     ex = d.explanation
-    headline = {"equivalent": f"EQUIVALENT: it matches {b} in every family tried.",
-                "not supported": "NOT SUPPORTED: the target declined every configuration tried.",
-                "crashes": f"CRASHES: it crashes where {b} computes an output.",
-                "divergent": f"DIVERGENT: it differs from {b}."}[d.verdict]
-    if d.causes:
-        headline += f" {len(d.causes)} cause(s) found"
-        headline += (", and together they explain every difference." if d.explained
-                     else "; they do not explain every difference (see 3).")
-    crashed = [f.name for f in d.families if f.verdict == "crashes"]
-    if crashed and d.verdict != "crashes":
-        headline += f" It also crashes on: {', '.join(crashed)} (see 3)."
-    lines += [headline, *(f"Note: {n}" for n in d.notes), "",
+    lines += [headline(d), *(f"Note: {n}" for n in d.notes), "",
               "1. Verdict per family (float64, 2 cases each: outputs, and gradients on the first)",
               f"   base: {d.base}" + ("" if d.base == "default" else " (fixed by its code, or the first it runs)")]
     if d.base_tried:
