@@ -137,7 +137,7 @@ class DiagnoseReport:
         return str(self.diagnosis.verdict)
 
     def __str__(self) -> str:
-        from reference.diagnose.report import render
+        from reference.diagnose.text import render
 
         return render(self.diagnosis)
 

@@ -24,9 +24,10 @@ from reference.diagnose.measure import measure_layout, refit_options
 from reference.diagnose.place import Finding, probe_places
 from reference.diagnose.plot import MISSING, PlotUnavailableError, maps_of, png
 from reference.diagnose.probes import Cause, dropout_in_eval, explain
-from reference.diagnose.report import Diagnosis, render, to_json
+from reference.diagnose.report import Diagnosis, to_json
 from reference.diagnose.reproducer import minimal_failing_case, write
 from reference.diagnose.runs import Observation, as_case, observe, one_thread
+from reference.diagnose.text import render
 from reference.inference.prepare import is_adapter, is_drop_in
 from reference.inference.target import MASKS_JUDGED
 from reference.levels.registry import LEVELS

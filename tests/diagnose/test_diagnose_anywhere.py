@@ -17,8 +17,9 @@ import math
 import pytest
 
 from reference.diagnose.pipeline import diagnose, main
-from reference.diagnose.report import WIDTH, render, to_json
+from reference.diagnose.report import to_json
 from reference.diagnose.runs import one_thread
+from reference.diagnose.text import WIDTH, render
 from reference.targets.contract import load_target
 
 TARGETS = "tests.targets.diagnose_targets"
