@@ -123,7 +123,7 @@ class _Recorder(TorchFunctionMode):
         if not outs:  # .shape, .size(), .dim(): looking, not using
             return out
         first = [d.root for _, _, _, d in tensors if d.root not in self.uses]
-        matrices_first = sorted(dict.fromkeys(first), key=lambda r: 0 if self._is_matrix(r, tensors) else 1)
+        matrices_first = sorted(dict.fromkeys(first), key=lambda r: 0 if r in self.matrices else 1)
         for position, root in enumerate(matrices_first):
             self.uses[root] = Use(self.step, name, group=tuple(matrices_first), position=position)
         if name in DERIVE:
@@ -139,9 +139,6 @@ class _Recorder(TorchFunctionMode):
             self._consume(name, args, position, kwarg, tensor, info)
         return out
 
-    def _is_matrix(self, root: str, tensors: list[tuple[int, str | None, Tensor, _Derived]]) -> bool:
-        return root in self.matrices
-
     def _consume(self, name: str, args: tuple[Any, ...], position: int, kwarg: str | None, tensor: Tensor,
                  info: _Derived) -> None:
         """Orientation or kind from the first operation that consumes the parameter (or a view of it)."""
@@ -150,31 +147,39 @@ class _Recorder(TorchFunctionMode):
         if use.uses > 1:
             return
         if info.root in self.matrices and sum(1 for d in tensor.shape if d != 1) >= 2:
-            orientation = None
-            if info.reshaped:
-                orientation = None
-            elif name == "linear" and (position == 1 or kwarg == "weight"):
-                orientation = "out_in"
-            elif name in ("matmul", "mm", "__matmul__"):
-                orientation = "in_out" if position == 1 else "out_in"
-            elif name == "__rmatmul__":
-                orientation = "in_out" if position == 0 else "out_in"
-            elif name == "addmm":
-                orientation = "in_out" if position == 2 else "out_in" if position == 1 else None
-            elif name == "einsum":
-                operands = args[1] if len(args) == 2 and isinstance(args[1], (list, tuple)) else args[1:]
-                index = next((i for i, o in enumerate(operands) if o is tensor), -1)
-                orientation = _einsum_orientation((args[0], *operands), index)
+            orientation = None if info.reshaped else _orientation(name, args, position, kwarg, tensor)
             if orientation is not None and info.transposed:
                 orientation = "in_out" if orientation == "out_in" else "out_in"
             use.orientation = orientation
-        elif name == "layer_norm":
-            use.kind = "scale" if position == 2 or kwarg == "weight" else "shift"
-        elif (name == "linear" and (position == 2 or kwarg == "bias")) or (name == "addmm" and position == 0) \
-                or name in SHIFT:
-            use.kind = "shift"
-        elif name in SCALE:
-            use.kind = "scale"
+        else:
+            use.kind = _kind(name, position, kwarg) or use.kind
+
+
+def _orientation(name: str, args: tuple[Any, ...], position: int, kwarg: str | None, tensor: Tensor) -> str | None:
+    """How operation ``name`` reads a matrix at argument ``position``: out_in (as nn.Linear) or in_out."""
+    if name == "linear" and (position == 1 or kwarg == "weight"):
+        return "out_in"
+    if name in ("matmul", "mm", "__matmul__"):
+        return "in_out" if position == 1 else "out_in"
+    if name == "__rmatmul__":
+        return "in_out" if position == 0 else "out_in"
+    if name == "addmm":
+        return "in_out" if position == 2 else "out_in" if position == 1 else None
+    if name == "einsum":
+        operands = args[1] if len(args) == 2 and isinstance(args[1], (list, tuple)) else args[1:]
+        index = next((i for i, o in enumerate(operands) if o is tensor), -1)
+        return _einsum_orientation((args[0], *operands), index)
+    return None
+
+
+def _kind(name: str, position: int, kwarg: str | None) -> str | None:
+    """A vector's role in operation ``name``: a scale (multiplies) or a shift (adds); None if neither."""
+    if name == "layer_norm":
+        return "scale" if position == 2 or kwarg == "weight" else "shift"
+    if (name == "linear" and (position == 2 or kwarg == "bias")) or (name == "addmm" and position == 0) \
+            or name in SHIFT:
+        return "shift"
+    return "scale" if name in SCALE else None
 
 
 @dataclass
