@@ -26,6 +26,18 @@ ATTN_MASKS = (
 PADDING_MASKS = ("none", "bool", "float_inf", "float_finite")
 CAUSAL_KINDS = ("causal_float", "causal_bool")
 
+_SRC = {"src_mask": "src_mask", "src_key_padding_mask": "src_key_padding_mask"}
+_TGT = {k: k for k in ("tgt_mask", "memory_mask", "tgt_key_padding_mask", "memory_key_padding_mask")}
+CASE_MASKS = {  # per level: its mask keyword -> the Case field that draws it
+    "encoder_layer": _SRC, "encoder": {"mask": "src_mask", "src_key_padding_mask": "src_key_padding_mask"},
+    "decoder_layer": _TGT, "decoder": _TGT, "transformer": {**_SRC, **_TGT},
+}
+HINTS = {  # a dropped mask's hint goes too
+    "src_mask": ("src_is_causal", None), "tgt_mask": ("tgt_is_causal", None),
+    "memory_mask": ("memory_is_causal", False),
+}
+_CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(Config))
+
 
 def attn_mask(
     kind: str, L: int, S: int, batch: int | None, nhead: int, dtype: torch.dtype, g: torch.Generator
@@ -89,6 +101,62 @@ class Case:
 
     def replace(self, **changes: Any) -> Case:
         return dataclasses.replace(self, **changes)
+
+    # What the runners ask of every kind of case (reference/cases/kinds.py has the others):
+
+    @property
+    def batch_first(self) -> bool:
+        return self.config.batch_first
+
+    @property
+    def width(self) -> int:
+        """The model width, d_model."""
+        return self.config.d_model
+
+    @property
+    def heads(self) -> int:
+        return self.config.nhead
+
+    def options(self) -> dict[str, Any]:
+        """The configuration as the built-in's keyword arguments (what the user's constructor is given)."""
+        return self.config.kwargs()
+
+    def with_options(self, changes: dict[str, Any]) -> Case:
+        """This case with configuration options replaced (those a target's code fixes, sizes it has)."""
+        known = {k: v for k, v in changes.items() if k in _CONFIG_FIELDS}
+        return self.replace(config=dataclasses.replace(self.config, **known)) if known else self
+
+    def sizes(self) -> dict[str, Any]:
+        """The sizes in canonical names (what reference/inference/sizes.py reads from a model)."""
+        return {k: getattr(self.config, k) for k in ("d_model", "nhead", "dim_feedforward", "num_encoder_layers",
+                                                      "num_decoder_layers")}
+
+    def with_batch(self, size: int | None) -> Case:
+        return self.replace(batch=size)
+
+    def unmasked(self) -> Case:
+        """Without masks and batched with N != L: the sample discovery measures on."""
+        fields = {f for masks in CASE_MASKS.values() for f in masks.values()}
+        return self.replace(**{f: "none" for f in fields}, src_is_causal=None, tgt_is_causal=None,
+                            memory_is_causal=False, batch=3 if self.batch is None else self.batch)
+
+    def long_enough(self, length: int = 4) -> Case:
+        """Every sequence at least ``length`` long (heads are measured on longer sequences)."""
+        return self.replace(src_len=max(self.src_len, length), tgt_len=max(self.tgt_len, length))
+
+    def only_masks(self, taken: tuple[str, ...], level: str) -> Case:
+        """Without the masks the target takes no argument for at ``level`` (and their hints)."""
+        drop = {field for keyword, field in CASE_MASKS.get(level, {}).items() if keyword not in taken}
+        hints = dict(HINTS[f] for f in drop if f in HINTS)
+        return self.replace(**{f: "none" for f in drop}, **hints)
+
+    def as_case(self) -> Case:
+        """The whole-model view of the case (what the catalogue's ``shows_on`` reads): itself."""
+        return self
+
+    def plant_options(self) -> dict[str, Any]:
+        """The keyword arguments a catalogue deviation is planted with."""
+        return self.config.kwargs()
 
     def tensors(self, dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor, dict[str, object]]:
         """(src, tgt, forward kwargs) on the CPU at ``dtype``: values drawn in float64 then rounded."""

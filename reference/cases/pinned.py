@@ -6,7 +6,8 @@ import torch
 
 from reference.builtin.config import Config
 from reference.cases.case import Case
-from reference.cases.strategies import DTYPES, AttentionCase, LayerNormCase, StackCase, silu, tanh_gelu
+from reference.cases.kinds import AttentionCase, LayerNormCase, StackCase
+from reference.cases.strategies import DTYPES, silu, tanh_gelu
 
 F64, F32 = torch.float64, torch.float32
 

@@ -8,10 +8,7 @@ lengths <= 8, <= 3 layers) so that many run quickly.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +17,7 @@ from torch import Tensor
 
 from reference.builtin.config import Config
 from reference.cases.case import ATTN_MASKS, CAUSAL_KINDS, PADDING_MASKS, Case
+from reference.cases.kinds import AttentionCase, LayerNormCase, Seq2SeqCase, StackCase
 
 MAX_D_MODEL = 32
 MAX_LEN = 8
@@ -143,39 +141,6 @@ def devices() -> st.SearchStrategy[str]:
     return st.sampled_from(["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
 
 
-@dataclass(frozen=True)
-class AttentionCase:
-    """A bare multi-head attention example: every nn.MultiheadAttention option, call flags, masks and seed."""
-
-    embed_dim: int = 8
-    num_heads: int = 2
-    bias: bool = True
-    add_bias_kv: bool = False
-    add_zero_attn: bool = False
-    kdim: int | None = None
-    vdim: int | None = None
-    batch_first: bool = False
-    dropout: float = 0.0
-    batch: int | None = 2
-    query_len: int = 3
-    key_len: int = 4
-    self_attention: bool = False
-    attn_mask: str = "none"
-    key_padding_mask: str = "none"
-    need_weights: bool = True
-    average_attn_weights: bool = True
-    is_causal: bool = False
-    seed: int = 0
-    weight_scale: float = 1.0
-
-    def replace(self, **changes: Any) -> AttentionCase:
-        return dataclasses.replace(self, **changes)
-
-    def describe(self) -> str:
-        """One line for failure messages."""
-        return " ".join(f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self))
-
-
 @st.composite
 def attention_cases(draw: st.DrawFn) -> AttentionCase:
     """nn.MultiheadAttention options (kdim/vdim, bias_kv, zero_attn), self or cross attention, masks, flags."""
@@ -214,27 +179,6 @@ def attention_cases(draw: st.DrawFn) -> AttentionCase:
     )
 
 
-@dataclass(frozen=True)
-class LayerNormCase:
-    """A layer-norm example: every nn.LayerNorm option, the input's leading shape, its offset, seed."""
-
-    normalized_shape: tuple[int, ...] = (8,)
-    eps: float = 1e-5
-    elementwise_affine: bool = True
-    bias: bool = True
-    lead_shape: tuple[int, ...] = (3,)
-    offset: float = 0.0
-    seed: int = 0
-    weight_scale: float = 1.0
-
-    def replace(self, **changes: Any) -> LayerNormCase:
-        return dataclasses.replace(self, **changes)
-
-    def describe(self) -> str:
-        """One line for failure messages."""
-        return " ".join(f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self))
-
-
 @st.composite
 def layer_norm_cases(draw: st.DrawFn) -> LayerNormCase:
     """nn.LayerNorm options (multi-dim normalized_shape, eps, affine, bias) and inputs with a large mean."""
@@ -250,44 +194,10 @@ def layer_norm_cases(draw: st.DrawFn) -> LayerNormCase:
     )
 
 
-@dataclass(frozen=True)
-class StackCase:
-    """An encoder or decoder stack example: a whole-model case, with or without the stack's final norm."""
-
-    case: Case
-    final_norm: bool = True
-
-    @property
-    def seed(self) -> int:
-        return self.case.seed
-
-    @property
-    def weight_scale(self) -> float:
-        return self.case.weight_scale
-
-    def describe(self) -> str:
-        """One line for failure messages."""
-        return self.case.describe() + ("" if self.final_norm else " (no final norm)")
-
-
 @st.composite
 def stack_cases(draw: st.DrawFn) -> StackCase:
     """A whole-model case (1-3 distinct layers each side) and whether the stack ends in a norm."""
     return StackCase(draw(cases(), label="case"), draw(st.booleans(), label="final_norm"))
-
-
-@dataclass(frozen=True)
-class Seq2SeqCase:
-    """A token-level example for the sequence-to-sequence wrapper."""
-
-    case: Case
-    src_vocab: int = 11
-    tgt_vocab: int = 7
-    max_len: int = 16
-
-    def describe(self) -> str:
-        """One line for failure messages."""
-        return f"src_vocab={self.src_vocab} tgt_vocab={self.tgt_vocab} max_len={self.max_len} {self.case.describe()}"
 
 
 @st.composite

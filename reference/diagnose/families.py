@@ -11,9 +11,9 @@ the engine, the suite's own comparison and tolerance policy: equivalent, diverge
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,12 +21,12 @@ import torch
 
 from reference.builtin.config import Config
 from reference.cases.case import Case
-from reference.cases.strategies import AttentionCase, LayerNormCase, StackCase
+from reference.cases.kinds import AttentionCase, LayerNormCase, StackCase
 from reference.catalogue import BY_KEY
 from reference.catalogue._base import KPM_FIELDS, MASK_FIELDS
 from reference.diagnose.probes import Scorer, shows
 from reference.diagnose.runs import Observation, observe, with_seed
-from reference.diagnose.variations import Variation, _set_config, variations
+from reference.diagnose.variations import Variation, variations
 from reference.inference.prepare import prepare
 from reference.levels.registry import LEVELS
 from reference.targets.contract import NotSupportedError, Target, TargetError
@@ -65,31 +65,25 @@ def default_case(level: str) -> Any:
 
 
 def _base_candidates(level: str) -> list[tuple[str, Any]]:
-    """The default first, then the nn options a target may fix (one, two, then all three changed)."""
+    """The default first, then the nn options a target may fix (one, two, then all three changed), among
+    those the level's case has."""
     default = default_case(level)
-    if isinstance(default, (AttentionCase, LayerNormCase)):
-        extra = [("batch_first=True", default.replace(batch_first=True))] if isinstance(default, AttentionCase) else []
-        return [("default", default), *extra]
-    options = {"norm_first": True, "activation": "gelu", "batch_first": True}
+    options = {k: v for k, v in {"norm_first": True, "activation": "gelu", "batch_first": True}.items()
+               if k in default.options()}
     out = [("default", default)]
-    for n in (1, 2, 3):
+    for n in range(1, len(options) + 1):
         for keys in itertools.combinations(options, n):
             changes = {k: options[k] for k in keys}
-            out.append((", ".join(f"{k}={v}" for k, v in changes.items()), _set_config(default, **changes)))
+            out.append((", ".join(f"{k}={v}" for k, v in changes.items()), default.with_options(changes)))
     return out
 
 
 def _difference(case: Any, default: Any) -> str:
     """How ``case``'s options differ from ``default``'s, as keyword arguments ("" when they do not)."""
-    if isinstance(case, StackCase) and isinstance(default, StackCase):
-        inner = _difference(case.case, default.case)
-        final = "" if case.final_norm == default.final_norm else f"final_norm={case.final_norm}"
-        return ", ".join(p for p in (inner, final) if p)
-    a = dataclasses.asdict(case.config) if isinstance(case, Case) else dataclasses.asdict(case)
-    b = dataclasses.asdict(default.config) if isinstance(default, Case) else dataclasses.asdict(default)
+    a, b = case.options(), default.options()
     keep = ("norm_first", "activation", "batch_first", "bias", "layer_norm_eps", "dropout", "eps",
             "elementwise_affine", "add_bias_kv", "add_zero_attn", "d_model", "nhead", "dim_feedforward",
-            "embed_dim", "num_heads", "normalized_shape")
+            "embed_dim", "num_heads", "normalized_shape", "final_norm")
     return ", ".join(f"{k}={getattr(a[k], '__name__', a[k])!r}".replace("'", "") for k in keep
                      if k in a and k in b and a[k] != b[k])
 
@@ -129,15 +123,21 @@ def family_grid(names: tuple[str, ...] | None = None, level: str = "transformer"
     return out
 
 
+def _whole_model_second(c: Case | StackCase) -> dict[str, Any]:
+    return {"seed": 2, "src_len": 3, "tgt_len": 6, "batch": None if c.batch is None else 3}
+
+
+_SECOND: dict[type, Callable[[Any], dict[str, Any]]] = {  # the fields a family's second case changes, per kind
+    Case: _whole_model_second, StackCase: _whole_model_second,
+    AttentionCase: lambda c: {"seed": 2, "query_len": 5, "key_len": 5 if c.self_attention else 2,
+                              "batch": None if c.batch is None else 3},
+    LayerNormCase: lambda c: {"seed": 2, "lead_shape": (4,)},
+}
+
+
 def _second(case: Any) -> Any:
-    if isinstance(case, StackCase):
-        return StackCase(_second(case.case), case.final_norm)
-    if isinstance(case, Case):
-        return case.replace(seed=2, src_len=3, tgt_len=6, batch=None if case.batch is None else 3)
-    if isinstance(case, AttentionCase):
-        return case.replace(seed=2, query_len=5, key_len=5 if case.self_attention else 2,
-                            batch=None if case.batch is None else 3)
-    return case.replace(seed=2, lead_shape=(4,))
+    """The family's second case: the same configuration with another seed, other lengths and batch size."""
+    return case.replace(**_SECOND[type(case)](case))
 
 
 def verdicts_for(target: Target, level: str, case: Any, device: torch.device | str,

@@ -16,9 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from reference.builtin.config import Config
 from reference.cases.case import Case
-from reference.cases.strategies import AttentionCase, LayerNormCase, StackCase
 from reference.inference.prepare import fastpath, prepare
 from reference.levels.registry import LEVELS, Level
 from reference.targets.contract import NotSupportedError, Target, TargetError
@@ -39,28 +37,12 @@ def one_thread() -> Iterator[None]:
 
 def as_case(case: Any) -> Case:
     """Any level's case seen as a whole-model ``Case`` (what the catalogue's ``shows_on`` reads)."""
-    if isinstance(case, Case):
-        return case
-    if isinstance(case, StackCase):
-        return case.case
-    if isinstance(case, AttentionCase):
-        config = Config(d_model=case.embed_dim, nhead=case.num_heads, bias=case.bias, batch_first=case.batch_first,
-                        dropout=case.dropout)
-        return Case(config, batch=case.batch, src_len=case.query_len, tgt_len=case.query_len, src_mask=case.attn_mask,
-                    src_key_padding_mask=case.key_padding_mask, src_is_causal=case.is_causal or None, seed=case.seed)
-    if isinstance(case, LayerNormCase):
-        return Case(Config(layer_norm_eps=case.eps, bias=case.bias), seed=case.seed)
-    raise TypeError(f"no whole-model view of a {type(case).__name__}")
+    return case.as_case()
 
 
 def config_of(case: Any) -> dict[str, object]:
     """The keyword arguments a catalogue deviation is planted with, for any level's case."""
-    config = as_case(case).config.kwargs()
-    if isinstance(case, AttentionCase):
-        config |= {"embed_dim": case.embed_dim, "num_heads": case.num_heads}
-    if isinstance(case, LayerNormCase):
-        config |= {"eps": case.eps, "normalized_shape": case.normalized_shape}
-    return config
+    return case.plant_options()
 
 
 def seed_of(case: Any) -> int:
@@ -68,8 +50,6 @@ def seed_of(case: Any) -> int:
 
 
 def with_seed(case: Any, seed: int) -> Any:
-    if isinstance(case, StackCase):
-        return StackCase(case.case.replace(seed=seed), case.final_norm)
     return case.replace(seed=seed)
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from reference.builtin.config import Config
-from reference.cases.strategies import AttentionCase, LayerNormCase, StackCase
+from reference.cases.kinds import AttentionCase, LayerNormCase
 from reference.catalogue._base import KPM_FIELDS, MASK_FIELDS
 from reference.diagnose.runs import as_case
 
@@ -39,14 +39,10 @@ def _config(case: Any) -> Config:
 
 
 def _set_config(case: Any, **changes: Any) -> Any:
-    if isinstance(case, StackCase):
-        return StackCase(_set_config(case.case, **changes), case.final_norm)
     return case.replace(config=replace(case.config, **changes))
 
 
 def _set(case: Any, **fields: Any) -> Any:
-    if isinstance(case, StackCase):
-        return StackCase(case.case.replace(**fields), case.final_norm)
     return case.replace(**fields)
 
 
@@ -76,10 +72,10 @@ def _model_variations(level: str, base: Any) -> list[Variation]:
     if level != "feed_forward":
         out.append(Variation("layer_norm_eps=0.01", "configuration", lambda c: _set_config(c, layer_norm_eps=0.01),
                              lambda c: _config(c).layer_norm_eps == 0.01))
-    if isinstance(base, StackCase):
+    if "final_norm" in base.options():  # a stack: with or without its final norm
         new = not base.final_norm
         out.append(Variation(f"final norm {'on' if new else 'off'}", "configuration",
-                             lambda c: StackCase(c.case, new), lambda c: c.final_norm == new))
+                             lambda c: c.replace(final_norm=new), lambda c: c.final_norm == new))
     out.append(Variation("unbatched input", "configuration", lambda c: _set(c, batch=None),
                          lambda c: as_case(c).batch is None))
     causal: dict[str, Any] = {"src_mask": "causal_bool", "tgt_mask": "causal_float", "tgt_is_causal": True}
@@ -137,9 +133,12 @@ def _layer_norm_variations(base: LayerNormCase) -> list[Variation]:
             flag("3-D input", lead_shape=(2, 3))]
 
 
+_BY_KIND: dict[type, Callable[[Any], list[Variation]]] = {
+    AttentionCase: _attention_variations, LayerNormCase: _layer_norm_variations,
+}
+
+
 def variations(level: str, base: Any) -> list[Variation]:
-    if isinstance(base, AttentionCase):
-        return _attention_variations(base)
-    if isinstance(base, LayerNormCase):
-        return _layer_norm_variations(base)
-    return _model_variations(level, base)
+    """The families of ``base``'s kind of case; a whole-model or stack case's depend on the level."""
+    by_kind = _BY_KIND.get(type(base))
+    return by_kind(base) if by_kind else _model_variations(level, base)

@@ -18,7 +18,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from reference.cases.adapt import batch_first, options_of
 from reference.inference.auto import Inference
 from reference.inference.copying import copy_model
 from reference.inference.weightmap import difference
@@ -36,7 +35,7 @@ def _kind(value: Any) -> Hashable:
 
 def shape_key(case: Any, inputs: Mapping[str, Tensor | None], kwargs: Mapping[str, Any]) -> Hashable:
     """What decides the map and the call of ``case``: its options, and which inputs and masks it gives."""
-    options = tuple(sorted(((k, _kind(v)) for k, v in options_of(case).items()), key=lambda kv: kv[0]))
+    options = tuple(sorted(((k, _kind(v)) for k, v in case.options().items()), key=lambda kv: kv[0]))
     given = tuple((k, None if v is None else v.dim()) for k, v in inputs.items())
     masks = tuple((k, _kind(v)) for k, v in sorted(kwargs.items()))
     return options, given, masks
@@ -56,7 +55,7 @@ def disagreement(inference: Inference, entry: Level, case: Any, model: nn.Module
             expected = entry.call(builtin, **inputs, **kwargs)
             for layout in conv.alternatives or (conv.batch_first,):  # several only where the values decide
                 got = dataclasses.replace(conv, batch_first=layout)(sample, inputs, kwargs,
-                                                                    batch_first=batch_first(case))
+                                                                    batch_first=case.batch_first)
                 worst = min(worst, difference(expected, got))
     except Exception:  # it cannot even be called so: inferred afresh, which says why
         return float("inf")

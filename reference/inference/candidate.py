@@ -10,7 +10,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from reference.cases.adapt import batch_first
 from reference.inference.auto import Inference
 from reference.inference.copying import copy_model
 
@@ -34,7 +33,7 @@ class InferredCandidate:
 
     def call(self, model: nn.Module, call: Any, inputs: dict[str, Tensor], kwargs: dict[str, object]) -> Any:
         assert self.inference is not None, "load() runs before call()"
-        return self.inference.convention(model, inputs, kwargs, batch_first=batch_first(self.case))
+        return self.inference.convention(model, inputs, kwargs, batch_first=self.case.batch_first)
 
     def param_grads(self, model: nn.Module, builtin: nn.Module) -> dict[str, Tensor] | None:
         assert self.inference is not None, "load() runs before param_grads()"

@@ -13,7 +13,6 @@ from typing import Any
 
 from torch import nn
 
-from reference.cases.adapt import with_options
 from reference.cases.strategies import tanh_gelu
 from reference.inference.auto import Inference
 from reference.levels.registry import Level
@@ -105,7 +104,7 @@ def accepted(sample: Callable[[Any], tuple[Any, nn.Module, Any]], base: Any) -> 
                                           for keys in itertools.combinations(options, n)]
     declined: NotSupportedError | None = None
     for changes in tries:
-        case = with_options(base, dict(changes))
+        case = base.with_options(dict(changes))
         if changes and case == base:  # options this level has not: nothing else to try
             break
         try:

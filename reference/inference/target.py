@@ -30,21 +30,8 @@ from torch import nn
 import reference.inference.sizes as fixed_sizes
 from reference.builtin.config import Config
 from reference.builtin.weights import WeightMapError
-from reference.cases.adapt import (
-    batch,
-    batch_first,
-    heads_of,
-    long_enough,
-    only_masks,
-    options_of,
-    sizes_of,
-    unmasked,
-    width_of,
-    with_batch,
-    with_options,
-)
 from reference.cases.case import Case
-from reference.cases.strategies import AttentionCase, LayerNormCase
+from reference.cases.kinds import AttentionCase, LayerNormCase
 from reference.inference.auto import Inference, infer_target
 from reference.inference.cache import FLOAT64_AGREEMENT, disagreement, holds, shape_key
 from reference.inference.calling import Convention, infer_calling
@@ -81,19 +68,19 @@ class InferredTarget:
         if isinstance(case, AttentionCase) and case.self_attention:  # one input: keys are the queries
             case = case.replace(key_len=case.query_len, kdim=None, vdim=None)
         try:
-            built = build(self.target.obj, options_of(case), self.level)
+            built = build(self.target.obj, case.options(), self.level)
         except ConstructionError as exc:
             raise TargetError(f"{self.target.spec}: {exc}") from exc
         except NotImplementedError as exc:
-            raise NotSupportedError(f"{self.target.spec} does not support {options_of(case)}: {exc}") from exc
+            raise NotSupportedError(f"{self.target.spec} does not support {case.options()}: {exc}") from exc
         wanted = fixed_sizes.not_given(self.level, built.not_taken)
-        case = with_options(case, fixed_sizes.read_sizes(built.model, self.level, wanted, width_of(case)))
+        case = case.with_options(fixed_sizes.read_sizes(built.model, self.level, wanted, case.width))
         if "nhead" in wanted:
-            width = width_of(case)
+            width = case.width
             if width not in self._heads and self._discovery is not None:  # a width not met yet (a class taking
                 self._heads[width] = self._measure_heads(case, built.model)  # d_model but not nhead)
-            case = with_options(case, {"nhead": self._heads.get(width) or fixed_sizes.head_counts(
-                width, heads_of(case))[0]})
+            case = case.with_options({"nhead": self._heads.get(width) or fixed_sizes.head_counts(
+                width, case.heads)[0]})
         return case, built.model, built.plan
 
     def _measure_heads(self, case: Any, model: nn.Module) -> int:
@@ -104,17 +91,17 @@ class InferredTarget:
             return self._other_heads(case, model, exc)[0]
         except (WeightMapError, NotSupportedError):  # the number of heads is not what is wrong
             pass
-        return heads_of(case)
+        return case.heads
 
     def _other_heads(self, case: Any, model: nn.Module, mismatch: MapMismatchError) -> tuple[int, float]:
         """(heads, difference): the first other divisor of the width at which the map inferred on ``case``
         (which paired, but whose outputs differ) verifies, difference 0; else the closest and its difference."""
-        width, drawn = width_of(case), heads_of(case)
+        width, drawn = case.width, case.heads
         inference = self._mismatched(mismatch, case, model)
         best, self._tried_heads[width] = (mismatch.difference, drawn), [drawn]
         for heads in [h for h in fixed_sizes.head_counts(width, drawn) if h != drawn]:
             self._tried_heads[width].append(heads)
-            difference = disagreement(inference, self.entry, with_options(case, {"nhead": heads}), model)
+            difference = disagreement(inference, self.entry, case.with_options({"nhead": heads}), model)
             if difference <= FLOAT64_AGREEMENT:
                 return heads, 0.0
             best = min(best, (difference, heads))
@@ -126,7 +113,7 @@ class InferredTarget:
 
     def _calling(self, case: Any, model: nn.Module) -> Convention:
         return infer_calling(copy_model(model).to("cpu", torch.float64), self.level,
-                                   *self.entry.inputs(case, torch.float64), batch_first=batch_first(case),
+                                   *self.entry.inputs(case, torch.float64), batch_first=case.batch_first,
                                    keep_mask=self.target.keep_masks)
 
     def _infer(self, case: Any, model: nn.Module) -> Inference:
@@ -135,7 +122,7 @@ class InferredTarget:
         inputs, kwargs = entry.inputs(case, torch.float64)
         sample = copy_model(model).to("cpu", torch.float64)
         return infer_target(builtin, sample, self.level, entry.call, inputs, kwargs,
-                                  batch_first=batch_first(case), override=self.target.weight_map,
+                                  batch_first=case.batch_first, override=self.target.weight_map,
                                   keep_mask=self.target.keep_masks)
 
     def inference(self, case: Any, model: nn.Module) -> Inference:
@@ -144,7 +131,7 @@ class InferredTarget:
         configuration) is kept as is: re-inferring pairs the same tensors, by order, shapes and names."""
         found = self._inference(case, model)
         conv = found.convention
-        layout = None if self.layout is None else batch_first(case) == self.layout
+        layout = None if self.layout is None else case.batch_first == self.layout
         if layout is not None and not found.weight_map.verified and layout in conv.alternatives:
             found = Inference(found.weight_map, dataclasses.replace(conv, batch_first=layout))
         return found
@@ -164,8 +151,8 @@ class InferredTarget:
         except WeightMapError as exc:
             raise TargetError(f"{self.target.spec}: {exc}") from exc
         except NotSupportedError as exc:  # it runs unmasked, raises with these masks: in diagnosis a crash, with
-            if MASKS_JUDGED.get() and "NotImplementedError" not in str(exc) and unmasked(case) != case:
-                return self.inference(unmasked(case), model)  # the unmasked map and convention (the call raises)
+            if MASKS_JUDGED.get() and "NotImplementedError" not in str(exc) and case.unmasked() != case:
+                return self.inference(case.unmasked(), model)  # the unmasked map and convention (the call raises)
             raise
         self._maps[key] = found
         return found
@@ -194,24 +181,24 @@ class InferredTarget:
 
     def _discover(self) -> Discovery:
         base = self.entry.pinned[0][0] if self.entry.pinned else self.entry.from_config(Config())
-        base, plan = accepted(self._sample, unmasked(base))
+        base, plan = accepted(self._sample, base.unmasked())
         if "nhead" in fixed_sizes.not_given(self.level, plan.not_taken):
-            base = long_enough(base)  # with one key, every number of heads computes the same
+            base = base.long_enough()  # with one key, every number of heads computes the same
         defaults = {k: v for k, v in DEFAULTS.items() if k in plan.not_taken}
-        base = with_options(base, dict(defaults))
+        base = base.with_options(dict(defaults))
         tried: list[str] = []
         closest: tuple[float, dict[str, Any], Any, nn.Module, Any, dict[int, int]] | None = None
         shapes = attention_shapes(self.target.obj) if self.level == "attention" else ({},)
         for fixed in ({**shape, **combo} for shape in shapes for combo in grid(self.level, plan.not_taken)):
-            case, model, _ = self._sample(with_options(base, dict(fixed)))
+            case, model, _ = self._sample(base.with_options(dict(fixed)))
             try:
                 found = self._infer(case, model)
             except MapMismatchError as exc:  # paired one to one, but the outputs differ
                 difference = exc.difference
                 if "nhead" in fixed_sizes.not_given(self.level, plan.not_taken):  # another number of heads?
                     heads, difference = self._other_heads(case, model, exc)
-                    self._heads[width_of(case)] = heads
-                    case, model, _ = self._sample(with_options(base, dict(fixed)))
+                    self._heads[case.width] = heads
+                    case, model, _ = self._sample(base.with_options(dict(fixed)))
                     if difference == 0.0:
                         return self._found(base, defaults, fixed, self._infer(case, model), plan, "", case)
                 tried.append(f"{shown(fixed)}: outputs differ by {difference:.3g}")
@@ -222,8 +209,8 @@ class InferredTarget:
                 tried.append(f"{shown(fixed)}: {' '.join(str(exc).splitlines()[:3])}")
                 continue
             if "nhead" in fixed_sizes.not_given(self.level, plan.not_taken):  # the first count tried verified
-                self._heads[width_of(case)] = heads_of(case)
-                self._tried_heads[width_of(case)] = [heads_of(case)]
+                self._heads[case.width] = case.heads
+                self._tried_heads[case.width] = [case.heads]
             return self._found(base, defaults, fixed, found, plan, "", case)
         if closest is not None:  # it pairs with the built-in but equals none: check it where it is closest
             difference, fixed, case, model, mismatch, self._heads = closest
@@ -242,7 +229,7 @@ class InferredTarget:
         counts = plan.taken.get("num_encoder_layers")
         one = counts is not None and counts == plan.taken.get("num_decoder_layers")
         wanted = fixed_sizes.not_given(self.level, plan.not_taken)
-        sizes = {k: v for k, v in sizes_of(case).items() if k in wanted}
+        sizes = {k: v for k, v in case.sizes().items() if k in wanted}
         notes = [plan.describe(), found.convention.describe()]
         if sizes and plan.kind in ("instance", "factory"):
             notes.append(f"sizes fixed by the object: {fixed_sizes.describe(sizes)}; every drawn case is checked "
@@ -250,19 +237,19 @@ class InferredTarget:
         elif wanted:
             notes.append(f"sizes the constructor does not take, read from the built model: {', '.join(wanted)}")
         if "nhead" in wanted:
-            width = width_of(case)
+            width = case.width
             tried = ", ".join(map(str, dict.fromkeys(self._tried_heads.get(width, []))))
-            notes.append(f"nhead={heads_of(case)} found by measurement: of the divisors of {width} (tried {tried}), "
+            notes.append(f"nhead={case.heads} found by measurement: of the divisors of {width} (tried {tried}), "
                          + ("the closest: none verifies" if note else "the one whose outputs verify against the "
                             "built-in"))
         self._discovery = Discovery({**defaults, **fixed}, tuple(found.convention.masks), returns, False, one,
                                     sentence, notes, found, sizes if plan.kind in ("instance", "factory") else {})
-        self._discovery.unbatched = self._takes_unbatched(with_options(base, dict(fixed)))
+        self._discovery.unbatched = self._takes_unbatched(base.with_options(dict(fixed)))
         return self._discovery
 
     def _takes_unbatched(self, base: Any) -> bool:
         """Whether the target runs on unbatched input at all (the same case, batch None)."""
-        case, model, _ = self._sample(with_batch(base, None))
+        case, model, _ = self._sample(base.with_batch(None))
         try:
             self._infer(case, model)
         except (WeightMapError, NotSupportedError):
@@ -275,18 +262,18 @@ class InferredTarget:
         record_note(f"{self.target.spec} at {self.level}: {found.sentence}")
         for note in found.notes:
             record_note(f"{self.target.spec} at {self.level}: {note}")
-        case = with_options(case, {**found.sizes, **found.fixed})
-        case = only_masks(case, found.masks, self.level)
+        case = case.with_options({**found.sizes, **found.fixed})
+        case = case.only_masks(found.masks, self.level)
         if found.fixed.get("is_causal"):  # an always-causal attention: the built-in gets the causal mask it applies
-            case = with_options(case, {k: found.fixed[k] for k in ("attn_mask", "is_causal")})
+            case = case.with_options({k: found.fixed[k] for k in ("attn_mask", "is_causal")})
         if not found.returns_weights and isinstance(case, AttentionCase):  # nothing returned to compare with
             case = case.replace(need_weights=False)
-        if not found.unbatched and batch(case) is None:  # it takes batches only: check this case batched
-            case = with_batch(case, 1)
+        if not found.unbatched and case.batch is None:  # it takes batches only: check this case batched
+            case = case.with_batch(1)
         if isinstance(case, LayerNormCase) and len(case.normalized_shape) > 1:  # the map pairs 1-D norm weights
             case = case.replace(normalized_shape=(math.prod(case.normalized_shape),))
             record_note(f"{self.target.spec} at layer_norm: checked with one-dimensional normalized_shape only")
         if found.one_layer_count and isinstance(case, Case):  # one count for both stacks: draw them equal
-            case = with_options(case, {"num_decoder_layers": case.config.num_encoder_layers})
+            case = case.with_options({"num_decoder_layers": case.config.num_encoder_layers})
         case, model, _ = self._sample(case)
         return case, InferredCandidate(name=self.target.spec, resolve=self.inference, case=case, model=model)

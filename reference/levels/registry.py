@@ -25,7 +25,8 @@ import reference.cases.pinned as pinned
 import reference.cases.strategies as strat
 from reference.builtin.config import Config, randomize_
 from reference.cases.case import Case, attn_mask, padding_mask
-from reference.cases.strategies import DTYPES, AttentionCase, LayerNormCase, StackCase, is_smooth
+from reference.cases.kinds import AttentionCase, LayerNormCase, StackCase
+from reference.cases.strategies import DTYPES, is_smooth
 
 Factory = dict[str, Any]  # {"device": ..., "dtype": ...}
 Inputs = tuple[dict[str, Tensor], dict[str, Any]]  # (differentiable tensors, other arguments)
@@ -188,7 +189,7 @@ def _layer_cases() -> st.SearchStrategy[Case]:
 
 
 def _smooth(c: Case | StackCase) -> bool:
-    return is_smooth(c.case.config if isinstance(c, StackCase) else c.config)
+    return is_smooth(c.config)
 
 
 F64, F32 = torch.float64, torch.float32

@@ -13,7 +13,8 @@ import handmade
 from reference.builtin.config import Config, randomize_
 from reference.builtin.weights import copy_torch_to_handmade
 from reference.cases.case import Case
-from reference.cases.strategies import Seq2SeqCase, dtypes, is_smooth, seq2seq_cases
+from reference.cases.kinds import Seq2SeqCase
+from reference.cases.strategies import dtypes, is_smooth, seq2seq_cases
 from reference.levels.pairs import build_torch
 from reference.verdict.assertions import (
     Context,

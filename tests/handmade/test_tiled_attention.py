@@ -20,7 +20,7 @@ import handmade
 from handmade.attention import ScaledDotProductAttention
 from handmade.tiled_attention import TiledAttention, TiledAttentionFunction, blocks, keep_mask, use_tiled_attention
 from reference.cases.case import ATTN_MASKS, PADDING_MASKS
-from reference.cases.strategies import AttentionCase
+from reference.cases.kinds import AttentionCase
 from reference.levels.registry import LEVELS
 from reference.verdict.assertions import Context, assert_parity, check
 from reference.verdict.engine import HandmadeTwin

@@ -15,7 +15,7 @@ import torch
 import reference.inference.sizes as fixed_sizes
 import tests.targets.fixed_size_targets as fx
 from reference import api
-from reference.cases.strategies import AttentionCase
+from reference.cases.kinds import AttentionCase
 from reference.inference.prepare import inferred
 from reference.levels.registry import LEVELS
 from reference.targets.contract import load_target

@@ -24,7 +24,7 @@ from examples.learner_attention import MergeWithoutTranspose, MultiHeadAttention
 from examples.nanogpt_blocks import Blocks, GPTConfig, ScaledByWidth
 from reference.builtin.config import Config, randomize_
 from reference.cases.case import Case
-from reference.cases.strategies import AttentionCase, LayerNormCase, StackCase
+from reference.cases.kinds import AttentionCase, LayerNormCase, StackCase
 from reference.inference.auto import Inference, infer_target
 from reference.inference.construct import ConstructionError, build, sizes_from_model
 from reference.inference.weightmap import AmbiguousMapError, MapMismatchError, UnpairedError
