@@ -29,7 +29,16 @@ from torch import nn
 
 from reference import fixed_sizes, infer
 from reference.assertions import record_note
-from reference.behaviour import DEFAULTS, MASKS_JUDGED, Discovery, accepted, attention_shapes, grid, shown
+from reference.behaviour import (
+    DEFAULTS,
+    MASKS_JUDGED,
+    Discovery,
+    accepted,
+    attention_shapes,
+    grid,
+    hidden_by,
+    shown,
+)
 from reference.behaviour import sentence as configuration_sentence
 from reference.build import Config
 from reference.cases import Case
@@ -76,6 +85,8 @@ class InferredTarget:
         """(case with the sizes the target is not given read from the model, the model, its plan)."""
         if isinstance(case, AttentionCase) and case.self_attention:  # one input: keys are the queries
             case = case.replace(key_len=case.query_len, kdim=None, vdim=None)
+        elif isinstance(case, AttentionCase) and case.key_is_value:  # one input for keys and values
+            case = case.replace(vdim=case.kdim)
         try:
             built = infer.build(self.target.obj, options_of(case), self.level)
         except infer.ConstructionError as exc:
@@ -198,7 +209,11 @@ class InferredTarget:
         tried: list[str] = []
         closest: tuple[float, dict[str, Any], Any, nn.Module, Any, dict[int, int]] | None = None
         shapes = attention_shapes(self.target.obj) if self.level == "attention" else ({},)
-        for fixed in ({**shape, **combo} for shape in shapes for combo in grid(self.level, plan.not_taken)):
+        differed: list[dict[str, Any]] = []  # call shapes that ran and differed: fewer distinct inputs would hide it
+        for shape, combo in ((shape, combo) for shape in shapes for combo in grid(self.level, plan.not_taken)):
+            if hidden_by(shape, differed):
+                continue
+            fixed = {**shape, **combo}
             case, model, _ = self._sample(with_options(base, dict(fixed)))
             try:
                 found = self._infer(case, model)
@@ -211,6 +226,7 @@ class InferredTarget:
                     if difference == 0.0:
                         return self._found(base, defaults, fixed, self._infer(case, model), plan, "", case)
                 tried.append(f"{shown(fixed)}: outputs differ by {difference:.3g}")
+                differed.append(shape)
                 if closest is None or difference < closest[0]:
                     closest = (difference, fixed, case, model, exc, dict(self._heads))
                 continue

@@ -159,7 +159,8 @@ class AttentionCase:
     batch: int | None = 2
     query_len: int = 3
     key_len: int = 4
-    self_attention: bool = False
+    self_attention: bool = False  # one input: query, key and value are the same tensor
+    key_is_value: bool = False  # cross-attention whose keys and values are one tensor (a decoder's memory)
     attn_mask: str = "none"
     key_padding_mask: str = "none"
     need_weights: bool = True
