@@ -85,8 +85,10 @@ class InferredTarget:
         """(case with the sizes the target is not given read from the model, the model, its plan)."""
         if isinstance(case, AttentionCase) and case.self_attention:  # one input: keys are the queries
             case = case.replace(key_len=case.query_len, kdim=None, vdim=None)
-        elif isinstance(case, AttentionCase) and case.key_is_value:  # one input for keys and values
+        if isinstance(case, AttentionCase) and case.key_is_value:  # one input for keys and values
             case = case.replace(vdim=case.kdim)
+        if isinstance(case, AttentionCase) and case.equal_lengths:  # keys as long as the queries
+            case = case.replace(key_len=case.query_len)
         try:
             built = infer.build(self.target.obj, options_of(case), self.level)
         except infer.ConstructionError as exc:

@@ -89,13 +89,14 @@ def attention_inputs(c: AttentionCase, dtype: torch.dtype) -> Inputs:
     g = torch.Generator().manual_seed(c.seed + 7)
     seq = lambda length, features: _sequence(g, length, c.batch, features, c.batch_first, dtype)  # noqa: E731
     inputs = {"query": seq(c.query_len, c.embed_dim)}
+    keys = c.query_len if c.self_attention or c.equal_lengths else c.key_len
     if not c.self_attention:
-        inputs["key"] = seq(c.key_len, c.kdim or c.embed_dim)
+        inputs["key"] = seq(keys, c.kdim or c.embed_dim)
         if not c.key_is_value:
-            inputs["value"] = seq(c.key_len, c.vdim or c.embed_dim)
+            inputs["value"] = seq(keys, c.vdim or c.embed_dim)
     kwargs = {
-        "attn_mask": attn_mask(c.attn_mask, c.query_len, c.key_len, c.batch, c.num_heads, dtype, g),
-        "key_padding_mask": padding_mask(c.key_padding_mask, c.batch, c.key_len, dtype, g),
+        "attn_mask": attn_mask(c.attn_mask, c.query_len, keys, c.batch, c.num_heads, dtype, g),
+        "key_padding_mask": padding_mask(c.key_padding_mask, c.batch, keys, dtype, g),
         "need_weights": c.need_weights, "average_attn_weights": c.average_attn_weights, "is_causal": c.is_causal,
     }
     return inputs, kwargs

@@ -161,6 +161,7 @@ class AttentionCase:
     key_len: int = 4
     self_attention: bool = False  # one input: query, key and value are the same tensor
     key_is_value: bool = False  # cross-attention whose keys and values are one tensor (a decoder's memory)
+    equal_lengths: bool = False  # keys as long as the queries, whatever key_len says (a target taking no other)
     attn_mask: str = "none"
     key_padding_mask: str = "none"
     need_weights: bool = True

@@ -10,6 +10,7 @@ plants it into a handmade model by swapping modules for faulty subclasses. Modul
 - norms.py           the LayerNorm formula, its eps, final norms skipped
 - wiring.py          norm placement, residuals, shared layers and attentions, cross-attention inputs
 - feed_forward.py    activation, its place, feed-forward dropout
+- attention_inputs.py  query, key and value passed in each other's places (hunted at the attention level)
 
 Two consumers: the bug zoo (``zoo.py``: handmade with one deviation, a target each, ``parity zoo``) and
 ``parity diagnose``, whose probes compare a target with handmade carrying candidate deviations.
@@ -21,14 +22,14 @@ from collections.abc import Iterable, Mapping
 
 from torch import nn
 
-from reference.catalogue import attention_math, feed_forward, heads, masks, norms, wiring
+from reference.catalogue import attention_inputs, attention_math, feed_forward, heads, masks, norms, wiring
 from reference.catalogue._base import Deviation
 
 # Catalogue order is also the order deviations are planted in (apply_all): a skipped norm is planted after
 # the LayerNorm formula bugs, so that it wins on the final norms.
 CATALOGUE: tuple[Deviation, ...] = (
     *wiring.CATALOGUE, *norms.CATALOGUE, *attention_math.CATALOGUE, *heads.CATALOGUE, *masks.CATALOGUE,
-    *feed_forward.CATALOGUE,
+    *feed_forward.CATALOGUE, *attention_inputs.CATALOGUE,
 )
 BY_KEY: dict[str, Deviation] = {d.key: d for d in CATALOGUE}
 ORDER = {d.key: i for i, d in enumerate(CATALOGUE)}
