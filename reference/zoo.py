@@ -228,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.list:
         for k in keys:
-            print(f"{k:32s} {ENTRIES[k].bug}")
+            level = ENTRIES[k].level
+            print(f"{k:32s} {ENTRIES[k].bug}" + ("" if level == "transformer" else f" (--as {level})"))
         return 0
     controls = [CONTROLS[level] for level in dict.fromkeys(ENTRIES[k].level for k in keys)]
     print(f"parity zoo: {len(keys)} entries + {len(controls)} control(s), {args.jobs} process(es)", flush=True)
