@@ -1,9 +1,12 @@
 """``parity check [MODULE:OBJECT]``: run the equivalence suite on a target and print the summary table.
 
-Runs pytest on the installed ``equivalence_tests`` package with ``--impl`` and ``--parity-report`` (a temp
+First resolves the target (how to construct it, call it and map its weights, found once by discovery): when
+the harness cannot, it says so in its first lines, what and why, and runs nothing (exit status 1). Otherwise
+runs pytest on the installed ``equivalence_tests`` package with ``--impl`` and ``--parity-report`` (a temp
 file), then prints one row per component x dtype x device: examples judged, the worst absolute error, the
-worst ratio to PyTorch's own error, failures; then what the target did not support and which tests failed,
-with their falsifying examples. Exit status: pytest's, or 1 when the target supported nothing.
+worst ratio to PyTorch's own error, failures; what the harness inferred; then what the target did not
+support and which tests failed, with their falsifying examples. Exit status: pytest's, or 1 when the target
+supported nothing or could not be resolved.
 """
 
 from __future__ import annotations
@@ -53,6 +56,17 @@ def _number(x: float | str) -> float:
     return float(x)  # non-finite numbers travel as strings ("inf")
 
 
+def unresolved_lines(report: dict) -> list[str]:
+    """What could not be resolved and why, one paragraph per level: the answer, when nothing could run."""
+    lines = []
+    for item in report.get("unresolved", []):
+        builtin = LEVELS[item["level"]].builtin
+        lines.append(f"parity check: {report['impl']} could not be resolved at {item['level']} (against {builtin}), "
+                     "so nothing was checked:")
+        lines += [f"  {line}" for line in item["reason"].splitlines() if line.strip()]
+    return lines
+
+
 def summary_rows(report: dict) -> list[tuple[tuple[str, str, str], dict]]:
     """Per (component, dtype, device), in the table's order: examples, failed, max_abs, ratio, declined."""
     rows: dict[tuple[str, str, str], dict] = defaultdict(
@@ -69,7 +83,10 @@ def summary_rows(report: dict) -> list[tuple[tuple[str, str, str], dict]]:
 
 
 def table(report: dict) -> list[str]:
-    """The summary: per component x dtype x device, then not-supported configurations, tests, failures."""
+    """The summary: per component x dtype x device, then not-supported configurations, tests, failures; or,
+    when the target could not be resolved, why (``unresolved_lines``) and nothing else."""
+    if report.get("unresolved"):
+        return unresolved_lines(report)
     rows = summary_rows(report)
     width = max([len("component"), *(len(component) for (component, _, _), _ in rows)])
     lines = [f"parity check: {report['impl']} (hypothesis profile {report['profile']}, torch {report['torch']})",
@@ -139,11 +156,19 @@ def run_suite(spec: str, *, level: str | None = None, profile: str = "dev", devi
               exitfirst: bool = False, keep_masks: bool = False, weight_map: str | None = None,
               extra: tuple[str, ...] = (),
               report_path: Path | None = None) -> tuple[int, dict]:
-    """Run the installed suite on ``spec`` in this process; (pytest's exit status, the parity report)."""
+    """Run the installed suite on ``spec`` in this process; (pytest's exit status, the parity report).
+
+    The target is resolved first (``reference.inference.prepare.unresolved``; discovery is kept for the run): when it
+    cannot be, (1, a report saying where and why) and pytest does not run."""
     import pytest
 
     from reference.pytest_plugin import suite_dir
 
+    failed = _unresolved(spec, level, keep_masks, weight_map)
+    if failed is not None:
+        if report_path is not None:
+            report_path.write_text(json.dumps(failed, indent=1))
+        return 1, failed
     suite = suite_dir()
     with tempfile.TemporaryDirectory() as tmp:
         path = report_path or Path(tmp) / "parity.json"
@@ -154,6 +179,27 @@ def run_suite(spec: str, *, level: str | None = None, profile: str = "dev", devi
         status = int(pytest.main(args))
         report = json.loads(path.read_text()) if path.exists() else {}
     return status, report
+
+
+def _unresolved(spec: str, level: str | None, keep_masks: bool, weight_map: str | None) -> dict | None:
+    """The parity report of a run that cannot start: the levels at which ``spec`` cannot be resolved, and why;
+    None when it resolves (or cannot even be loaded: pytest's usage error says so)."""
+    import dataclasses
+
+    import torch
+
+    from reference.inference.prepare import unresolved
+    from reference.targets.contract import load_target
+
+    try:
+        target = dataclasses.replace(load_target(spec), keep_masks=keep_masks, weight_map=weight_map)
+    except ValueError:
+        return None
+    failed = unresolved(target, level)
+    if not failed:
+        return None
+    return {"impl": spec, "profile": None, "torch": torch.__version__, "tests": [], "verdicts": [],
+            "not_supported": [], "notes": [], "unresolved": [{"level": lv, "reason": why} for lv, why in failed]}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,9 @@ the suite), ``thorough`` (10x ci's examples), ``kill`` (ci without shrinking, fo
 weight their example counts with ``examples(weight)`` (reference/verdict/assertions.py), a multiple of the profile's
 max_examples, so a profile change scales every test.
 
+A target the harness cannot resolve (construct, call, pair with the built-in) runs no test: the run fails with
+what could not be resolved and why, once, instead of every drawn case failing alike.
+
 Markers and warning filters are registered here, in one place, so that they hold in an installed copy too.
 Records travel through ``report.user_properties`` (the standard report hooks), so the report is complete
 under pytest-xdist and no state is shared between tests.
@@ -36,7 +39,7 @@ import torch
 from hypothesis import HealthCheck, Phase, settings
 
 import reference.verdict.assertions as assertions
-from reference.inference.prepare import levels_of
+from reference.inference.prepare import levels_of, unresolved
 from reference.levels.registry import LEVELS
 from reference.targets.contract import DEFAULT_TARGET, Target, load_target
 
@@ -54,11 +57,12 @@ settings.register_profile(
 settings.register_profile("kill", parent=settings.get_profile("ci"), phases=[Phase.explicit, Phase.generate])
 
 PARITY_KEY = pytest.StashKey[list[dict]]()
+UNRESOLVED_KEY = pytest.StashKey[list[tuple[str, str]]]()
 MARKERS = (
     "level(name): the registry level a property checks; deselected when the target does not provide it",
     "edge: path-dependent behaviour of the built-in (fast path, nested tensors, fully masked rows)",
     "cuda: needs a CUDA device",
-    "slow: takes more than ~10 s (a Jupyter kernel, a long search); deselect with -m 'not slow'",
+    "slow: takes more than ~10 s on 2 shared cores (a Jupyter kernel, a long search); deselect with -m 'not slow'",
 )
 IGNORED_WARNINGS = (  # torch's noise about paths the harness switches off on purpose
     "enable_nested_tensor is True", "The PyTorch API of nested tensors is in prototype stage", "Support for mismatched",
@@ -134,16 +138,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             deselected.append(item)
         else:
             kept.append(item)
+    failed = unresolved(_target(config), config.getoption("parity_level")) if kept else []
+    if failed:  # nothing could run: every property would fail the same way, drawn case after drawn case
+        config.stash[UNRESOLVED_KEY] = failed
+        deselected, kept = [*deselected, *kept], []
     if deselected:
         config.hook.pytest_deselected(items=deselected)
         items[:] = kept
 
 
+def _target(config: pytest.Config) -> Target:
+    return dataclasses.replace(load_target(impl(config)), keep_masks=config.getoption("keep_masks"),
+                               weight_map=config.getoption("weight_map"))
+
+
 @pytest.fixture(scope="session")
 def target(pytestconfig: pytest.Config) -> Target:
     """The implementation under test (``--impl``), behind the adapter interface of reference.targets.contract."""
-    return dataclasses.replace(load_target(impl(pytestconfig)), keep_masks=pytestconfig.getoption("keep_masks"),
-                               weight_map=pytestconfig.getoption("weight_map"))
+    return _target(pytestconfig)
 
 
 @pytest.fixture(
@@ -229,18 +241,33 @@ class ParityReport:
             "verdicts": [r for r in self.records if r["kind"] == "verdict"],
             "not_supported": [r for r in self.records if r["kind"] == "not_supported"],
             "notes": sorted({r["text"] for r in self.records if r["kind"] == "note"}),
+            "unresolved": [{"level": level, "reason": why} for level, why in self._unresolved()],
         }
+
+    def _unresolved(self) -> list[tuple[str, str]]:
+        """Where the target could not be resolved (found at collection; under xdist, again here when nothing ran)."""
+        if UNRESOLVED_KEY in self.config.stash:
+            return self.config.stash[UNRESOLVED_KEY]
+        if self.records or any(t["outcome"] != "skipped" for t in self.tests.values()):
+            return []
+        self.config.stash[UNRESOLVED_KEY] = unresolved(_target(self.config), self.config.getoption("parity_level"))
+        return self.config.stash[UNRESOLVED_KEY]
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         report = self.summary()
         path = self.config.getoption("--parity-report")
         if path:
             Path(path).write_text(json.dumps(report, indent=1, default=str))
-        if nothing_supported(report):
+        if nothing_supported(report) or report["unresolved"]:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
         report = self.summary()
+        for item in report["unresolved"]:
+            terminalreporter.section("parity: the target could not be resolved; nothing was checked", red=True)
+            terminalreporter.write_line(f"{report['impl']} at {item['level']}:", red=True)
+            for line in item["reason"].splitlines():
+                terminalreporter.write_line(f"  {line}")
         declined = report["not_supported"]
         if declined:
             terminalreporter.section("parity: configurations the target does not support")

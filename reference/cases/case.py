@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
@@ -79,8 +79,28 @@ def padding_mask(kind: str, batch: int | None, S: int, dtype: torch.dtype, g: to
     return mask if batch is not None else mask[0]
 
 
+T = TypeVar("T")
+
+
+class SameByDefault:
+    """The adaptations that exist for one kind of case only (see reference/cases/kinds.py): every other kind
+    answers them with itself."""
+
+    def as_called(self: T) -> T:
+        return self
+
+    def without_weights(self: T) -> T:
+        return self
+
+    def one_dimensional(self: T) -> T:
+        return self
+
+    def with_one_layer_count(self: T) -> T:
+        return self
+
+
 @dataclass(frozen=True)
-class Case:
+class Case(SameByDefault):
     """One whole-model example: configuration, sizes (batch None = unbatched), mask kinds, hints, seed."""
 
     config: Config
@@ -157,6 +177,16 @@ class Case:
     def plant_options(self) -> dict[str, Any]:
         """The keyword arguments a catalogue deviation is planted with."""
         return self.config.kwargs()
+
+    def inputs_apart(self, names: tuple[str, ...]) -> bool:
+        """Whether an attention in a model run on this case gets the inputs ``names`` (of query, key, value)
+        as distinct tensors: a decoder's cross-attention has its query apart from its keys, but every
+        attention takes one tensor as key and value."""
+        return len(names) < 2 or "query" in names
+
+    def with_one_layer_count(self) -> Case:
+        """As many decoder layers as encoder layers (a target taking one count for both stacks)."""
+        return self.with_options({"num_decoder_layers": self.config.num_encoder_layers})
 
     def tensors(self, dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor, dict[str, object]]:
         """(src, tgt, forward kwargs) on the CPU at ``dtype``: values drawn in float64 then rounded."""

@@ -4,17 +4,21 @@ Every kind of case (these and ``reference.cases.case.Case``) has the same method
 built-in's keyword arguments and ``with_options(changes)``; its ``sizes()``, ``width``, ``heads``, ``batch``
 and ``batch_first``; ``config`` (the whole-model configuration, None for attention and norm cases); its
 ``unmasked()``, ``long_enough()`` and ``only_masks()`` forms; ``with_batch()``; ``as_case()``, its
-whole-model view, and ``plant_options()``, what a catalogue deviation is planted with.
+whole-model view, and ``plant_options()``, what a catalogue deviation is planted with; ``inputs_apart()``,
+whether an attention run on it gets given inputs as distinct tensors. A few adaptations exist for one kind
+only (``AttentionCase.as_called``, ``without_weights``; ``LayerNormCase.one_dimensional``;
+``Case.with_one_layer_count``); the other kinds answer them with themselves (``SameByDefault``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from reference.builtin.config import Config
-from reference.cases.case import Case
+from reference.cases.case import Case, SameByDefault
 
 # an option as the built-in's canonical name -> the field of a level case that holds it
 CASE_NAMES = {"layer_norm_eps": "eps", "d_model": "embed_dim", "nhead": "num_heads"}
@@ -29,7 +33,7 @@ def _with_fields(case: Any, changes: dict[str, Any]) -> Any:
 
 
 @dataclass(frozen=True)
-class AttentionCase:
+class AttentionCase(SameByDefault):
     """A bare multi-head attention example: every nn.MultiheadAttention option, call flags, masks and seed."""
 
     embed_dim: int = 8
@@ -44,7 +48,9 @@ class AttentionCase:
     batch: int | None = 2
     query_len: int = 3
     key_len: int = 4
-    self_attention: bool = False
+    self_attention: bool = False  # one input: query, key and value are the same tensor
+    key_is_value: bool = False  # cross-attention whose keys and values are one tensor (a decoder's memory)
+    equal_lengths: bool = False  # keys as long as the queries, whatever key_len says (a target taking no other)
     attn_mask: str = "none"
     key_padding_mask: str = "none"
     need_weights: bool = True
@@ -111,9 +117,30 @@ class AttentionCase:
     def plant_options(self) -> dict[str, Any]:
         return {**self.as_case().config.kwargs(), "embed_dim": self.embed_dim, "num_heads": self.num_heads}
 
+    def as_called(self) -> AttentionCase:
+        """The sizes its call shape gives: self-attention's keys are the queries, keys-as-values share a width,
+        equal lengths make the keys as long as the queries."""
+        case = self
+        if case.self_attention:
+            case = case.replace(key_len=case.query_len, kdim=None, vdim=None)
+        if case.key_is_value:
+            case = case.replace(vdim=case.kdim)
+        if case.equal_lengths:
+            case = case.replace(key_len=case.query_len)
+        return case
+
+    def without_weights(self) -> AttentionCase:
+        return self.replace(need_weights=False)
+
+    def inputs_apart(self, names: tuple[str, ...]) -> bool:
+        """Whether an attention run on this case gets the inputs ``names`` (of query, key, value) as distinct
+        tensors."""
+        return len(names) < 2 or (not self.self_attention
+                                  and not (self.key_is_value and set(names) <= {"key", "value"}))
+
 
 @dataclass(frozen=True)
-class LayerNormCase:
+class LayerNormCase(SameByDefault):
     """A layer-norm example: every nn.LayerNorm option, the input's leading shape, its offset, seed."""
 
     normalized_shape: tuple[int, ...] = (8,)
@@ -166,9 +193,16 @@ class LayerNormCase:
     def plant_options(self) -> dict[str, Any]:
         return {**self.as_case().config.kwargs(), "eps": self.eps, "normalized_shape": self.normalized_shape}
 
+    def one_dimensional(self) -> LayerNormCase:
+        """Normalized over one dimension of the same size (a map pairs one-dimensional norm weights)."""
+        return self.replace(normalized_shape=(math.prod(self.normalized_shape),))
+
+    def inputs_apart(self, names: tuple[str, ...]) -> bool:
+        return len(names) < 2
+
 
 @dataclass(frozen=True)
-class StackCase:
+class StackCase(SameByDefault):
     """An encoder or decoder stack example: a whole-model case, with or without the stack's final norm."""
 
     case: Case
@@ -240,9 +274,12 @@ class StackCase:
     def plant_options(self) -> dict[str, Any]:
         return self.case.plant_options()
 
+    def inputs_apart(self, names: tuple[str, ...]) -> bool:
+        return self.case.inputs_apart(names)
+
 
 @dataclass(frozen=True)
-class Seq2SeqCase:
+class Seq2SeqCase(SameByDefault):
     """A token-level example for the sequence-to-sequence wrapper."""
 
     case: Case

@@ -22,6 +22,9 @@ ATTENTION = (
                    need_weights=False, add_bias_kv=True), F64),  # the hint must not hide bias_k
     (AttentionCase(embed_dim=12, num_heads=4, average_attn_weights=False, attn_mask="random_bool",
                    key_padding_mask="bool", batch=3), F32),
+    # a decoder's cross-attention: keys and values one tensor (its gradient sums both uses), other width, longer
+    (AttentionCase(embed_dim=6, num_heads=2, kdim=4, vdim=4, key_is_value=True, query_len=2, key_len=5,
+                   key_padding_mask="bool", seed=4), F64),
 )
 
 LAYER_NORM = (

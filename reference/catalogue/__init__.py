@@ -10,6 +10,7 @@ plants it into a handmade model by swapping modules for faulty subclasses. Modul
 - norms.py           the LayerNorm formula, its eps, final norms skipped
 - wiring.py          norm placement, residuals, shared layers and attentions, cross-attention inputs
 - feed_forward.py    activation, its place, feed-forward dropout
+- attention_inputs.py  query, key and value passed in each other's places (hunted at the attention level)
 
 - index.py           the catalogue in order (``CATALOGUE``), by key (``BY_KEY``), ``apply_all``
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar, overload
+from typing import Any, TypeVar, overload
 
 import torch
 from torch import nn
@@ -40,6 +40,8 @@ LAYERS = (r"layers\.\d+$",)
 class Deviation:
     """One known way a hand-written Transformer differs from nn.Transformer, and how to plant it into handmade.
 
+    ``level`` is where the zoo hunts it ("transformer", or "attention" for a bug that needs key and value apart)
+    and ``distinct`` the attention inputs that must be distinct tensors for it to show (``inputs_apart``).
     ``claims`` say what it changes, as (slot, value) pairs: two deviations that claim one slot with different
     values cannot hold together (both change the scale, say). ``probe`` is how diagnosis recognises it:
     "variant" (the target matches handmade with it planted) or "twice in eval" (random outputs, so no variant
@@ -58,6 +60,8 @@ class Deviation:
     probe: str = "variant"
     dtypes: tuple[torch.dtype, ...] = (torch.float64,)
     option: str = ""
+    level: str = "transformer"  # where the zoo hunts it: the level whose inputs show it (an attention's own)
+    distinct: tuple[str, ...] = ()  # attention inputs it shows on only when they are distinct tensors
 
     def apply(self, model: nn.Module, config: Mapping[str, object]) -> None:
         """Plant this deviation into ``model`` (handmade, any level), built for ``config`` (its keyword arguments)."""
@@ -69,6 +73,13 @@ class Deviation:
 
 def _kinds(case: Case) -> list[str]:
     return [getattr(case, f) for f in (*MASK_FIELDS, *KPM_FIELDS) if getattr(case, f) != "none"]
+
+
+def inputs_apart(case: Any, names: tuple[str, ...]) -> bool:
+    """Whether an attention run on ``case`` (any level's) gets the attention inputs ``names`` (of query, key and
+    value) as distinct tensors: an attention case as drawn; in a model, a decoder's cross-attention has its query
+    apart from its keys, but every attention takes one tensor as key and value."""
+    return bool(case.inputs_apart(names))
 
 
 def any_mask(case: Case) -> bool:

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping
 
 from torch import nn
 
+import reference.catalogue.attention_inputs as attention_inputs
 import reference.catalogue.attention_math as attention_math
 import reference.catalogue.feed_forward as feed_forward
 import reference.catalogue.heads as heads
@@ -19,7 +20,7 @@ from reference.catalogue._base import Deviation
 # the LayerNorm formula bugs, so that it wins on the final norms.
 CATALOGUE: tuple[Deviation, ...] = (
     *wiring.CATALOGUE, *norms.CATALOGUE, *attention_math.CATALOGUE, *heads.CATALOGUE, *masks.CATALOGUE,
-    *feed_forward.CATALOGUE,
+    *feed_forward.CATALOGUE, *attention_inputs.CATALOGUE,
 )
 BY_KEY: dict[str, Deviation] = {d.key: d for d in CATALOGUE}
 ORDER = {d.key: i for i, d in enumerate(CATALOGUE)}

@@ -22,6 +22,7 @@ from torch import nn
 
 from reference.builtin.weights import copy_torch_to_handmade
 from reference.catalogue import BY_KEY, CATALOGUE, Deviation, apply_all, extends
+from reference.catalogue._base import inputs_apart
 from reference.diagnose.runs import Observation, as_case, config_of, observe
 from reference.targets.contract import NotSupportedError, Target
 from reference.verdict.engine import outputs
@@ -33,8 +34,9 @@ TWICE = tuple(d for d in CATALOGUE if d.probe == "twice in eval")
 
 
 def shows(dev: Deviation, case: object) -> bool:
-    """Whether ``dev`` can show on ``case`` (any level's case, read as a whole-model one)."""
-    return dev.shows_on(as_case(case))
+    """Whether ``dev`` can show on ``case`` (any level's case, read as a whole-model one; the attention inputs it
+    needs apart, apart on it)."""
+    return dev.shows_on(as_case(case)) and inputs_apart(case, dev.distinct)
 
 
 @dataclass

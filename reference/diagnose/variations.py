@@ -96,19 +96,22 @@ def _model_variations(level: str, base: Any) -> list[Variation]:
 
 
 def _attention_variations(base: AttentionCase) -> list[Variation]:
+    def varied(c: AttentionCase, fields: dict[str, Any]) -> bool:  # the lengths follow the family's 2nd case
+        return all(getattr(c, k) == v for k, v in fields.items() if k not in ("query_len", "key_len"))
+
     def flag(name: str, **fields: Any) -> Variation:
-        return Variation(name, "configuration", lambda c: c.replace(**fields),
-                         lambda c: all(getattr(c, k) == v for k, v in fields.items()))
+        return Variation(name, "configuration", lambda c: c.replace(**fields), lambda c: varied(c, fields))
 
     def mask(name: str, **fields: Any) -> Variation:
-        return Variation(name, "masks", lambda c: c.replace(**fields),
-                         lambda c: all(getattr(c, k) == v for k, v in fields.items()))
+        return Variation(name, "masks", lambda c: c.replace(**fields), lambda c: varied(c, fields))
 
     return [
         flag(f"batch_first={not base.batch_first}", batch_first=not base.batch_first),
         flag(f"bias={not base.bias}", bias=not base.bias),
         flag("self-attention (query = key = value)" if not base.self_attention else "cross-attention",
              self_attention=not base.self_attention, key_len=base.query_len if not base.self_attention else 4),
+        flag("kdim=5, vdim=3", kdim=5, vdim=3, self_attention=False,
+             key_is_value=False, key_len=base.key_len if not base.self_attention else base.query_len + 1),
         flag("per-head weights (average_attn_weights=False)", average_attn_weights=False),
         flag("dropout=0.1 in eval", dropout=0.1), flag("unbatched input", batch=None),
         mask("causal masks + is_causal hints", attn_mask="causal_bool", is_causal=True, self_attention=True,

@@ -109,8 +109,7 @@ class Convention:
             raise NotSupportedError("the target's attention takes one input for keys and values")
         args = [given[name].transpose(0, 1) if flip else given[name] for name, _ in self.inputs if name in given]
         if self.level == "attention" and not self.self_attention_only:
-            query = args[0]
-            args += [query] * (len(self.inputs) - len(args))
+            args += [args[-1]] * (len(self.inputs) - len(args))  # keys from the query, values from the keys
         kw: dict[str, Any] = {}
         masks = {k: v for k, v in kwargs.items() if k not in FLAGS and v is not None}
         if self.merge_padding and "key_padding_mask" in masks:

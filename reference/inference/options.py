@@ -48,12 +48,15 @@ def grid(level: str, not_taken: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 def sentence(entry: Level, fixed: dict[str, Any]) -> str:
     """"equals nn.TransformerEncoder(norm_first=True, activation='gelu') with a causal mask"."""
-    call = ("self_attention", "attn_mask", "is_causal")  # how an attention is called, not built
+    call = ("self_attention", "key_is_value", "equal_lengths", "attn_mask", "is_causal")  # how it is called
     shown = {k: (getattr(v, "__name__", v)) for k, v in fixed.items()
              if k not in call and v != BEHAVIOUR.get(k, (None,))[0]}
     args = ", ".join(f"{k}={v!r}" for k, v in shown.items())
     causal = " with a causal mask" if entry.name == "decoder_only" or fixed.get("is_causal") else ""
-    self_only = " as self-attention (one input)" if fixed.get("self_attention") else ""
+    self_only = " as self-attention (one input)" if fixed.get("self_attention") else \
+        " with keys and values from one input" if fixed.get("key_is_value") else ""
+    if fixed.get("equal_lengths") and not fixed.get("self_attention"):
+        self_only += " with keys as long as the queries"
     return f"equals {entry.builtin.split(' with ')[0]}({args}){self_only}{causal}"
 
 
@@ -62,18 +65,43 @@ def shown(fixed: dict[str, Any]) -> str:
     return ", ".join(f"{k}={getattr(v, '__name__', repr(v))}" for k, v in fixed.items()) or "as built"
 
 
+# The attention call shapes discovery tries, each showing less than the one before: query, key and value three
+# tensors, keys of another length, then of the query's; keys and values one tensor (a decoder's memory), of
+# another length, then of the query's; one tensor for all three (self-attention).
+INPUT_SHAPES: tuple[dict[str, Any], ...] = (
+    {}, {"equal_lengths": True}, {"key_is_value": True}, {"key_is_value": True, "equal_lengths": True},
+    {"self_attention": True},
+)
+CAUSAL_SHAPE = {"attn_mask": "causal_bool", "is_causal": True}
+
+
+def sharpness(shape: dict[str, Any]) -> int:
+    """The rank of an attention call shape's inputs in INPUT_SHAPES: 0 shows the most."""
+    inputs = {k: v for k, v in shape.items() if k not in CAUSAL_SHAPE}
+    return INPUT_SHAPES.index(inputs)
+
+
 def attention_shapes(obj: Any) -> tuple[dict[str, Any], ...]:
-    """The attention call shapes discovery tries: as drawn; self-attention (one input); and, for a module whose
-    forward takes no mask, always-causal self-attention (a GPT's attention: the built-in gets the causal mask)."""
-    shapes: list[dict[str, Any]] = [{}, {"self_attention": True}]
+    """The attention call shapes discovery tries, the most distinct inputs first (INPUT_SHAPES); for a module
+    whose forward takes no mask, each also always causal (a GPT's attention: the built-in gets the causal mask).
+
+    Discovery takes a shape that shows less only when the target cannot be called with one that shows more
+    (``hidden_by``): a shape that runs but differs has a bug that the shapes after it could hide (key and value
+    swapped, say, which self-attention cannot show)."""
     forward = getattr(obj, "forward", None) if not isinstance(obj, nn.Module) else obj.forward
     try:
         names = list(inspect.signature(forward).parameters) if forward is not None else []
     except (TypeError, ValueError):
         names = []
-    if not any("mask" in n or "causal" in n for n in names):
-        shapes.append({"self_attention": True, "attn_mask": "causal_bool", "is_causal": True})
-    return tuple(shapes)
+    causal = not any("mask" in n or "causal" in n for n in names)
+    return tuple(shape for base in INPUT_SHAPES for shape in ((base, {**base, **CAUSAL_SHAPE}) if causal else (base,)))
+
+
+def hidden_by(shape: dict[str, Any], differed: list[dict[str, Any]]) -> bool:
+    """Whether ``shape`` could hide what a shape that ran and differed showed: the same masking, inputs that show
+    less (a bug that mixes up query, key and value passes where they are one tensor)."""
+    return any(sharpness(shape) > sharpness(d) and bool(shape.get("is_causal")) == bool(d.get("is_causal"))
+               for d in differed)
 
 
 @dataclass

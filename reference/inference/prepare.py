@@ -31,7 +31,8 @@ from reference.verdict.engine import (
 from reference.verdict.tolerance import Verdict
 
 __all__ = [
-    "TargetCandidate", "fastpath", "forward_kwargs", "inferred", "levels_of", "prepare", "takes_mask", "whole_model",
+    "TargetCandidate", "at_level", "fastpath", "forward_kwargs", "inferred", "levels_of", "prepare", "takes_mask",
+    "unresolved", "whole_model",
 ]
 
 
@@ -76,10 +77,22 @@ def whole_model(
 
     Raises NotSupportedError when the target declines the configuration and TargetError when it crashes.
     """
-    case, candidate = prepare(target, "transformer", case)  # the case as the target is checked on it
-    level = LEVELS["transformer"]
-    inputs, kwargs = level.inputs(case, dtype)
-    return compare_modules(level.seeded_builtin(case), candidate, level.call, inputs, kwargs, dtype=dtype,
+    return at_level(target, "transformer", case, device, dtype, grads)
+
+
+def at_level(
+    target: Target,
+    level: str,
+    case: Any,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float64,
+    grads: bool = False,
+) -> list[Verdict]:
+    """``whole_model`` at any level: ``case`` is that level's (an AttentionCase for "attention", ...)."""
+    case, candidate = prepare(target, level, case)  # the case as the target is checked on it
+    entry = LEVELS[level]
+    inputs, kwargs = entry.inputs(case, dtype)
+    return compare_modules(entry.seeded_builtin(case), candidate, entry.call, inputs, kwargs, dtype=dtype,
                            device=device, grads=grads, seed=case.seed)
 
 
@@ -132,6 +145,28 @@ def prepare(target: Target, level: str, case: Any) -> tuple[Any, Candidate]:
             raise NotSupportedError(f"{target.spec} does not support {config}")
         return case, TargetCandidate(target, config)
     return inferred(target, level).prepare(case)
+
+
+def unresolved(target: Target, level: str | None = None) -> list[tuple[str, str]]:
+    """(level, why) for each level ``target`` is checked at where the harness cannot resolve it (construct it,
+    call it, pair its weights with the built-in's): found once, by discovery, before any case is drawn, so a
+    check can say so first instead of failing every drawn case. Handmade, adapters and drop-ins resolve by
+    their contract (nothing to find); a target that declines the configuration is judged per case instead."""
+    out = []
+    for name in levels_of(target, level):
+        if isinstance(target.obj, HandmadeAdapter) or (name == "transformer" and (is_adapter(target.obj)
+                                                                              or is_drop_in(target))):
+            continue
+        try:
+            inferred(target, name).discover()
+        except NotSupportedError:
+            continue
+        except (TargetError, ValueError) as exc:  # WeightMapError and ConstructionError are ValueErrors
+            out.append((name, str(exc)))
+        except Exception as exc:  # the harness itself failed on this code: say so, once, without a traceback
+            out.append((name, f"the harness failed while resolving {target.spec} (a harness bug: please report it): "
+                              f"{type(exc).__name__}: {exc}"))
+    return out
 
 
 def takes_mask(target: Target, level: str, keyword: str) -> bool:

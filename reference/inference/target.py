@@ -1,7 +1,7 @@
 """A user's module at any level, with no adapter: constructed, mapped, called and configured by inference.
 
 ``InferredTarget(target, level)`` turns a class, a zero-argument factory or an ``nn.Module`` instance into
-the engine's candidates, one per drawn case (the other modules of reference/inference do the inference):
+the engine's candidates, one per drawn case (reference/infer does the inference):
 
 1. **configuration by measurement** (``discover``, once): the options the constructor does not take
    (``norm_first``, ``activation``, ``bias``, ``layer_norm_eps``, a final norm) are fixed by the code; the
@@ -19,7 +19,6 @@ the engine's candidates, one per drawn case (the other modules of reference/infe
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,15 +29,22 @@ from torch import nn
 import reference.inference.sizes as fixed_sizes
 from reference.builtin.config import Config
 from reference.builtin.weights import WeightMapError
-from reference.cases.case import Case
-from reference.cases.kinds import AttentionCase, LayerNormCase
 from reference.inference.auto import Inference, infer_target
 from reference.inference.cache import FLOAT64_AGREEMENT, disagreement, holds, shape_key
 from reference.inference.calling import Convention, infer_calling
 from reference.inference.candidate import InferredCandidate
 from reference.inference.construct import ConstructionError, Plan, build
 from reference.inference.copying import copy_model
-from reference.inference.options import DEFAULTS, MASKS_JUDGED, Discovery, accepted, attention_shapes, grid, shown
+from reference.inference.options import (
+    DEFAULTS,
+    MASKS_JUDGED,
+    Discovery,
+    accepted,
+    attention_shapes,
+    grid,
+    hidden_by,
+    shown,
+)
 from reference.inference.options import sentence as configuration_sentence
 from reference.inference.weightmap import MapMismatchError
 from reference.levels.registry import LEVELS, Level
@@ -65,8 +71,7 @@ class InferredTarget:
 
     def _sample(self, case: Any) -> tuple[Any, nn.Module, Any]:
         """(case with the sizes the target is not given read from the model, the model, its plan)."""
-        if isinstance(case, AttentionCase) and case.self_attention:  # one input: keys are the queries
-            case = case.replace(key_len=case.query_len, kdim=None, vdim=None)
+        case = case.as_called()  # the sizes its call shape gives (one input: keys are the queries, ...)
         try:
             built = build(self.target.obj, case.options(), self.level)
         except ConstructionError as exc:
@@ -189,7 +194,11 @@ class InferredTarget:
         tried: list[str] = []
         closest: tuple[float, dict[str, Any], Any, nn.Module, Any, dict[int, int]] | None = None
         shapes = attention_shapes(self.target.obj) if self.level == "attention" else ({},)
-        for fixed in ({**shape, **combo} for shape in shapes for combo in grid(self.level, plan.not_taken)):
+        differed: list[dict[str, Any]] = []  # call shapes that ran and differed: fewer distinct inputs would hide it
+        for shape, combo in ((shape, combo) for shape in shapes for combo in grid(self.level, plan.not_taken)):
+            if hidden_by(shape, differed):
+                continue
+            fixed = {**shape, **combo}
             case, model, _ = self._sample(base.with_options(dict(fixed)))
             try:
                 found = self._infer(case, model)
@@ -202,6 +211,7 @@ class InferredTarget:
                     if difference == 0.0:
                         return self._found(base, defaults, fixed, self._infer(case, model), plan, "", case)
                 tried.append(f"{shown(fixed)}: outputs differ by {difference:.3g}")
+                differed.append(shape)
                 if closest is None or difference < closest[0]:
                     closest = (difference, fixed, case, model, exc, dict(self._heads))
                 continue
@@ -266,14 +276,14 @@ class InferredTarget:
         case = case.only_masks(found.masks, self.level)
         if found.fixed.get("is_causal"):  # an always-causal attention: the built-in gets the causal mask it applies
             case = case.with_options({k: found.fixed[k] for k in ("attn_mask", "is_causal")})
-        if not found.returns_weights and isinstance(case, AttentionCase):  # nothing returned to compare with
-            case = case.replace(need_weights=False)
+        if not found.returns_weights:  # nothing returned to compare with
+            case = case.without_weights()
         if not found.unbatched and case.batch is None:  # it takes batches only: check this case batched
             case = case.with_batch(1)
-        if isinstance(case, LayerNormCase) and len(case.normalized_shape) > 1:  # the map pairs 1-D norm weights
-            case = case.replace(normalized_shape=(math.prod(case.normalized_shape),))
+        if case.one_dimensional() != case:  # the map pairs one-dimensional norm weights
+            case = case.one_dimensional()
             record_note(f"{self.target.spec} at layer_norm: checked with one-dimensional normalized_shape only")
-        if found.one_layer_count and isinstance(case, Case):  # one count for both stacks: draw them equal
-            case = case.with_options({"num_decoder_layers": case.config.num_encoder_layers})
+        if found.one_layer_count:  # one count for both stacks: draw them equal
+            case = case.with_one_layer_count()
         case, model, _ = self._sample(case)
         return case, InferredCandidate(name=self.target.spec, resolve=self.inference, case=case, model=model)

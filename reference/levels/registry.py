@@ -81,15 +81,23 @@ def _attention(module: type[nn.Module]) -> Callable[[AttentionCase, Factory], nn
 
 
 def attention_inputs(c: AttentionCase, dtype: torch.dtype) -> Inputs:
-    """(query, key, value) in the case's layout (query alone for self-attention), masks and call flags."""
+    """(query, key, value) in the case's layout, masks and call flags: query, key and value three distinct tensors
+    (keys of another length where the case says so), so that code mixing them up differs; query alone for
+    self-attention, and no value (the keys are the values) when the case says ``key_is_value``."""
+    if c.key_is_value and not c.self_attention and (c.kdim or c.embed_dim) != (c.vdim or c.embed_dim):
+        raise ValueError(f"key_is_value passes one tensor as key and value, so kdim and vdim must be equal, "
+                         f"got kdim={c.kdim} and vdim={c.vdim}")
     g = torch.Generator().manual_seed(c.seed + 7)
     seq = lambda length, features: _sequence(g, length, c.batch, features, c.batch_first, dtype)  # noqa: E731
     inputs = {"query": seq(c.query_len, c.embed_dim)}
+    keys = c.query_len if c.self_attention or c.equal_lengths else c.key_len
     if not c.self_attention:
-        inputs |= {"key": seq(c.key_len, c.kdim or c.embed_dim), "value": seq(c.key_len, c.vdim or c.embed_dim)}
+        inputs["key"] = seq(keys, c.kdim or c.embed_dim)
+        if not c.key_is_value:
+            inputs["value"] = seq(keys, c.vdim or c.embed_dim)
     kwargs = {
-        "attn_mask": attn_mask(c.attn_mask, c.query_len, c.key_len, c.batch, c.num_heads, dtype, g),
-        "key_padding_mask": padding_mask(c.key_padding_mask, c.batch, c.key_len, dtype, g),
+        "attn_mask": attn_mask(c.attn_mask, c.query_len, keys, c.batch, c.num_heads, dtype, g),
+        "key_padding_mask": padding_mask(c.key_padding_mask, c.batch, keys, dtype, g),
         "need_weights": c.need_weights, "average_attn_weights": c.average_attn_weights, "is_causal": c.is_causal,
     }
     return inputs, kwargs
@@ -97,8 +105,10 @@ def attention_inputs(c: AttentionCase, dtype: torch.dtype) -> Inputs:
 
 def call_attention(module: nn.Module, query: Tensor, key: Tensor | None = None, value: Tensor | None = None,
                    **kwargs: object) -> dict[str, Tensor | None]:
-    """Self-attention passes one tensor as query, key and value, as the layers do."""
-    out, weights = module(query, query if key is None else key, query if value is None else value, **kwargs)
+    """Self-attention passes one tensor as query, key and value, as the layers do; a cross-attention given no
+    value takes its values from the keys, as a decoder's cross-attention does from its memory."""
+    key = query if key is None else key
+    out, weights = module(query, key, key if value is None else value, **kwargs)
     return {"output": out, "weights": weights}
 
 

@@ -19,13 +19,13 @@ from reference.catalogue import BY_KEY, CATALOGUE
 from reference.catalogue._base import become
 from reference.catalogue.attention_math import Equation1
 from reference.catalogue.norms import Formula
-from reference.catalogue.zoo import ENTRIES, spec
+from reference.catalogue.zoo import ENTRIES, level_of, spec
 from reference.diagnose.families import family_grid
 from reference.diagnose.pipeline import diagnose, main
 from reference.diagnose.probes import candidate, run_candidate
 from reference.diagnose.reproducer import minimal_failing_case, write
 from reference.diagnose.runs import observe, one_thread
-from reference.studies.zoo_hunt import PANEL, diagnosis_families, first_catch
+from reference.studies.zoo_hunt import PANELS, diagnosis_families, first_catch
 from reference.targets.contract import load_target
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -183,10 +183,11 @@ def test_the_command_rejects_a_bad_target_spec(capsys):
 @pytest.mark.parametrize("key", list(ENTRIES))
 def test_diagnosing_a_zoo_entry_names_its_own_catalogue_key(key):
     """The real path on the families the entry fails first (as ``parity zoo`` diagnoses it): its key is named."""
-    target = load_target(spec(key))
-    catch = first_catch(target, PANEL)
+    target, level = load_target(spec(key)), level_of(key)
+    catch = first_catch(target, PANELS[level], level=level)
     assert catch is not None
-    d = diagnose(target, out_dir=None, family_names=diagnosis_families(target, catch.case), reproduce=False)
+    d = diagnose(target, out_dir=None, family_names=diagnosis_families(target, catch.case, level=level),
+                 reproduce=False, level=level)
     named = [c.key for c in d.causes]
     assert named == [key], f"diagnosis of zoo entry {key} named {named} ({[c.probe for c in d.causes]})"
     # and the first place is the entry's: the first diverging submodule, or where its crash starts
