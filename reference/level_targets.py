@@ -29,12 +29,12 @@ from torch import nn
 
 from reference import fixed_sizes, infer
 from reference.assertions import record_note
-from reference.behaviour import DEFAULTS, MASKS_JUDGED, Discovery, accepted, attention_shapes, grid, shown
+from reference.behaviour import DEFAULTS, Discovery, accepted, attention_shapes, grid, shown
 from reference.behaviour import sentence as configuration_sentence
 from reference.build import Config
 from reference.cases import Case
 from reference.infer.copying import copy_model
-from reference.inference_cache import FLOAT64_AGREEMENT, disagreement, holds, shape_key
+from reference.inference_cache import FLOAT64_AGREEMENT, disagreement, shape_key
 from reference.inferred_candidate import InferredCandidate
 from reference.level_cases import (
     batch,
@@ -65,6 +65,7 @@ class InferredTarget:
     _heads: dict[int, int] = field(default_factory=dict)  # width -> the number of heads measured
     _tried_heads: dict[int, list[int]] = field(default_factory=dict)
     _maps: dict[Hashable, infer.Inference] = field(default_factory=dict)  # per configuration shape
+    _mask_forms: dict[Any, Any] = field(default_factory=dict)  # measured once per pairing of the inputs
     layout: bool | None = None  # when values cannot decide (diagnosis measures it): True = the case's own layout
     _failed: TargetError | None = None  # discovery's failure, kept: it does not depend on the drawn case
 
@@ -123,16 +124,21 @@ class InferredTarget:
     def _calling(self, case: Any, model: nn.Module) -> infer.Convention:
         return infer.infer_calling(copy_model(model).to("cpu", torch.float64), self.level,
                                    *self.entry.inputs(case, torch.float64), batch_first=batch_first(case),
-                                   keep_mask=self.target.keep_masks)
+                                   keep_mask=self.target.keep_masks, heads=heads_of(case),
+                                   mask_cache=self._mask_forms)
 
     def _infer(self, case: Any, model: nn.Module) -> infer.Inference:
+        """The map and calling convention on ``case``: the calling convention discovery found (once), else
+        inferred; the masks are the engine's to judge, not checked here (their forms are measured once)."""
         entry = self.entry
         builtin = entry.reference(case)
         inputs, kwargs = entry.inputs(case, torch.float64)
         sample = copy_model(model).to("cpu", torch.float64)
+        found = self._discovery.inference if self._discovery is not None else None  # calling is found once
         return infer.infer_target(builtin, sample, self.level, entry.call, inputs, kwargs,
                                   batch_first=batch_first(case), override=self.target.weight_map,
-                                  keep_mask=self.target.keep_masks)
+                                  keep_mask=self.target.keep_masks, check_masks=False,
+                                  mask_cache=self._mask_forms, convention=found.convention if found else None)
 
     def inference(self, case: Any, model: nn.Module) -> infer.Inference:
         """The map and calling convention for ``case``: the one kept for its configuration shape if it verifies
@@ -146,23 +152,17 @@ class InferredTarget:
         return found
 
     def _inference(self, case: Any, model: nn.Module) -> infer.Inference:
+        """Inferred once per configuration shape (``shape_key``: not per example, and not per mask kind)."""
         key = shape_key(case, *self.entry.inputs(case, torch.float64))
         kept = self._maps.get(key)
-        if kept is not None and (not kept.weight_map.verified or holds(kept, self.entry, case, model)):
+        if kept is not None:
             return kept
         try:
             found = self._infer(case, model)
-        except infer.MapMismatchError as exc:
-            if exc.weight_map.verified and not MASKS_JUDGED.get():  # equal without masks, not with them: say so
-                raise TargetError(f"{self.target.spec}: {exc}") from exc  # (keep-masks? the masking?)
-            # paired by order and shape, but the outputs differ: the code differs, judged on the verdicts
-            found = self._mismatched(exc, case, model)
+        except infer.MapMismatchError as exc:  # paired by order and shape, but the outputs differ: the code
+            found = self._mismatched(exc, case, model)  # differs, judged on the verdicts
         except WeightMapError as exc:
             raise TargetError(f"{self.target.spec}: {exc}") from exc
-        except NotSupportedError as exc:  # it runs unmasked, raises with these masks: in diagnosis a crash, with
-            if MASKS_JUDGED.get() and "NotImplementedError" not in str(exc) and unmasked(case) != case:
-                return self.inference(unmasked(case), model)  # the unmasked map and convention (the call raises)
-            raise
         self._maps[key] = found
         return found
 
@@ -234,12 +234,18 @@ class InferredTarget:
     def _found(self, base: Any, defaults: dict[str, Any], fixed: dict[str, Any], found: infer.Inference,
                plan: infer.Plan, note: str, case: Any) -> Discovery:
         returns = found.convention.returns_weights is not False
+        apart = fixed.get("self_attention") and len(found.convention.inputs) > 1
+        if apart:  # it takes keys and values apart: its cross-attention is checked too, whatever it does
+            fixed = {k: v for k, v in fixed.items() if k != "self_attention"}
         sentence = note or configuration_sentence(self.entry, fixed)
         counts = plan.taken.get("num_encoder_layers")
         one = counts is not None and counts == plan.taken.get("num_decoder_layers")
         wanted = fixed_sizes.not_given(self.level, plan.not_taken)
         sizes = {k: v for k, v in sizes_of(case).items() if k in wanted}
         notes = [plan.describe(), found.convention.describe()]
+        if apart:
+            notes.append("found on self-attention (query = key = value): with distinct keys and values it paired "
+                         "with no configuration; it takes them apart, so cross-attention is checked too")
         if sizes and plan.kind in ("instance", "factory"):
             notes.append(f"sizes fixed by the object: {fixed_sizes.describe(sizes)}; every drawn case is checked "
                          "at these sizes")

@@ -169,12 +169,16 @@ def test_learner_attention_maps_onto_multihead_attention(layout: bool) -> None:
     check_equal("attention", case, inference, model)
 
 
-def test_learner_attention_keep_masks_only_when_declared() -> None:
+def test_learner_attention_keep_masks_are_measured_or_declared() -> None:
+    """Its ``masked_fill(mask == 0, -inf)`` takes keep-masks: the probes find it, and a declaration skips them."""
     case = ATTENTION.replace(attn_mask="random_bool", key_padding_mask="bool")
-    with pytest.raises(MapMismatchError, match=r"holds without masks.*declare it"):
-        infer("attention", case, MultiHeadAttention)
+    inference, model = infer("attention", case, MultiHeadAttention)
+    assert "mask measured as (N, 1, L, S) bool keep-mask" in inference.convention.describe()
+    assert inference.convention.masks == {"attn_mask": "mask", "key_padding_mask": "mask"}
+    check_equal("attention", case, inference, model)
     inference, model = infer("attention", case, MultiHeadAttention, keep_mask=True)
-    assert "keep-masks" in inference.convention.describe()
+    assert "keep-masks (True = may attend), as declared" in inference.convention.describe()
+    assert not inference.convention.forms
     check_equal("attention", case, inference, model)
 
 

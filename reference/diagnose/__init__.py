@@ -43,7 +43,6 @@ from reference.diagnose.probes import Cause, dropout_in_eval, explain
 from reference.diagnose.report import Diagnosis, render, to_json
 from reference.diagnose.reproducer import minimal_failing_case, write
 from reference.diagnose.runs import Observation, as_case, observe, one_thread
-from reference.level_targets import MASKS_JUDGED
 from reference.registry import LEVELS
 from reference.targets import HandmadeAdapter, NotSupportedError, Target, TargetError, load_target
 
@@ -80,11 +79,7 @@ def diagnose(
     it follows (``refit``): the configuration by measurement at the places, not by the closest whole output.
     """
     target = load_target(target) if isinstance(target, str) else target
-    token = MASKS_JUDGED.set(True)  # a map that holds without masks only: use it, and judge the masking
-    try:
-        return _diagnose(target, device, out_dir, family_names, reproduce, examples, level, refit)
-    finally:
-        MASKS_JUDGED.reset(token)
+    return _diagnose(target, device, out_dir, family_names, reproduce, examples, level, refit)
 
 
 def _diagnose(target: Target, device: torch.device | str, out_dir: Path | str | None,
