@@ -267,7 +267,7 @@ class InferredTarget:
         case, model, _ = self._sample(with_batch(base, None))
         try:
             self._infer(case, model)
-        except (WeightMapError, NotSupportedError):
+        except Exception:  # it declines, cannot be paired or raises on unbatched input
             return False
         return True
 

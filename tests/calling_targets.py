@@ -19,6 +19,8 @@ tests: each correct class has a one-bug twin named ``...Bug``, and each is in it
   keep-mask (``1 - mask`` is not defined for bool tensors). Twin: the mask reaches the first layer only.
 - ``ArgOrderAttention``: ``forward(seq_q, seq_v, seq_k)``, values before keys, no name torch uses, weights in a
   ``ParameterDict``: only the values can tell which input is which. Twin: the query used as the key.
+- ``BatchMaskGPT``: a pre-norm GPT stack whose ``forward(x, attention_mask=None)`` takes an (N, L, S) keep-mask
+  and applies no causal mask of its own. Twin: the attention's residual carries the normalized input.
 """
 
 from __future__ import annotations
@@ -327,3 +329,56 @@ class ArgOrderAttention(nn.Module):
 class ArgOrderAttentionBug(ArgOrderAttention):
     def keys_from(self, seq_q: Tensor, seq_k: Tensor) -> Tensor:
         return seq_q  # the bug: the query used as the key
+
+
+# -- an (N, L, S) mask, at the decoder-only level -----------------------------------------------------------------
+
+
+class _GPTBlock(nn.Module):
+    def __init__(self, n_embd: int, n_head: int) -> None:
+        super().__init__()
+        self.n_head = n_head
+        self.ln1, self.ln2 = nn.LayerNorm(n_embd), nn.LayerNorm(n_embd)
+        self.c_attn, self.c_proj = nn.Linear(n_embd, 3 * n_embd), nn.Linear(n_embd, n_embd)
+        self.fc, self.proj = nn.Linear(n_embd, 4 * n_embd), nn.Linear(4 * n_embd, n_embd)
+
+    def attn(self, x: Tensor, allowed: Tensor | None) -> Tensor:
+        b, t, c = x.shape
+        q, k, v = (z.view(b, t, self.n_head, c // self.n_head).transpose(1, 2)
+                   for z in self.c_attn(x).split(c, dim=2))
+        w = q @ k.transpose(-2, -1) * (1.0 / math.sqrt(k.size(-1)))
+        if allowed is not None:  # (B, T, T), 1 = may attend
+            w = w.masked_fill(allowed.unsqueeze(1) == 0, float("-inf"))
+        return self.c_proj((F.softmax(w, dim=-1) @ v).transpose(1, 2).contiguous().view(b, t, c))
+
+    def residual_input(self, x: Tensor, normed: Tensor) -> Tensor:
+        return x
+
+    def forward(self, x: Tensor, allowed: Tensor | None) -> Tensor:
+        x = self.residual_input(x, self.ln1(x)) + self.attn(self.ln1(x), allowed)
+        return x + self.proj(F.gelu(self.fc(self.ln2(x))))
+
+
+class _GPTBlockBug(_GPTBlock):
+    def residual_input(self, x: Tensor, normed: Tensor) -> Tensor:
+        return normed  # the bug: the residual carries the normalized input
+
+
+class BatchMaskGPT(nn.Module):
+    """``forward(x, attention_mask=None)`` with the mask (N, L, S), 1 = may attend: no mask, no masking."""
+
+    block = _GPTBlock
+
+    def __init__(self, n_embd: int, n_head: int, n_layer: int) -> None:
+        super().__init__()
+        self.h = nn.ModuleList(self.block(n_embd, n_head) for _ in range(n_layer))
+        self.ln_f = nn.LayerNorm(n_embd)
+
+    def forward(self, x: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        for block in self.h:
+            x = block(x, attention_mask)
+        return self.ln_f(x)
+
+
+class BatchMaskGPTBug(BatchMaskGPT):
+    block = _GPTBlockBug

@@ -34,11 +34,14 @@ ATTENTION = AttentionCase(8, 2, batch=2, query_len=3, key_len=5, batch_first=Tru
 LAYER = Case(Config(d_model=8, nhead=2, dim_feedforward=12, batch_first=True), batch=2, src_len=5, tgt_len=4, seed=3)
 STACK = StackCase(Case(Config(d_model=8, nhead=2, dim_feedforward=12, num_encoder_layers=2, batch_first=True),
                        batch=2, src_len=5, seed=3))
+GPT = StackCase(Case(Config(d_model=8, nhead=2, dim_feedforward=32, num_encoder_layers=2, norm_first=True,
+                            activation="gelu", batch_first=True), batch=2, src_len=5, seed=3))
 
 CORRECT = [
     ("MaskArgAttention", "attention"), ("KeywordOnlyEncoderLayer", "encoder_layer"),
     ("NamedInputsDecoderLayer", "decoder_layer"), ("ExtendedMaskEncoderLayer", "encoder_layer"),
     ("LSNMaskAttention", "attention"), ("IntMaskEncoder", "encoder"), ("ArgOrderAttention", "attention"),
+    ("BatchMaskGPT", "decoder_only"),
 ]
 
 
@@ -110,8 +113,9 @@ def test_the_call_is_bound_from_the_signature_and_gives_the_builtins_outputs(nam
      {"attn_mask": "random_inf", "key_padding_mask": "bool"}),
     ("encoder", STACK, T.IntMaskEncoder, {"src_mask": ("NS", "keep_int", None)},
      {"src_key_padding_mask": "bool"}),
+    ("decoder_only", GPT, T.BatchMaskGPT, {"attention_mask": ("NLS", "keep_bool", None)}, {}),
 ], ids=["bool block (N,1,L,S)", "keep (N,S) + additive", "decoder streams", "additive (N,1,1,S)", "(L,S,N)",
-        "0/1 integer"])
+        "0/1 integer", "(N,L,S) causal"])
 def test_mask_conventions_are_found_by_measurement_and_give_the_builtins_outputs(
         name: str, case: Any, obj: type, forms: dict[str, tuple[str, str, str | None]], masked: dict[str, str]) -> None:
     inference, model = infer_on(name, case, obj)

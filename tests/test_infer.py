@@ -223,10 +223,10 @@ def test_gpt2_conv1d_packed_and_transposed() -> None:
         inference.convention(model, *level("attention").inputs(ATTENTION, F64), batch_first=True)
 
 
-def test_functional_einsum_layer_is_sequence_first_by_values() -> None:
+def test_functional_einsum_layer_is_sequence_first_by_measurement() -> None:
     case = Case(Config(d_model=8, nhead=2, dim_feedforward=12), batch=3, src_len=3)  # (L, N, E) = (3, 3, 8)
     inference, model = infer("encoder_layer", case, EinsumEncoderLayer)
-    assert "sequence-first (the shapes allow both: the values decided)" in inference.convention.describe()
+    assert "layout measured: sequence-first" in inference.convention.describe()
     assert {link.target: link.text() for link in inference.weight_map.links}["out"] == "self_attn.out_proj.weight.T"
     check_equal("encoder_layer", case, inference, model)
 

@@ -30,6 +30,7 @@ from reference.infer.weightmap import (
     infer_weight_map,
 )
 from reference.targets import NotSupportedError
+from reference.weights import WeightMapError
 
 
 @dataclass
@@ -93,6 +94,16 @@ def infer_target(builtin: nn.Module, model: nn.Module, level: str, call: Callabl
             continue
         except NotSupportedError as exc:  # this pairing cannot take the call (another pairing may)
             failures.append(exc)
+            continue
+        except WeightMapError:
+            raise
+        except Exception as exc:  # searching: it raises in this layout or pairing (with the level's masks, say)
+            if convention is not None:  # as found for the target: its crash is its failure
+                raise
+            where = "batch-first" if layout else "sequence-first"
+            failures.append(NotSupportedError(f"the target cannot be called at this level ({where}, "
+                                              f"{describe(pairs, conv.masks, conv.params)}): "
+                                              f"{type(exc).__name__}: {exc}"))
             continue
         trial = _decided(trial, conv, pairs, layout) if convention is None else convention
         if masked and check_masks:

@@ -167,3 +167,25 @@ class Probe:
                     self.leak(param, stream, trial, blocked, positions, per_head=first) == 0.0:
                 return trial
         return form
+
+
+def keeps_batch_apart(run: Callable[[Mapping[str, Tensor]], Tensor], inputs: Mapping[str, Tensor]) -> bool:
+    """Whether ``run`` (a layout of the target on batch-first inputs) keeps batch elements apart: perturbing every
+    input of element 0 moves element 0's output and leaves element 1's exactly as it was. A target called in the
+    wrong layout mixes them (its attention runs along the batch), so this tells the layouts apart when the
+    shapes allow both, whatever the weights or a bug elsewhere."""
+    g = torch.Generator().manual_seed(1)
+    x0 = {k: torch.randn(2, max(v.shape[1], 4), v.shape[2], generator=g, dtype=torch.float64)
+          for k, v in inputs.items()}
+    x1 = {k: v.clone() for k, v in x0.items()}
+    for v in x1.values():
+        v[0] += 3.0 * torch.randn(v[0].shape, generator=g, dtype=torch.float64)
+    try:
+        with torch.no_grad():
+            y0, y1 = run(x0), run(x1)
+    except Exception:
+        return False
+    if y0.shape != y1.shape or y0.dim() != 3 or y0.shape[0] != 2:
+        return False
+    scale = 1.0 + float(y0.abs().max())
+    return float((y1[1] - y0[1]).abs().max()) <= UNMOVED * scale < MOVED * scale < float((y1[0] - y0[0]).abs().max())
