@@ -66,6 +66,7 @@ class InferredTarget:
     _tried_heads: dict[int, list[int]] = field(default_factory=dict)
     _maps: dict[Hashable, infer.Inference] = field(default_factory=dict)  # per configuration shape
     _mask_forms: dict[Any, Any] = field(default_factory=dict)  # measured once per pairing of the inputs
+    _conventions: dict[Hashable, infer.Convention] = field(default_factory=dict)  # while discovering, per call
     layout: bool | None = None  # when values cannot decide (diagnosis measures it): True = the case's own layout
     _failed: TargetError | None = None  # discovery's failure, kept: it does not depend on the drawn case
 
@@ -135,10 +136,20 @@ class InferredTarget:
         inputs, kwargs = entry.inputs(case, torch.float64)
         sample = copy_model(model).to("cpu", torch.float64)
         found = self._discovery.inference if self._discovery is not None else None  # calling is found once
-        return infer.infer_target(builtin, sample, self.level, entry.call, inputs, kwargs,
-                                  batch_first=batch_first(case), override=self.target.weight_map,
-                                  keep_mask=self.target.keep_masks, check_masks=False,
-                                  mask_cache=self._mask_forms, convention=found.convention if found else None)
+        shape = (getattr(case, "self_attention", None), getattr(case, "is_causal", None))  # an attention's call
+        known = found.convention if found is not None else self._conventions.get(shape)
+        try:
+            result = infer.infer_target(builtin, sample, self.level, entry.call, inputs, kwargs,
+                                        batch_first=batch_first(case), override=self.target.weight_map,
+                                        keep_mask=self.target.keep_masks, check_masks=False,
+                                        mask_cache=self._mask_forms, convention=known)
+        except infer.MapMismatchError as exc:
+            if known is None and getattr(exc, "searched", None) is not None:
+                self._conventions[shape] = exc.searched  # type: ignore[attr-defined]
+            raise
+        if known is None:
+            self._conventions[shape] = result.convention
+        return result
 
     def inference(self, case: Any, model: nn.Module) -> infer.Inference:
         """The map and calling convention for ``case``: the one kept for its configuration shape if it verifies
@@ -243,7 +254,7 @@ class InferredTarget:
         wanted = fixed_sizes.not_given(self.level, plan.not_taken)
         sizes = {k: v for k, v in sizes_of(case).items() if k in wanted}
         notes = [plan.describe(), found.convention.describe()]
-        if apart:
+        if apart and not note:
             notes.append("found on self-attention (query = key = value): with distinct keys and values it paired "
                          "with no configuration; it takes them apart, so cross-attention is checked too")
         if sizes and plan.kind in ("instance", "factory"):

@@ -11,8 +11,8 @@ tests: each correct class has a one-bug twin named ``...Bug``, and each is in it
   keep-mask, ``memory_mask`` an (N, S) padding block-mask. Twin: the feed-forward's residual skips the
   cross-attention's output.
 - ``ExtendedMaskEncoderLayer``: a BERT-like layer taking ``attention_mask`` only as an additive (N, 1, 1, S)
-  tensor (it reshapes it so), a hand-written norm with eps 1e-12, exact GELU. Twin: the norm divides by
-  std + eps.
+  tensor (it reshapes it so), a hand-written norm with eps 1e-12 (computed in float32 at least), exact GELU.
+  Twin: the norm divides by std + eps.
 - ``LSNMaskAttention``: sequence-first einsum attention with one packed (3E, E) parameter and an (L, S, N) bool
   block-mask. Twin: softmax over the queries.
 - ``IntMaskEncoder``: an encoder stack whose ``forward(src, src_mask)`` requires an (N, S) 0/1 integer
@@ -178,15 +178,17 @@ class Norm(nn.Module):
         super().__init__()
         self.gain, self.shift, self.eps = nn.Parameter(torch.ones(width)), nn.Parameter(torch.zeros(width)), eps
 
-    def forward(self, x: Tensor) -> Tensor:
-        centred = x - x.mean(-1, keepdim=True)
-        return self.gain * centred / torch.sqrt(centred.pow(2).mean(-1, keepdim=True) + self.eps) + self.shift
+    def scaled(self, centred: Tensor) -> Tensor:
+        return centred / torch.sqrt(centred.pow(2).mean(-1, keepdim=True) + self.eps)
+
+    def forward(self, x: Tensor) -> Tensor:  # in float32 at least: eps 1e-12 is 0 in half precision
+        wide = x.to(torch.promote_types(x.dtype, torch.float32))
+        return self.gain * self.scaled(wide - wide.mean(-1, keepdim=True)).to(x.dtype) + self.shift
 
 
 class StdPlusEpsNorm(Norm):
-    def forward(self, x: Tensor) -> Tensor:
-        centred = x - x.mean(-1, keepdim=True)
-        return self.gain * centred / (centred.pow(2).mean(-1, keepdim=True).sqrt() + self.eps) + self.shift  # bug
+    def scaled(self, centred: Tensor) -> Tensor:
+        return centred / (centred.pow(2).mean(-1, keepdim=True).sqrt() + self.eps)  # the bug: std + eps
 
 
 class ExtendedMaskEncoderLayer(nn.Module):

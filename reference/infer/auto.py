@@ -56,7 +56,7 @@ def infer_target(builtin: nn.Module, model: nn.Module, level: str, call: Callabl
     allow are tried in turn; the first whose map verifies is kept. With ``check_masks``, the sample's masks are
     then checked too (MapMismatchError if the outputs differ with them); ``mask_cache`` keeps the measured
     mask forms (reference/infer/calling.py). A ``convention`` already inferred for the target (calling does
-    not depend on sizes or options) is used as is: only the map is inferred, in its layout. Raises
+    not depend on sizes or options) is used as is: only the map is inferred, in its layouts. Raises
     NotSupportedError (cannot be called at this level) or a WeightMapError (UnpairedError, AmbiguousMapError,
     MapMismatchError) when nothing gives the built-in's outputs.
     """
@@ -69,8 +69,8 @@ def infer_target(builtin: nn.Module, model: nn.Module, level: str, call: Callabl
         heads = next((m.num_heads for m in builtin.modules() if isinstance(m, nn.MultiheadAttention)), 1)
         conv = infer_calling(model, level, inputs, kwargs, batch_first=batch_first, expected=expected,
                              keep_mask=keep_mask, heads=heads, mask_cache=mask_cache)
-    else:
-        conv = dataclasses.replace(convention, alternatives=(convention.batch_first,), bindings=())
+    else:  # its layouts and pairings as found: those the values have not decided yet are tried again
+        conv = convention
     # the map does not depend on masks: infer it on the unmasked call (a GPT's causal mask is its behaviour)
     # (a target that takes no mask is always masked so, when the built-in is given one: its behaviour too)
     bare = {k: v for k, v in kwargs.items() if level == "decoder_only" or not conv.masks or not _is_mask(k, v)}
@@ -90,6 +90,7 @@ def infer_target(builtin: nn.Module, model: nn.Module, level: str, call: Callabl
             wm = infer_weight_map(builtin, model, lambda m: call(m, **inputs, **bare), run_model, override)
         except (MapMismatchError, AmbiguousMapError) as exc:
             exc.convention = trial if convention is None else convention  # type: ignore[union-attr]  # as measured
+            exc.searched = conv  # type: ignore[union-attr]  # every layout and pairing tried
             failures.append(exc)
             continue
         except NotSupportedError as exc:  # this pairing cannot take the call (another pairing may)
@@ -105,7 +106,7 @@ def infer_target(builtin: nn.Module, model: nn.Module, level: str, call: Callabl
                                               f"{describe(pairs, conv.masks, conv.params)}): "
                                               f"{type(exc).__name__}: {exc}"))
             continue
-        trial = _decided(trial, conv, pairs, layout) if convention is None else convention
+        trial = _decided(trial, conv, pairs, layout)
         if masked and check_masks:
             _check_masks(builtin, model, wm, call, trial, inputs, kwargs, batch_first)
         return Inference(wm, trial)

@@ -71,7 +71,8 @@ def infer_calling(model: nn.Module, level: str, inputs: Mapping[str, Tensor], kw
     batched = next(iter(sample.values())).dim() == 3
     want = read_outputs(expected)["output"].shape if expected is not None else \
         sample[OUTPUT_LIKE.get(level, level_inputs[0])].shape
-    bare = {k: v for k, v in kwargs.items() if k in flags and not isinstance(v, Tensor)}
+    # unmasked trials: no masks, and no causal hints (a hint without its mask is refused, as torch refuses it)
+    bare = {k: v for k, v in kwargs.items() if k in flags and not isinstance(v, Tensor) and "causal" not in k}
     viable: list[tuple[Convention, list[bool]]] = []
     errors: list[str] = []
     for pairs in binding.pairings(all_inputs, params, varargs):
