@@ -98,28 +98,29 @@ def test_the_call_is_bound_from_the_signature_and_gives_the_builtins_outputs(nam
 # -- mask conventions, measured -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("name", "case", "obj", "forms", "masked"), [
-    ("attention", ATTENTION, T.MaskArgAttention, {"mask": ("N1LS", "block_bool", "NHLS")},
+    ("attention", ATTENTION, T.MaskArgAttention, {"mask": ("N1LS", "block_bool", "NHLS", False)},
      {"attn_mask": "random_bool", "key_padding_mask": "bool"}),
     ("encoder_layer", LAYER, T.KeywordOnlyEncoderLayer,
-     {"padding_mask": ("NS", "keep_bool", None), "attn_mask": ("N1LS", "additive", "NHLS")},
+     {"padding_mask": ("NS", "keep_bool", None, False), "attn_mask": ("N1LS", "additive", "NHLS", True)},
      {"src_mask": "additive", "src_key_padding_mask": "float_inf"}),
     ("decoder_layer", LAYER, T.NamedInputsDecoderLayer,
-     {"mask": ("N1LS", "keep_bool", "NHLS"), "memory_mask": ("NS", "block_bool", None)},
+     {"mask": ("N1LS", "keep_bool", "NHLS", False), "memory_mask": ("NS", "block_bool", None, False)},
      {"tgt_mask": "causal_float", "tgt_key_padding_mask": "bool", "memory_key_padding_mask": "bool"}),
     ("encoder_layer", LAYER.replace(config=dataclasses.replace(LAYER.config, activation="gelu", layer_norm_eps=1e-12)),
-     T.ExtendedMaskEncoderLayer, {"attention_mask": ("N11S", "additive", None)},
+     T.ExtendedMaskEncoderLayer, {"attention_mask": ("N11S", "additive", None, True)},
      {"src_key_padding_mask": "float_finite"}),
-    ("attention", ATTENTION.replace(batch_first=False), T.LSNMaskAttention, {"mask": ("LSN", "block_bool", None)},
-     {"attn_mask": "random_inf", "key_padding_mask": "bool"}),
-    ("encoder", STACK, T.IntMaskEncoder, {"src_mask": ("NS", "keep_int", None)},
+    ("attention", ATTENTION.replace(batch_first=False), T.LSNMaskAttention,
+     {"mask": ("LSN", "block_bool", None, False)}, {"attn_mask": "random_inf", "key_padding_mask": "bool"}),
+    ("encoder", STACK, T.IntMaskEncoder, {"src_mask": ("NS", "keep_int", None, False)},
      {"src_key_padding_mask": "bool"}),
-    ("decoder_only", GPT, T.BatchMaskGPT, {"attention_mask": ("NLS", "keep_bool", None)}, {}),
+    ("decoder_only", GPT, T.BatchMaskGPT, {"attention_mask": ("NLS", "keep_bool", None, False)}, {}),
 ], ids=["bool block (N,1,L,S)", "keep (N,S) + additive", "decoder streams", "additive (N,1,1,S)", "(L,S,N)",
         "0/1 integer", "(N,L,S) causal"])
 def test_mask_conventions_are_found_by_measurement_and_give_the_builtins_outputs(
-        name: str, case: Any, obj: type, forms: dict[str, tuple[str, str, str | None]], masked: dict[str, str]) -> None:
+        name: str, case: Any, obj: type, forms: dict[str, tuple[str, str, str | None, bool]],
+        masked: dict[str, str]) -> None:
     inference, model = infer_on(name, case, obj)
-    found = {p: (f.layout, f.kind, f.head_layout) for p, (_, f) in inference.convention.forms.items()}
+    found = {p: (f.layout, f.kind, f.head_layout, f.finite) for p, (_, f) in inference.convention.forms.items()}
     assert found == forms, inference.convention.describe()
     assert all(f.exact for _, f in inference.convention.forms.values())
     with_masks = StackCase(case.case.replace(**masked), case.final_norm) if isinstance(case, StackCase) \

@@ -149,7 +149,7 @@ def _with_masks(conv: Convention, model: nn.Module, sample: Mapping[str, Tensor]
     level = conv.level
     mask_params = [p.name for p in conv.params if "mask" in p.name]
     forms: Forms = {}
-    if not conv.keep_mask and level != "transformer" and mask_params:
+    if not conv.keep_mask and mask_params:
         if cache is not None and conv.inputs in cache:
             forms = cache[conv.inputs]
         else:
@@ -181,8 +181,8 @@ def _notes(conv: Convention, layouts: list[bool], batched: bool, measured: bool)
     by_name = sorted({v for k, v in conv.masks.items() if v not in conv.forms})
     if by_name:
         notes.append(f"{', '.join(by_name)} passed as keep-masks (True = may attend), as declared" if conv.keep_mask
-                     else f"{', '.join(by_name)} passed as torch's masks (True or -inf = blocked)"
-                     + ("" if conv.level == "transformer" else ": no probe showed what it blocks"))
+                     else f"{', '.join(by_name)} passed as torch's masks (True or -inf = blocked), by name: no "
+                     "probe showed what it blocks")
     if conv.merge_padding:
         notes.append(f"key_padding_mask merged into {conv.masks['attn_mask']} as one (N, 1|H, L, S) mask")
     if conv.always_causal:

@@ -93,7 +93,6 @@ class Probe:
         it blocks exactly ``blocked`` (N, L, S) (or, per head, ``per_head`` (N, H, L, S)) on ``stream``, up to 1
         when it blocks nothing; None when it does not behave as a mask at all (it raises, gives NaN, changes the
         output while blocking nothing, or stops rows it should not block from moving)."""
-        N, L, _ = blocked.shape
         full = blocked[:, None] if per_head is None else per_head
         mask = torch.zeros(full.shape, dtype=torch.float64).masked_fill(full, float("-inf"))
         try:
@@ -109,15 +108,8 @@ class Probe:
         if y0.shape != self.base.shape or not bool(torch.isfinite(y0).all() and torch.isfinite(y1).all()):
             return None
         moved = self._rows(y1, y0)
-        own = torch.zeros(N, L, dtype=torch.bool)
-        for n, j in enumerate(positions):
-            if stream.self_stream and j < L:
-                own[n, j] = True
-        sees = (~full).any(dim=1) if per_head is not None else ~blocked  # some head sees the key
-        sees_key = torch.stack([sees[n, :, j] for n, j in enumerate(positions)])  # (N, L)
+        still, must_move = self._expected(stream, blocked, positions, per_head)
         unmasked = self._moves_unmasked(stream, positions)
-        still = ~sees_key & ~own & (unmasked > MOVED)
-        must_move = sees_key & ~own & (unmasked > MOVED)
         if not bool((moved[must_move] > MOVED).all()):
             return None
         if not bool(still.any()):
@@ -125,6 +117,51 @@ class Probe:
         if bool((moved[still] <= UNMOVED).all()):
             return 0.0
         return float((moved[still] / unmasked[still]).clamp(max=1.0).mean()) + UNMOVED
+
+    def _expected(self, stream: Stream, blocked: Tensor, positions: Sequence[int],
+                  per_head: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(rows that must not move, rows that must move) (N, L) when ``blocked`` and the perturbed keys meet."""
+        N, L, _ = blocked.shape
+        own = torch.zeros(N, L, dtype=torch.bool)
+        for n, j in enumerate(positions):
+            if stream.self_stream and j < L:
+                own[n, j] = True  # a query's own row moves with its own input, blocked or not
+        sees = (~per_head).any(dim=1) if per_head is not None else ~blocked  # some head sees the key
+        sees_key = torch.stack([sees[n, :, j] for n, j in enumerate(positions)])  # (N, L)
+        moves = self._moves_unmasked(stream, positions) > MOVED
+        return ~sees_key & ~own & moves, sees_key & ~own & moves
+
+    def takes_finite(self, param: str, stream: Stream, form: MaskForm, blocked: Tensor,
+                     positions: Sequence[int]) -> bool:
+        """Whether finite values of an additive ``form`` are added to the scores: one value added to every key
+        changes nothing (softmax does not see it), and -2 where the pattern blocks acts without blocking (the
+        rows kept still by -inf move)."""
+        shape = (blocked.shape[0], 1, *blocked.shape[1:])
+        form = replace(form, finite=True)
+        soft = torch.zeros(shape, dtype=torch.float64).masked_fill(blocked[:, None], -2.0)
+        try:
+            with torch.no_grad():
+                shifted = self.run(self.inputs, {param: encode(form, torch.full(shape, 1.5, dtype=torch.float64),
+                                                                param)})
+                written = encode(form, soft, param)
+                y0 = self.run(self.inputs, {param: written})
+                y1 = self.run(self._perturbed(stream, positions), {param: written})
+        except Exception:
+            return False
+        if shifted.shape != self.base.shape or self._rows(shifted, self.base).max() > UNMOVED:
+            return False
+        still, _ = self._expected(stream, blocked, positions)
+        acts = bool(self._rows(y0, self.base).max() > MOVED)
+        return acts and bool((self._rows(y1, y0)[still] > MOVED).all())
+
+    def _finite(self, param: str, stream: Stream, form: MaskForm, blocked: Tensor,
+                positions: Sequence[int]) -> MaskForm:
+        """``form``, or its additive kind when that blocks the same and adds finite values (it can carry more)."""
+        additive = form if form.kind.startswith("additive") else MaskForm(form.layout, "additive")
+        if additive is not form and self.leak(param, stream, additive, blocked, positions) != 0.0:
+            return form
+        return replace(additive, finite=True) if self.takes_finite(param, stream, additive, blocked, positions) \
+            else form
 
     def find(self, param: str, streams: Sequence[Stream]) -> tuple[Stream, MaskForm] | None:
         """The stream and form ``param`` follows, the most capable first; when none blocks exactly what is asked
@@ -143,6 +180,7 @@ class Probe:
                         form = MaskForm(layout, kind)
                         leak = self.leak(param, stream, form, blocked, positions)
                         if leak == 0.0:
+                            form = self._finite(param, stream, form, blocked, positions)
                             return stream, self._per_head(param, stream, form, blocked, positions)
                         best = closest.get(capability)
                         if leak is not None and leak < CLOSE and (best is None or leak < best[0]):

@@ -46,6 +46,7 @@ class MaskForm:
     kind: str
     head_layout: str | None = None
     exact: bool = True  # False: the closest form; none blocked exactly what the probes asked
+    finite: bool = False  # an additive kind whose finite values are added to the scores (measured)
 
     @property
     def capability(self) -> str:
@@ -55,7 +56,8 @@ class MaskForm:
         heads = f", per head {LAYOUT_WORDS[self.head_layout]}" if self.head_layout else ""
         closest = "" if self.exact else " (the closest: no form kept the blocked keys out of the output; " \
             "the target's masking may differ)"
-        return f"{LAYOUT_WORDS[self.layout]} {KIND_WORDS[self.kind]}{heads}{closest}"
+        kind = "additive float (0, -inf, finite values added)" if self.finite else KIND_WORDS[self.kind]
+        return f"{LAYOUT_WORDS[self.layout]} {kind}{heads}{closest}"
 
 
 def is_causal_mask(mask: Tensor) -> bool:
@@ -139,7 +141,7 @@ def encode(form: MaskForm, mask: Tensor, name: str) -> Tensor:
         raise NotSupportedError(f"the target's {name} takes one {LAYOUT_WORDS[layout]} mask for the whole batch: "
                                 "a mask that differs between batch elements (padding) cannot be expressed")
     blocked = torch.isneginf(mask)
-    if form.kind in ("block_bool", "keep_bool", "keep_int", "block_int") and bool((mask[~blocked] != 0).any()):
+    if not form.finite and bool((mask[~blocked] != 0).any()):
         raise NotSupportedError(f"the target's {name} is a {KIND_WORDS[form.kind]} mask: finite additive mask "
                                 "values cannot be expressed")
     values = {

@@ -29,10 +29,12 @@ STREAMS: dict[str, tuple[tuple[Stream, str, str], ...]] = {
                       (Stream("memory", ("memory",), "tgt", False), "memory_mask", "memory_key_padding_mask")),
 }
 STREAMS["decoder"] = STREAMS["decoder_layer"]
+# the whole model: only the target's own stream shows at the output (the source's masks act inside the encoder)
+STREAMS["transformer"] = ((Stream("tgt", ("tgt",), "tgt", True), "tgt_mask", "tgt_key_padding_mask"),)
 SELF_ATTENTION = Stream("key", ("query",), "query", True)  # an attention that takes one input
 
-# names a mask parameter is paired by when no probe explains it (and for the transformer level, whose source
-# masks act inside the encoder, out of the probes' sight)
+# names a mask parameter is paired by when no probe explains it (a whole model's source and memory masks act
+# inside, out of the probes' sight)
 KWARG_ALIASES: dict[str, tuple[str, ...]] = {
     "attn_mask": ("attn_mask", "mask", "attention_mask", "src_mask", "causal_mask"),
     "key_padding_mask": ("key_padding_mask", "padding_mask", "pad_mask", "src_key_padding_mask"),
