@@ -34,6 +34,10 @@ def measure_layout(target: Target, level: str, base: object, device: torch.devic
     except NotSupportedError:
         return None
     found = getattr(obs.candidate, "inference", None)
+    if found is not None and not found.weight_map.verified:  # calling measured it already (batches kept apart)
+        said = next((n for n in found.convention.assumptions if n.startswith("layout measured:")), None)
+        if said is not None:
+            return said
     if found is None or found.weight_map.verified or len(found.convention.alternatives) < 2:
         return None
     agree: dict[bool, int] = {}

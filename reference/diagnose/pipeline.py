@@ -29,7 +29,6 @@ from reference.diagnose.reproducer import minimal_failing_case, write
 from reference.diagnose.runs import Observation, as_case, observe, one_thread
 from reference.diagnose.text import render
 from reference.inference.prepare import is_adapter, is_drop_in
-from reference.inference.target import MASKS_JUDGED
 from reference.levels.registry import LEVELS
 from reference.targets.contract import HandmadeAdapter, NotSupportedError, Target, TargetError, load_target
 
@@ -66,11 +65,7 @@ def diagnose(
     it follows (``refit``): the configuration by measurement at the places, not by the closest whole output.
     """
     target = load_target(target) if isinstance(target, str) else target
-    token = MASKS_JUDGED.set(True)  # a map that holds without masks only: use it, and judge the masking
-    try:
-        return _diagnose(target, device, out_dir, family_names, reproduce, examples, level, refit)
-    finally:
-        MASKS_JUDGED.reset(token)
+    return _diagnose(target, device, out_dir, family_names, reproduce, examples, level, refit)
 
 
 def _diagnose(target: Target, device: torch.device | str, out_dir: Path | str | None,

@@ -1,12 +1,12 @@
-"""The inferred weight map and calling convention, kept per configuration shape and re-verified per case.
+"""The inferred weight map and calling convention, kept per configuration shape: not searched again per case.
 
 Inferring a map records two forward passes, pairs the tensors and verifies by running; a drawn case with
 the same *shape* (the options that change parameter shapes or the call: sizes, layer counts, biases, the
-options discovery fixed, the layout, which inputs and masks are given and of what kind; not the seed, the
-sequence lengths or the mask values) pairs the same tensors. So a map is inferred once per shape and, on each
-new case, only checked: the built-in's weights for the case loaded through it, both run on the case's
-inputs (masks included), the outputs must agree to float64 rounding. A map that no longer verifies is
-inferred afresh (``InferredTarget.inference``).
+options discovery fixed, the layout, which inputs are given, the call's flags; not the seed, the sequence
+lengths, the masks or their values, dropout, the activation or eps) pairs the same tensors. So a map is
+inferred once per shape and used as is on every case of that shape: the engine's comparison judges the
+outputs. ``disagreement`` measures how far a map is from the built-in on a case (the number of heads is
+measured with it, reference/inference/target.py).
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from reference.inference.weightmap import difference
 from reference.levels.registry import Level
 from reference.verdict.engine import fastpath
 
+# options that change no parameter and no call: a map found with one value holds with any other
+NOT_STRUCTURAL = ("dropout", "activation", "layer_norm_eps", "eps")
 FLOAT64_AGREEMENT = 1e-9  # what the map's own verification asks of float64 outputs (reference/inference/weightmap.py)
 
 
@@ -34,11 +36,13 @@ def _kind(value: Any) -> Hashable:
 
 
 def shape_key(case: Any, inputs: Mapping[str, Tensor | None], kwargs: Mapping[str, Any]) -> Hashable:
-    """What decides the map and the call of ``case``: its options, and which inputs and masks it gives."""
-    options = tuple(sorted(((k, _kind(v)) for k, v in case.options().items()), key=lambda kv: kv[0]))
+    """What decides the map and the call of ``case``: its options, which inputs it gives, and its flags (not its
+    masks: their forms are measured once, reference/inference/mask_probe.py; how they act, the engine judges)."""
+    options = tuple(sorted(((k, _kind(v)) for k, v in case.options().items() if k not in NOT_STRUCTURAL),
+                           key=lambda kv: kv[0]))
     given = tuple((k, None if v is None else v.dim()) for k, v in inputs.items())
-    masks = tuple((k, _kind(v)) for k, v in sorted(kwargs.items()))
-    return options, given, masks
+    flags = tuple((k, _kind(v)) for k, v in sorted(kwargs.items()) if not isinstance(v, Tensor))
+    return options, given, flags
 
 
 def disagreement(inference: Inference, entry: Level, case: Any, model: nn.Module) -> float:
@@ -60,8 +64,3 @@ def disagreement(inference: Inference, entry: Level, case: Any, model: nn.Module
     except Exception:  # it cannot even be called so: inferred afresh, which says why
         return float("inf")
     return worst
-
-
-def holds(inference: Inference, entry: Level, case: Any, model: nn.Module) -> bool:
-    """Whether ``inference`` reproduces the built-in on ``case`` to float64 rounding (``disagreement``)."""
-    return disagreement(inference, entry, case, model) <= FLOAT64_AGREEMENT

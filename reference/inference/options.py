@@ -7,7 +7,6 @@ from __future__ import annotations
 import inspect
 import itertools
 from collections.abc import Callable, Iterator
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,11 +116,6 @@ class Discovery:
     notes: list[str] = field(default_factory=list)
     inference: Inference | None = field(default=None, repr=False)  # on the case it was measured on
     sizes: dict[str, Any] = field(default_factory=dict)  # sizes fixed by the object itself (instance, factory)
-
-
-# Diagnosis sets this: a map that holds without masks but not with them is then used, and the masking judged
-# on the numbers (check stops with the keep-masks question instead).
-MASKS_JUDGED: ContextVar[bool] = ContextVar("masks_judged", default=False)
 
 
 def accepted(sample: Callable[[Any], tuple[Any, nn.Module, Any]], base: Any) -> tuple[Any, Any]:

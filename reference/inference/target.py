@@ -30,14 +30,13 @@ import reference.inference.sizes as fixed_sizes
 from reference.builtin.config import Config
 from reference.builtin.weights import WeightMapError
 from reference.inference.auto import Inference, infer_target
-from reference.inference.cache import FLOAT64_AGREEMENT, disagreement, holds, shape_key
+from reference.inference.cache import FLOAT64_AGREEMENT, disagreement, shape_key
 from reference.inference.calling import Convention, infer_calling
 from reference.inference.candidate import InferredCandidate
 from reference.inference.construct import ConstructionError, Plan, build
 from reference.inference.copying import copy_model
 from reference.inference.options import (
     DEFAULTS,
-    MASKS_JUDGED,
     Discovery,
     accepted,
     attention_shapes,
@@ -62,6 +61,8 @@ class InferredTarget:
     _heads: dict[int, int] = field(default_factory=dict)  # width -> the number of heads measured
     _tried_heads: dict[int, list[int]] = field(default_factory=dict)
     _maps: dict[Hashable, Inference] = field(default_factory=dict)  # per configuration shape
+    _mask_forms: dict[Any, Any] = field(default_factory=dict)  # measured once per pairing of the inputs
+    _conventions: dict[Hashable, Convention] = field(default_factory=dict)  # while discovering, per call
     layout: bool | None = None  # when values cannot decide (diagnosis measures it): True = the case's own layout
     _failed: TargetError | None = None  # discovery's failure, kept: it does not depend on the drawn case
 
@@ -119,16 +120,31 @@ class InferredTarget:
     def _calling(self, case: Any, model: nn.Module) -> Convention:
         return infer_calling(copy_model(model).to("cpu", torch.float64), self.level,
                                    *self.entry.inputs(case, torch.float64), batch_first=case.batch_first,
-                                   keep_mask=self.target.keep_masks)
+                                   keep_mask=self.target.keep_masks, heads=case.heads,
+                                   mask_cache=self._mask_forms)
 
     def _infer(self, case: Any, model: nn.Module) -> Inference:
+        """The map and calling convention on ``case``: the calling convention discovery found (once), else
+        inferred; the masks are the engine's to judge, not checked here (their forms are measured once)."""
         entry = self.entry
         builtin = entry.seeded_builtin(case)
         inputs, kwargs = entry.inputs(case, torch.float64)
         sample = copy_model(model).to("cpu", torch.float64)
-        return infer_target(builtin, sample, self.level, entry.call, inputs, kwargs,
-                                  batch_first=case.batch_first, override=self.target.weight_map,
-                                  keep_mask=self.target.keep_masks)
+        found = self._discovery.inference if self._discovery is not None else None  # calling is found once
+        shape = (getattr(case, "self_attention", None), getattr(case, "is_causal", None))  # an attention's call
+        known = found.convention if found is not None else self._conventions.get(shape)
+        try:
+            result = infer_target(builtin, sample, self.level, entry.call, inputs, kwargs,
+                                        batch_first=case.batch_first, override=self.target.weight_map,
+                                        keep_mask=self.target.keep_masks, check_masks=False,
+                                        mask_cache=self._mask_forms, convention=known)
+        except MapMismatchError as exc:
+            if known is None and getattr(exc, "searched", None) is not None:
+                self._conventions[shape] = exc.searched  # type: ignore[attr-defined]
+            raise
+        if known is None:
+            self._conventions[shape] = result.convention
+        return result
 
     def inference(self, case: Any, model: nn.Module) -> Inference:
         """The map and calling convention for ``case``: the one kept for its configuration shape if it verifies
@@ -142,23 +158,17 @@ class InferredTarget:
         return found
 
     def _inference(self, case: Any, model: nn.Module) -> Inference:
+        """Inferred once per configuration shape (``shape_key``: not per example, and not per mask kind)."""
         key = shape_key(case, *self.entry.inputs(case, torch.float64))
         kept = self._maps.get(key)
-        if kept is not None and (not kept.weight_map.verified or holds(kept, self.entry, case, model)):
+        if kept is not None:
             return kept
         try:
             found = self._infer(case, model)
-        except MapMismatchError as exc:
-            if exc.weight_map.verified and not MASKS_JUDGED.get():  # equal without masks, not with them: say so
-                raise TargetError(f"{self.target.spec}: {exc}") from exc  # (keep-masks? the masking?)
-            # paired by order and shape, but the outputs differ: the code differs, judged on the verdicts
-            found = self._mismatched(exc, case, model)
+        except MapMismatchError as exc:  # paired by order and shape, but the outputs differ: the code
+            found = self._mismatched(exc, case, model)  # differs, judged on the verdicts
         except WeightMapError as exc:
             raise TargetError(f"{self.target.spec}: {exc}") from exc
-        except NotSupportedError as exc:  # it runs unmasked, raises with these masks: in diagnosis a crash, with
-            if MASKS_JUDGED.get() and "NotImplementedError" not in str(exc) and case.unmasked() != case:
-                return self.inference(case.unmasked(), model)  # the unmasked map and convention (the call raises)
-            raise
         self._maps[key] = found
         return found
 
@@ -235,12 +245,18 @@ class InferredTarget:
     def _found(self, base: Any, defaults: dict[str, Any], fixed: dict[str, Any], found: Inference,
                plan: Plan, note: str, case: Any) -> Discovery:
         returns = found.convention.returns_weights is not False
+        apart = fixed.get("self_attention") and len(found.convention.inputs) > 1
+        if apart:  # it takes keys and values apart: its cross-attention is checked too, whatever it does
+            fixed = {k: v for k, v in fixed.items() if k != "self_attention"}
         sentence = note or configuration_sentence(self.entry, fixed)
         counts = plan.taken.get("num_encoder_layers")
         one = counts is not None and counts == plan.taken.get("num_decoder_layers")
         wanted = fixed_sizes.not_given(self.level, plan.not_taken)
         sizes = {k: v for k, v in case.sizes().items() if k in wanted}
         notes = [plan.describe(), found.convention.describe()]
+        if apart and not note:
+            notes.append("found on self-attention (query = key = value): with distinct keys and values it paired "
+                         "with no configuration; it takes them apart, so cross-attention is checked too")
         if sizes and plan.kind in ("instance", "factory"):
             notes.append(f"sizes fixed by the object: {fixed_sizes.describe(sizes)}; every drawn case is checked "
                          "at these sizes")
@@ -262,7 +278,7 @@ class InferredTarget:
         case, model, _ = self._sample(base.with_batch(None))
         try:
             self._infer(case, model)
-        except (WeightMapError, NotSupportedError):
+        except Exception:  # it declines, cannot be paired or raises on unbatched input
             return False
         return True
 

@@ -162,12 +162,16 @@ def test_learner_attention_maps_onto_multihead_attention(layout: bool) -> None:
     check_equal("attention", case, inference, model)
 
 
-def test_learner_attention_keep_masks_only_when_declared() -> None:
+def test_learner_attention_keep_masks_are_measured_or_declared() -> None:
+    """Its ``masked_fill(mask == 0, -inf)`` takes keep-masks: the probes find it, and a declaration skips them."""
     case = ATTENTION.replace(attn_mask="random_bool", key_padding_mask="bool")
-    with pytest.raises(MapMismatchError, match=r"holds without masks.*declare it"):
-        infer("attention", case, MultiHeadAttention)
+    inference, model = infer("attention", case, MultiHeadAttention)
+    assert "mask measured as (N, 1, L, S) bool keep-mask" in inference.convention.describe()
+    assert inference.convention.masks == {"attn_mask": "mask", "key_padding_mask": "mask"}
+    check_equal("attention", case, inference, model)
     inference, model = infer("attention", case, MultiHeadAttention, keep_mask=True)
-    assert "keep-masks" in inference.convention.describe()
+    assert "keep-masks (True = may attend), as declared" in inference.convention.describe()
+    assert not inference.convention.forms
     check_equal("attention", case, inference, model)
 
 
@@ -212,10 +216,10 @@ def test_gpt2_conv1d_packed_and_transposed() -> None:
         inference.convention(model, *level("attention").inputs(ATTENTION, F64), batch_first=True)
 
 
-def test_functional_einsum_layer_is_sequence_first_by_values() -> None:
+def test_functional_einsum_layer_is_sequence_first_by_measurement() -> None:
     case = Case(Config(d_model=8, nhead=2, dim_feedforward=12), batch=3, src_len=3)  # (L, N, E) = (3, 3, 8)
     inference, model = infer("encoder_layer", case, EinsumEncoderLayer)
-    assert "sequence-first (the shapes allow both: the values decided)" in inference.convention.describe()
+    assert "layout measured: sequence-first" in inference.convention.describe()
     assert {link.target: link.text() for link in inference.weight_map.links}["out"] == "self_attn.out_proj.weight.T"
     check_equal("encoder_layer", case, inference, model)
 
