@@ -131,7 +131,8 @@ class InferredTarget:
         inputs, kwargs = entry.inputs(case, torch.float64)
         sample = copy_model(model).to("cpu", torch.float64)
         found = self._discovery.inference if self._discovery is not None else None  # calling is found once
-        shape = (getattr(case, "self_attention", None), getattr(case, "is_causal", None))  # an attention's call
+        shape = tuple(getattr(case, k, None) for k in ("self_attention", "key_is_value", "equal_lengths",
+                                                        "is_causal"))  # an attention's call shape
         known = found.convention if found is not None else self._conventions.get(shape)
         try:
             result = infer_target(builtin, sample, self.level, entry.call, inputs, kwargs,
