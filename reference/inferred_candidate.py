@@ -33,6 +33,11 @@ class InferredCandidate:
     def build(self, device: torch.device | str, dtype: torch.dtype) -> nn.Module:
         return copy_model(self.model).to(device, dtype)
 
+    def hold(self, builtin: nn.Module) -> None:
+        """The built-in's tensors with no counterpart in the target, fixed at zero before the oracle runs."""
+        self.inference = self.owner.inference(self.case, self.model)
+        self.inference.weight_map.hold(builtin)
+
     def load(self, model: nn.Module, builtin: nn.Module) -> None:
         self.inference = self.owner.inference(self.case, self.model)
         self.inference.weight_map.load(model, builtin)

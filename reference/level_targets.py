@@ -239,7 +239,8 @@ class InferredTarget:
         one = counts is not None and counts == plan.taken.get("num_decoder_layers")
         wanted = fixed_sizes.not_given(self.level, plan.not_taken)
         sizes = {k: v for k, v in sizes_of(case).items() if k in wanted}
-        notes = [plan.describe(), found.convention.describe()]
+        notes = [plan.describe(), found.convention.describe(),
+                 *(n for n in found.weight_map.notes if n.endswith("fixed at 0") or "fixed at 0 (" in n)]
         if sizes and plan.kind in ("instance", "factory"):
             notes.append(f"sizes fixed by the object: {fixed_sizes.describe(sizes)}; every drawn case is checked "
                          "at these sizes")
