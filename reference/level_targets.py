@@ -198,29 +198,35 @@ class InferredTarget:
         tried: list[str] = []
         closest: tuple[float, dict[str, Any], Any, nn.Module, Any, dict[int, int]] | None = None
         shapes = attention_shapes(self.target.obj) if self.level == "attention" else ({},)
+        measured = "nhead" in fixed_sizes.not_given(self.level, plan.not_taken)
+        deferred: list[tuple[float, dict[str, Any], Any, nn.Module, Any]] = []  # mismatched at the drawn heads
         for fixed in ({**shape, **combo} for shape in shapes for combo in grid(self.level, plan.not_taken)):
             case, model, _ = self._sample(with_options(base, dict(fixed)))
             try:
                 found = self._infer(case, model)
             except infer.MapMismatchError as exc:  # paired one to one, but the outputs differ
-                difference = exc.difference
-                if "nhead" in fixed_sizes.not_given(self.level, plan.not_taken):  # another number of heads?
-                    heads, difference = self._other_heads(case, model, exc)
-                    self._heads[width_of(case)] = heads
-                    case, model, _ = self._sample(with_options(base, dict(fixed)))
-                    if difference == 0.0:
-                        return self._found(base, defaults, fixed, self._infer(case, model), plan, "", case)
-                tried.append(f"{shown(fixed)}: outputs differ by {difference:.3g}")
-                if closest is None or difference < closest[0]:
-                    closest = (difference, fixed, case, model, exc, dict(self._heads))
+                tried.append(f"{shown(fixed)}: outputs differ by {exc.difference:.3g}")
+                deferred.append((exc.difference, fixed, case, model, exc))
+                if closest is None or exc.difference < closest[0]:
+                    closest = (exc.difference, fixed, case, model, exc, dict(self._heads))
                 continue
             except (WeightMapError, NotSupportedError) as exc:
                 tried.append(f"{shown(fixed)}: {' '.join(str(exc).splitlines()[:3])}")
                 continue
-            if "nhead" in fixed_sizes.not_given(self.level, plan.not_taken):  # the first count tried verified
+            if measured:  # the first count tried verified
                 self._heads[width_of(case)] = heads_of(case)
                 self._tried_heads[width_of(case)] = [heads_of(case)]
             return self._found(base, defaults, fixed, found, plan, "", case)
+        for _, fixed, case, model, exc in sorted(deferred, key=lambda d: d[0]) if measured else ():
+            heads, difference = self._other_heads(case, model, exc)  # another number of heads, closest first
+            self._heads[width_of(case)] = heads
+            if difference == 0.0:
+                case, model, _ = self._sample(with_options(base, dict(fixed)))
+                return self._found(base, defaults, fixed, self._infer(case, model), plan, "", case)
+            if closest is None or difference < closest[0]:
+                case, model, _ = self._sample(with_options(base, dict(fixed)))
+                closest = (difference, fixed, case, model, exc, dict(self._heads))
+            self._heads.pop(width_of(case), None)  # none verified: the next one starts from the drawn count
         if closest is not None:  # it pairs with the built-in but equals none: check it where it is closest
             difference, fixed, case, model, mismatch, self._heads = closest
             found = self._mismatched(mismatch, case, model)
