@@ -217,15 +217,15 @@ class InferredTarget:
                 self._heads[width_of(case)] = heads_of(case)
                 self._tried_heads[width_of(case)] = [heads_of(case)]
             return self._found(base, defaults, fixed, found, plan, "", case)
-        for _, fixed, case, model, exc in sorted(deferred, key=lambda d: d[0]) if measured else ():
-            heads, difference = self._other_heads(case, model, exc)  # another number of heads, closest first
+        for _, fixed, case, model, mismatch in sorted(deferred, key=lambda d: d[0]) if measured else ():
+            heads, difference = self._other_heads(case, model, mismatch)  # another number of heads, closest first
             self._heads[width_of(case)] = heads
             if difference == 0.0:
                 case, model, _ = self._sample(with_options(base, dict(fixed)))
                 return self._found(base, defaults, fixed, self._infer(case, model), plan, "", case)
             if closest is None or difference < closest[0]:
                 case, model, _ = self._sample(with_options(base, dict(fixed)))
-                closest = (difference, fixed, case, model, exc, dict(self._heads))
+                closest = (difference, fixed, case, model, mismatch, dict(self._heads))
             self._heads.pop(width_of(case), None)  # none verified: the next one starts from the drawn count
         if closest is not None:  # it pairs with the built-in but equals none: check it where it is closest
             difference, fixed, case, model, mismatch, self._heads = closest
