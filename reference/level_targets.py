@@ -34,6 +34,7 @@ from reference.behaviour import sentence as configuration_sentence
 from reference.build import Config
 from reference.cases import Case
 from reference.infer.copying import copy_model
+from reference.infer.layouts import alternatives
 from reference.inference_cache import FLOAT64_AGREEMENT, disagreement, holds, shape_key
 from reference.inferred_candidate import InferredCandidate
 from reference.level_cases import (
@@ -110,10 +111,13 @@ class InferredTarget:
         best, self._tried_heads[width] = (mismatch.difference, drawn), [drawn]
         for heads in [h for h in fixed_sizes.head_counts(width, drawn) if h != drawn]:
             self._tried_heads[width].append(heads)
-            difference = disagreement(inference, self.entry, with_options(case, {"nhead": heads}), model)
-            if difference <= FLOAT64_AGREEMENT:
-                return heads, 0.0
-            best = min(best, (difference, heads))
+            other = with_options(case, {"nhead": heads})
+            maps = [inference.weight_map, *alternatives(inference.weight_map, self.entry.reference(other))]
+            for weight_map in maps:  # a packed q/k/v laid out per head is laid out for this number of heads
+                difference = disagreement(infer.Inference(weight_map, inference.convention), self.entry, other, model)
+                if difference <= FLOAT64_AGREEMENT:
+                    return heads, 0.0
+                best = min(best, (difference, heads))
         return best[1], best[0]
 
     def _mismatched(self, exc: infer.MapMismatchError, case: Any, model: nn.Module) -> infer.Inference:

@@ -58,6 +58,7 @@ MARKERS = (
     "level(name): the registry level a property checks; deselected when the target does not provide it",
     "edge: path-dependent behaviour of the built-in (fast path, nested tensors, fully masked rows)",
     "cuda: needs a CUDA device",
+    "slow: takes more than about 10 s (a whole check of a target)",
 )
 IGNORED_WARNINGS = (  # torch's noise about paths the harness switches off on purpose
     "enable_nested_tensor is True", "The PyTorch API of nested tensors is in prototype stage", "Support for mismatched",

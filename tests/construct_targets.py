@@ -310,3 +310,6 @@ class Expand(nn.Module):
 
 FF_INSTANCE = Expand(24, 56)
 FF_INSTANCE_BUG = Expand(24, 56, exact=False)  # the bug: GELU's sigmoid approximation
+
+
+PACKED_INSTANCE = HeadPacked(24, 4, 40, dropout=0.0)  # an instance: its number of heads is measured

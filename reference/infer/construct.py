@@ -80,13 +80,14 @@ def _config_kind(param: inspect.Parameter, annotation: Any, reads: Mapping[str, 
     if option_of(param.name) is not None:
         return None
     cls = configs.config_class(annotation)
+    said = param.name.lower() in CONFIG_NAMES or param.name in reads  # a config's name, or read as one
     if cls is dict:
-        return "mapping"
+        return "mapping" if said else None
     if cls is not None:
         return cls
     untyped = annotation in UNTYPED or (inspect.isclass(annotation) and configs.outside(annotation)
                                         and annotation not in configs.PRIMITIVE)
-    if untyped and (param.name.lower() in CONFIG_NAMES or param.name in reads):
+    if untyped and said:
         return "untyped"
     return None
 

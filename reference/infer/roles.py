@@ -107,8 +107,8 @@ def _words(name: str) -> list[str]:
 def role_of(name: str, annotation: Any = inspect.Parameter.empty, default: Any = inspect.Parameter.empty) -> str:
     """A parameter's role: "eps", "rate", "length", "index", "flag", "activation", "size", "text" or "object"."""
     given = default is not inspect.Parameter.empty and default is not None
-    typed = isinstance(annotation, type) and annotation not in (inspect.Parameter.empty, object)
-    kind = annotation if typed else type(default) if given else None
+    typed = annotation not in (inspect.Parameter.empty, object, Any, None)
+    kind = (annotation if isinstance(annotation, type) else object) if typed else type(default) if given else None
     words = _words(name)
     said = next((role for role, ws in ROLE_WORDS.items() if any(w in ws for w in words)), None)
     if kind is bool:
