@@ -107,8 +107,9 @@ def outside(cls: type) -> bool:
 def config_class(annotation: Any) -> Any:
     """The user's config class an annotation names (a dataclass or a plain class of the user's that is no
     module), ``dict`` for a mapping, else None."""
-    if annotation in MAPPINGS or getattr(annotation, "__origin__", None) in MAPPINGS:
-        return dict
+    if annotation in MAPPINGS or getattr(annotation, "__origin__", None) in MAPPINGS or (
+            inspect.isclass(annotation) and issubclass(annotation, Mapping)):
+        return dict  # read by key: answered by a namespace that takes keys
     if not inspect.isclass(annotation) or issubclass(annotation, (nn.Module, *PRIMITIVE)) or outside(annotation):
         return None
     return annotation

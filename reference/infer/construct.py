@@ -29,6 +29,7 @@ from reference.infer.configs import AliasNamespace, FieldNotSetError
 from reference.infer.roles import (
     ALIASES,
     MAX_LENGTH,
+    WHOLE_LEVEL,
     ConstructionError,
     aliases,
     canonical_options,
@@ -144,7 +145,8 @@ def plan(obj: Any, options: Mapping[str, Any], level: str) -> Plan:
             wanted_configs[p.name] = kind
     if any(p.kind is p.VAR_KEYWORD for p in all_params):  # **kwargs: the parameters of what it is passed to
         for name, info in source.passed_down(obj).items():
-            names.setdefault(name, info)
+            if option_of(name) not in WHOLE_LEVEL or info[2]:  # one sub-module's bias is not the level's
+                names.setdefault(name, info)
     filled = options_for(names, opts, level)
     if filled.missing:
         raise ConstructionError(_missing(obj, filled.missing, names, opts, level))

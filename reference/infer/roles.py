@@ -48,6 +48,9 @@ ALIASES: dict[str, tuple[str, ...]] = {
 }
 # options every parameter of that name takes (a layer's several dropouts), not only the first one found
 EVERY = ("dropout",)
+# options that mean the whole level's behaviour (torch's bias=False drops every bias): a parameter that reaches
+# one sub-module through **kwargs is not given them; left at its default, discovery measures what it does
+WHOLE_LEVEL = ("bias", "norm_first", "activation", "layer_norm_eps", "elementwise_affine")
 # a level's option names that are spellings of a canonical one
 CANONICAL = {"embed_dim": "d_model", "num_heads": "nhead", "eps": "layer_norm_eps"}
 # a one-stack level's layer count, in nn.Transformer's configuration
@@ -202,6 +205,7 @@ def trial_value(role: str, options: Mapping[str, Any], sizes: list[str]) -> Any:
 
 def role_for_field(name: str) -> str | None:
     """The role a config field read by name only (no annotation, no default) has, when its name says it: a rate,
-    an eps, a length or a flag; None for sizes and anything else (a value not to be guessed from a name alone)."""
+    an eps, a length, a flag or an activation's name; None for sizes and anything else (a value not to be
+    guessed from a name alone)."""
     role = role_of(name, inspect.Parameter.empty, inspect.Parameter.empty)
-    return role if role in ("rate", "eps", "length", "flag") else None
+    return role if role in ("rate", "eps", "length", "flag", "activation") else None
