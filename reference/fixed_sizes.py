@@ -105,6 +105,8 @@ def read_sizes(model: nn.Module, level: str, wanted: tuple[str, ...], width: int
     d_model = width if width and "d_model" not in wanted else model_width(model)
     if "d_model" in wanted:
         sizes["d_model"] = d_model
+        if level == "feed_forward":  # the level's built-in is a whole layer, its (unused) heads must divide the width
+            sizes["nhead"] = 1
     if "dim_feedforward" in wanted:
         shapes = {tuple(p.shape) for p in params if p.dim() == 2}
         widths = sorted({x for (a, b) in shapes for x in (a, b) if x not in (d_model, 3 * d_model)

@@ -67,9 +67,10 @@ def test_kwargs_reach_what_they_are_passed_to() -> None:
 
 
 def test_names_no_table_lists_get_trial_values_by_role_and_sizes_are_read_from_the_model() -> None:
-    built = build(T.PlainBlock, options("encoder_layer", d_model=16, nhead=4, dim_feedforward=40, dropout=0.0),
+    built = build(T.PlainBlock, options("encoder_layer", d_model=24, nhead=4, dim_feedforward=40, dropout=0.0),
                   "encoder_layer")
-    assert built.plan.trials == {"breadth": 16, "n_attn": 4} and built.plan.taken == {"dropout": "leak"}
+    # the same trial values whatever the case: the module's sizes are its own, read and checked as an instance's
+    assert built.plan.trials == {"breadth": 16, "n_attn": 2} and built.plan.taken == {"dropout": "leak"}
     assert {"d_model", "nhead", "dim_feedforward"} <= set(built.not_taken)  # measured, not assumed
     assert "trial values by role" in built.plan.describe()
     wanted = fixed_sizes.not_given("encoder_layer", built.not_taken)
@@ -118,9 +119,10 @@ def test_none_entries_in_a_module_list_are_holes_not_layers() -> None:
 
 def test_a_feed_forward_instance_is_fed_its_input_width_not_its_hidden_one() -> None:
     sizes = fixed_sizes.read_sizes(T.FF_INSTANCE, "feed_forward", ("d_model", "dim_feedforward"))
-    assert sizes == {"d_model": 24, "dim_feedforward": 56}  # 24 and 56 each appear three times in its shapes
+    assert sizes["d_model"] == 24 and sizes["dim_feedforward"] == 56  # 24 and 56 each appear 3 times in its shapes
+    assert 24 % sizes["nhead"] == 0  # the level's built-in (a whole layer) must be buildable at that width
     wide_first = T.Expand(56, 24)  # the tie broken by what it takes, not by which width comes first
-    assert fixed_sizes.read_sizes(wide_first, "feed_forward", ("d_model",)) == {"d_model": 56}
+    assert fixed_sizes.read_sizes(wide_first, "feed_forward", ("d_model",))["d_model"] == 56
 
 
 # -- weight maps -----------------------------------------------------------------------------------------------

@@ -70,7 +70,7 @@ class AliasNamespace:
             self._read.setdefault("dropout", name)
             return self._options["dropout"]
         if role is not None:
-            value = self._trials[name] = trial_value(role, self._options, [])
+            value = self._trials[name] = trial_value(role, [])
             return value
         raise FieldNotSetError(name)
 

@@ -4,8 +4,9 @@ role (a size, a rate, an eps, a flag, a length, an index) by its annotation, its
 A level's configuration is written with torch's keyword names (``d_model``, ``nhead``, ``dim_feedforward``, ...).
 ``options_for`` maps them onto a user's names through the usual spellings; what no spelling names gets a
 *trial value* by its role (``trial_value``): a rate 0.0, an eps 1e-5, a flag False, a length longer than any
-drawn sequence, a size one of the level's sizes not yet given. A module built from trial sizes is measured
-afterwards (reference/fixed_sizes.py), so the check runs at the sizes it really has.
+drawn sequence, a size one of the level's sizes not yet given; each the same whatever the drawn case. A module
+built from trial sizes is measured afterwards (reference/fixed_sizes.py), so the check runs at the sizes it
+really has, and discovery finds what the other trial values make it (its eps, its activation).
 """
 
 from __future__ import annotations
@@ -55,9 +56,14 @@ WHOLE_LEVEL = ("bias", "norm_first", "activation", "layer_norm_eps", "elementwis
 CANONICAL = {"embed_dim": "d_model", "num_heads": "nhead", "eps": "layer_norm_eps"}
 # a one-stack level's layer count, in nn.Transformer's configuration
 STACK_LAYERS = {"encoder": "num_encoder_layers", "decoder_only": "num_encoder_layers", "decoder": "num_decoder_layers"}
-# the sizes a trial value may stand for, in the order constructors usually list them
-SIZES = ("d_model", "nhead", "dim_feedforward", "num_layers", "num_encoder_layers", "num_decoder_layers")
+# the sizes a trial value may stand for, in the order constructors usually list them, and the trial values:
+# the same whatever the case (the module so built has fixed sizes, read from it and checked at them, as an
+# instance's are: a size that followed the drawn case would change under the harness's feet)
+TRIAL_SIZES = {"d_model": 16, "nhead": 2, "dim_feedforward": 32, "num_layers": 2, "num_encoder_layers": 2,
+               "num_decoder_layers": 2}
+SIZES = tuple(TRIAL_SIZES)
 MAX_LENGTH = 64  # a sequence-length limit (a causal buffer, a position table): above every drawn length
+TRIAL_EPS = 1e-5
 # words in a name that say its role when no spelling names it
 ROLE_WORDS: dict[str, tuple[str, ...]] = {
     "eps": ("eps", "epsilon"),
@@ -174,7 +180,7 @@ def options_for(names: Mapping[str, tuple[Any, Any, bool]], options: Mapping[str
             values[name] = wanted["dropout"]
             taken.setdefault("dropout", name)
             continue
-        trial = trial_value(role, wanted, sizes)
+        trial = trial_value(role, sizes)
         if trial is inspect.Parameter.empty:
             missing.append(name)
         else:
@@ -182,24 +188,16 @@ def options_for(names: Mapping[str, tuple[Any, Any, bool]], options: Mapping[str
     return Filled(values, taken, trials, missing)
 
 
-def trial_value(role: str, options: Mapping[str, Any], sizes: list[str]) -> Any:
-    """A plausible value for a role (``sizes``: the level's sizes no name took yet, consumed in order);
-    ``inspect.Parameter.empty`` when the role has none."""
-    if role == "rate":
-        return 0.0
-    if role == "eps":
-        return options.get("layer_norm_eps", 1e-5)
-    if role == "flag":
-        return False
-    if role == "length":
-        return MAX_LENGTH
-    if role == "index":
-        return 0
-    if role == "activation":
-        activation = options.get("activation", "relu")
-        return activation if isinstance(activation, str) else "relu"
+def trial_value(role: str, sizes: list[str]) -> Any:
+    """A plausible value for a role, the same for every case (``sizes``: the level's sizes no name took yet,
+    consumed in order); ``inspect.Parameter.empty`` when the role has none. What the value stands for is
+    measured afterwards: the sizes read from the built module, the configuration (eps, activation, flags) found
+    by discovery."""
+    constants = {"rate": 0.0, "eps": TRIAL_EPS, "flag": False, "length": MAX_LENGTH, "index": 0, "activation": "relu"}
+    if role in constants:
+        return constants[role]
     if role == "size":
-        return options[sizes.pop(0)] if sizes else 1
+        return TRIAL_SIZES[sizes.pop(0)] if sizes else 1
     return inspect.Parameter.empty
 
 
