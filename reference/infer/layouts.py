@@ -55,28 +55,30 @@ def _sources(name: str, roles: list[int], order: tuple[int, ...], per_head: bool
 
 
 def alternatives(wm: WeightMap, builtin: nn.Module) -> Iterator[WeightMap]:
-    """``wm`` with its packed q/k/v links laid out otherwise: the blocks in each other order, then per head
-    (torch's order within each head first); the same layout for all of them. Nothing when it has none."""
+    """``wm`` with its packed q/k/v links laid out otherwise, the same layout for all of them: q, k, v per head
+    first (the usual one), then the blocks in each other order, then per head in each other order. Nothing when
+    it has no packed link."""
     sizes = packed_sizes(builtin)
     total = {n: p.shape[0] for n, p in builtin.named_parameters() if n in sizes}
     packed = {i: found for i, link in enumerate(wm.links) if (found := _covered(link, sizes, total)) is not None}
     if not packed:
         return
     tried: set[tuple[tuple[Source, ...], ...]] = set()
-    for per_head in (False, True):
-        if per_head and all(sizes[name][1] == 1 for name, _ in packed.values()):
-            return  # one head: per head is in blocks
-        for order in itertools.permutations(range(3)):
-            if not per_head and all([r for r in order if r in roles] == roles for _, roles in packed.values()):
-                continue  # torch's own layout: the map already tried
-            links = list(wm.links)
-            for i, (name, roles) in packed.items():
-                e, heads = sizes[name]
-                said = "".join(ROLES[r] for r in order if r in roles)
-                how = f"packed {said} " + ("per head, head after head" if per_head else "in blocks")
-                links[i] = dataclasses.replace(links[i], sources=_sources(name, roles, order, per_head, e, heads),
-                                               how=f"{links[i].how}; {how}, by measurement")
-            key = tuple(links[i].sources for i in packed)
-            if key not in tried:
-                tried.add(key)
-                yield dataclasses.replace(wm, links=tuple(links))
+    one_head = all(sizes[name][1] == 1 for name, _ in packed.values())  # per head is then in blocks
+    orders = list(itertools.permutations(range(3)))
+    layouts = ([(True, orders[0])] if not one_head else []) + [(False, o) for o in orders[1:]] + (
+        [(True, o) for o in orders[1:]] if not one_head else [])  # the usual ones first: q, k, v per head
+    for per_head, order in layouts:
+        if not per_head and all([r for r in order if r in roles] == roles for _, roles in packed.values()):
+            continue  # torch's own layout (a k/v link's order unchanged): the map already tried
+        links = list(wm.links)
+        for i, (name, roles) in packed.items():
+            e, heads = sizes[name]
+            said = "".join(ROLES[r] for r in order if r in roles)
+            how = f"packed {said} " + ("per head, head after head" if per_head else "in blocks")
+            links[i] = dataclasses.replace(links[i], sources=_sources(name, roles, order, per_head, e, heads),
+                                           how=f"{links[i].how}; {how}, by measurement")
+        key = tuple(links[i].sources for i in packed)
+        if key not in tried:
+            tried.add(key)
+            yield dataclasses.replace(wm, links=tuple(links))
