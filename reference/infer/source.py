@@ -3,8 +3,9 @@
 ``**kwargs`` parameter goes (``self.attn = Attention(d_model, **kwargs)``: the callee's parameters are the
 constructor's too).
 
-Read with ``ast`` from ``inspect.getsource``; code whose source cannot be read (built in a notebook cell by
-``exec``, a C extension) says nothing, and construction goes on from the signature alone.
+Read with ``ast`` from ``inspect.getsource`` (once per class: the answers are cached, not to be changed);
+code whose source cannot be read (built in a notebook cell by ``exec``, a C extension) says nothing, and
+construction goes on from the signature alone.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ def _init(cls: Any) -> Callable[..., Any] | None:
     return init if inspect.isfunction(init) else None
 
 
+@lru_cache(maxsize=256)
 def config_reads(cls: Any) -> dict[str, set[str]]:
     """Per parameter of ``cls``'s constructor: the fields its source reads from it directly, as ``p.name`` or
     ``p["name"]`` (not ``getattr(p, "name", default)``). Empty when the source cannot be read."""
@@ -123,6 +125,7 @@ def _resolve(func: ast.expr, scope: dict[str, Any], cls: Any) -> Any:
     return value if callable(value) else None
 
 
+@lru_cache(maxsize=256)
 def passed_down(cls: Any, depth: int = 0) -> Names:
     """The parameters a constructor's ``**kwargs`` reaches: those of every callee it is passed to, less the ones
     the call gives itself (by position or keyword); only names every such callee accepts."""
