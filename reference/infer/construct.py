@@ -19,7 +19,7 @@ import dataclasses
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from torch import nn
 
@@ -131,7 +131,7 @@ def plan(obj: Any, options: Mapping[str, Any], level: str) -> Plan:
     if stacks.layer_parameter(params, level) is not None:  # Encoder(encoder_layer, num_layers, norm): the layer first
         given, through = stacks.stack_arguments(obj, params, opts, level, build, ConstructionError)
     scope = source.scope_of(obj)
-    reads = source.config_reads(obj)
+    reads = source.config_reads(cast(Any, obj))
     names: dict[str, tuple[Any, Any, bool]] = {}
     wanted_configs: dict[str, Any] = {}
     for p in params:
@@ -144,7 +144,7 @@ def plan(obj: Any, options: Mapping[str, Any], level: str) -> Plan:
         else:
             wanted_configs[p.name] = kind
     if any(p.kind is p.VAR_KEYWORD for p in all_params):  # **kwargs: the parameters of what it is passed to
-        for name, info in source.passed_down(obj).items():
+        for name, info in source.passed_down(cast(Any, obj)).items():
             if option_of(name) not in WHOLE_LEVEL or info[2]:  # one sub-module's bias is not the level's
                 names.setdefault(name, info)
     filled = options_for(names, opts, level)
