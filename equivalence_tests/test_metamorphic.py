@@ -36,7 +36,10 @@ def as_checked(target: Target, case: Case) -> Case:
 
 
 def run(target: Target, case: Case, src: Tensor, tgt: Tensor, kwargs: dict, weights: nn.Module | None = None) -> Tensor:
-    """The target's eval-mode output in float64 with ``weights`` (default: the case's) loaded."""
+    """The target's eval-mode output in float64 with ``weights`` (default: the case's) loaded.
+
+    ``case`` must describe ``src`` and ``tgt`` (their lengths): the target's calling convention is the one found
+    for the case's own inputs, and a layout decided on one-position sequences may not be the one of longer ones."""
     level = LEVELS["transformer"]
     try:
         case, candidate = prepare(target, "transformer", case)
@@ -99,7 +102,7 @@ def test_extra_padded_source_positions_change_no_output(target, case, extra):
                  memory_key_padding_mask=pad_padding(kw["memory_key_padding_mask"], extra, S, case.batch))
     if grown["src_is_causal"]:  # the grown mask is no longer causal, so neither is the hint
         grown["src_is_causal"] = None
-    out = run(target, case, grow(src, extra, seq_dim(case), case.seed + 7), tgt, grown)
+    out = run(target, case.replace(src_len=S + extra), grow(src, extra, seq_dim(case), case.seed + 7), tgt, grown)
     check("output with padded source positions added", case, out, expected)
 
 
@@ -117,7 +120,7 @@ def test_extra_padded_target_positions_change_no_earlier_output(target, case, ex
                  memory_mask=pad_keys(kw["memory_mask"], 0, extra))
     if kw["memory_is_causal"]:
         assume(False)  # a causal memory hint stands for a (T, S) mask; growing T changes what it means
-    out = run(target, case, src, grow(tgt, extra, seq_dim(case), case.seed + 7), grown)
+    out = run(target, case.replace(tgt_len=T + extra), src, grow(tgt, extra, seq_dim(case), case.seed + 7), grown)
     check("output at the original target positions", case, out.narrow(seq_dim(case), 0, T), expected)
 
 

@@ -7,6 +7,7 @@ kept is the one the target is checked on (prepare adapts drawn cases to what the
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -135,6 +136,10 @@ def observe(target: Target, case: Any, device: torch.device | str = "cpu", level
         crash = str(exc)
     with fastpath(False), torch.no_grad():
         builtin = entry.seeded_builtin(case)
+        hold = getattr(cand, "hold", None)  # built-in tensors the target has no counterpart for: fixed first
+        if callable(hold):
+            with contextlib.suppress(TargetError, NotSupportedError):  # loading it below says so again, recorded
+                hold(builtin)
         inputs, kwargs = entry.inputs(case, torch.float64)
         expected = _cpu(outputs(entry.call(builtin, **inputs, **kwargs)))
         if cand is None:

@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+import reference.inference.binding as binding
 from reference.builtin.config import randomize_
-from reference.inference import binding
 from reference.inference.binding import FLAGS, Pairs
 from reference.inference.convention import Convention
 from reference.inference.copying import copy_model

@@ -27,8 +27,14 @@ class InferredCandidate:
     def build(self, device: torch.device | str, dtype: torch.dtype) -> nn.Module:
         return copy_model(self.model).to(device, dtype)
 
-    def load(self, model: nn.Module, builtin: nn.Module) -> None:
+    def hold(self, builtin: nn.Module) -> None:
+        """The built-in's tensors with no counterpart in the target, fixed at zero before the oracle runs."""
         self.inference = self.resolve(self.case, self.model)
+        self.inference.weight_map.hold(builtin)
+
+    def load(self, model: nn.Module, builtin: nn.Module) -> None:
+        if self.inference is None:  # ``hold`` found it already for this case (verified on it once, not twice)
+            self.inference = self.resolve(self.case, self.model)
         self.inference.weight_map.load(model, builtin)
 
     def call(self, model: nn.Module, call: Any, inputs: dict[str, Tensor], kwargs: dict[str, object]) -> Any:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from reference.inference import binding
+import reference.inference.binding as binding
 from reference.inference.binding import FLAGS, Pairs, Param
 from reference.inference.masks import MaskForm, encode, is_causal_mask, keep, logical, merged, same
 from reference.inference.outputs import read_outputs

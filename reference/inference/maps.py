@@ -64,6 +64,19 @@ class WeightMap:
     difference: float | None = None  # the verified max |target - built-in| (relative), None before verifying
     verified: bool = False  # the outputs agreed within the output dtype's rounding
     ties: tuple[tuple[str, ...], ...] = field(default=(), repr=False)  # same-shaped tensors ordered by argument
+    held: tuple[Source, ...] = ()  # built-in rows with no counterpart in the target: held at zero in the built-in
+
+    @torch.no_grad()
+    def hold(self, builtin: nn.Module) -> None:
+        """Fix the built-in's rows that have no counterpart at zero, and take their tensors out of the gradients
+        (the built-in is then exactly the target's module; what the target does not have is not judged)."""
+        if not self.held:
+            return
+        state = dict(builtin.named_parameters())
+        for source in self.held:
+            param = state[source.name]
+            (param if source.rows is None else param[source.rows[0]:source.rows[1]]).zero_()
+            param.requires_grad_(False)
 
     def _value(self, link: Link, state: Mapping[str, Tensor], shape: torch.Size) -> Tensor:
         parts = [state[s.name] if s.rows is None else state[s.name][s.rows[0]:s.rows[1]] for s in link.sources]
@@ -72,7 +85,9 @@ class WeightMap:
 
     @torch.no_grad()
     def load(self, model: nn.Module, builtin: nn.Module) -> None:
-        """Copy the built-in's weights into ``model`` (converted to each parameter's dtype and device)."""
+        """Copy the built-in's weights into ``model`` (converted to each parameter's dtype and device), the
+        built-in's rows with no counterpart held at zero first (``hold``)."""
+        self.hold(builtin)
         state = dict(builtin.named_parameters())
         params = dict(model.named_parameters())
         for link in self.links:

@@ -9,8 +9,11 @@ LayerNorm written by hand (``gamma * x_hat + beta``). Views of a parameter (``W.
 - ``orientation`` of a matrix at its first product: ``"out_in"`` (``F.linear``'s (out, in), ``W @ x``) or
   ``"in_out"`` (``x @ W``, ``addmm(b, x, W)``), None when the operation does not say;
 - ``kind`` of a vector at its first use: ``"scale"`` (multiplied, a norm's weight) or ``"shift"`` (added,
-  a bias), None when the operation does not say;
-- ``group``: the parameters first touched by the same operation, in argument order (a tie to break).
+  a bias), ``"matrix"`` for a degenerate matrix in a product (``(1, E)``), None when the operation does not say;
+- ``group``: the parameters first touched by the same operation, in argument order (a tie to break);
+- ``partner`` of a shift: the matrix (or scale) whose result it is added to (``linear(x, W, b)``, ``x @ W + b``,
+  ``gain * x_hat + shift``): activations are tagged with the parameter whose product made them, so a bias is
+  paired with the built-in's bias of the projection its matrix holds, not with the next free one by order.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class Use:
     uses: int = 0  # operations that consumed it (products, sums, norms)
     group: tuple[str, ...] = ()
     position: int = 0  # its place among the parameters first touched by the same operation
+    partner: str | None = None  # a shift's: the matrix or scale whose result it was first added to
 
 
 @dataclass
@@ -97,13 +101,28 @@ def _einsum_orientation(args: tuple[Any, ...], index: int) -> str | None:
 
 
 class _Recorder(TorchFunctionMode):
-    def __init__(self, names: dict[int, str], matrices: set[str]) -> None:
+    def __init__(self, names: dict[int, str], matrices: set[str], tables: set[str] | None = None) -> None:
         super().__init__()
         self.matrices = matrices  # parameters with two or more dimensions longer than 1
+        self.tables = tables or set()  # parameters with two or more dimensions (a (1, E) matrix too)
         self.derived: dict[int, _Derived] = {pid: _Derived(name) for pid, name in names.items()}
         self.keep: list[Any] = []  # derived tensors stay alive, so their ids are not reused
         self.uses: dict[str, Use] = {}
         self.step = 0
+        self.made_by: dict[int, str] = {}  # activation id -> the matrix or scale whose product made it
+
+    def _tag(self, outs: list[Tensor], root: str | None) -> None:
+        if root is None:
+            return
+        for o in outs:
+            self.made_by[id(o)] = root
+            self.keep.append(o)
+
+    def _made_by(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+        for t in tree_flatten((args, kwargs))[0]:
+            if isinstance(t, Tensor) and id(t) in self.made_by and id(t) not in self.derived:
+                return self.made_by[id(t)]
+        return None
 
     def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
@@ -117,6 +136,8 @@ class _Recorder(TorchFunctionMode):
             tensors += [(-1, key, t, self.derived[id(t)]) for t in tree_flatten(arg)[0]
                         if isinstance(t, Tensor) and id(t) in self.derived]
         if not tensors:
+            if self.made_by and (name in DERIVE or name in SHIFT):  # a view of a product, or a sum with one
+                self._tag([o for o in tree_flatten(out)[0] if isinstance(o, Tensor)], self._made_by(args, kwargs))
             return out
         self.step += 1
         outs = [o for o in tree_flatten(out)[0] if isinstance(o, Tensor)]
@@ -126,7 +147,9 @@ class _Recorder(TorchFunctionMode):
         matrices_first = sorted(dict.fromkeys(first), key=lambda r: 0 if r in self.matrices else 1)
         for position, root in enumerate(matrices_first):
             self.uses[root] = Use(self.step, name, group=tuple(matrices_first), position=position)
-        if name in DERIVE:
+        scaled = name in SCALE and len(tensors) == 1 and not any(  # times a constant: still the parameter
+            isinstance(a, Tensor) for a in tree_flatten((args, kwargs))[0] if a is not tensors[0][2])
+        if name in DERIVE or scaled:
             source, info = tensors[0][2], tensors[0][3]
             flip = _transposes(name, args, kwargs, source)
             for o in outs:
@@ -137,7 +160,22 @@ class _Recorder(TorchFunctionMode):
             return out
         for position, kwarg, tensor, info in tensors:
             self._consume(name, args, position, kwarg, tensor, info)
+        self._pair(name, tensors, args, kwargs, outs)
         return out
+
+    def _pair(self, name: str, tensors: list[tuple[int, str | None, Tensor, _Derived]], args: tuple[Any, ...],
+              kwargs: dict[str, Any], outs: list[Tensor]) -> None:
+        """A shift's partner (the matrix or scale of the same operation, or whose product it is added to), and
+        the outputs tagged with the matrix or scale that made them."""
+        roots = [d.root for _, _, _, d in tensors]
+        maker = next((r for r in roots if r in self.tables or self.uses[r].kind == "scale"), None)
+        if name in SHIFT or name in ("linear", "addmm", "layer_norm", "group_norm", "rms_norm"):
+            partner = maker or self._made_by(args, kwargs)
+            for root in roots:
+                use = self.uses[root]
+                if use.partner is None and use.kind == "shift" and partner is not None and partner != root:
+                    use.partner = partner
+        self._tag(outs, maker if maker is not None else self._made_by(args, kwargs) if name in SHIFT else None)
 
     def _consume(self, name: str, args: tuple[Any, ...], position: int, kwarg: str | None, tensor: Tensor,
                  info: _Derived) -> None:
@@ -151,6 +189,8 @@ class _Recorder(TorchFunctionMode):
             if orientation is not None and info.transposed:
                 orientation = "in_out" if orientation == "out_in" else "out_in"
             use.orientation = orientation
+        elif name in PRODUCT and tensor.dim() >= 2 and not (name == "addmm" and position == 0):
+            use.kind = "matrix"  # a (1, E) or (1, 1) matrix: not a bias however few its elements
         else:
             use.kind = _kind(name, position, kwarg) or use.kind
 
@@ -197,7 +237,7 @@ def record_uses(model: nn.Module, run: Callable[[nn.Module], Any]) -> Recording:
     """Run ``run(model)`` once under a recording mode; how each of ``model``'s parameters was used."""
     names = {id(p): name for name, p in model.named_parameters()}
     matrices = {name for name, p in model.named_parameters() if sum(1 for d in p.shape if d != 1) >= 2}
-    recorder = _Recorder(names, matrices)
+    recorder = _Recorder(names, matrices, {name for name, p in model.named_parameters() if p.dim() >= 2})
     with recorder:
         run(model)
     unused = tuple(n for n in names.values() if n not in recorder.uses)

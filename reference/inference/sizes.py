@@ -3,10 +3,11 @@ class with a fixed feed-forward width): read from its parameters, the number of 
 
 A drawn case is adapted to them (``d_model=48`` drawn as 16 is checked at 48), never judged at sizes the
 module does not have. What can be read from parameter shapes is read: the model width (the commonest
-dimension), the feed-forward width, the layer counts (the outermost lists of alike modules: the encoder's and
-the decoder's layers, told apart by size) and a norm's ``normalized_shape``. The number of heads leaves no
-trace in any shape: ``head_counts`` lists the divisors of the width to try (the drawn count first), and the
-caller keeps the one whose outputs verify against the built-in.
+dimension; where two tie, as a feed-forward's in and hidden widths do, the one the module takes as input),
+the feed-forward width, the layer counts (the outermost lists of alike modules: the encoder's and the decoder's
+layers, told apart by size; ``None`` entries are holes, not layers) and a norm's ``normalized_shape``.
+The number of heads leaves no trace in any shape: ``head_counts`` lists the divisors of the width to try (the
+drawn count first), and the caller keeps the one whose outputs verify against the built-in.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import math
 from collections import Counter
 from typing import Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 # the sizes of each level a module may fix, in the built-in's (canonical) names
 LEVEL_SIZES: dict[str, tuple[str, ...]] = {
@@ -42,19 +44,50 @@ def not_given(level: str, not_taken: dict[str, Any]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def layer_stacks(model: nn.Module) -> list[nn.ModuleList | nn.Sequential]:
-    """The outermost ModuleLists/Sequentials of alike modules with parameters, in order: the layers of each
-    stack (a list of heads inside a layer is not a stack)."""
-    found: list[nn.ModuleList | nn.Sequential] = []
+def layers_of(module: nn.Module) -> list[nn.Module] | None:
+    """The layers a ModuleList/Sequential holds when they are alike modules with parameters (``None`` entries,
+    holes a forward skips, left out); None when it is no such list."""
+    if not isinstance(module, (nn.ModuleList, nn.Sequential)):
+        return None
+    layers = [m for m in module if m is not None]
+    if not layers or len({type(m) for m in layers}) != 1 or not any(True for _ in layers[0].parameters()):
+        return None
+    return layers
+
+
+def layer_stacks(model: nn.Module) -> list[list[nn.Module]]:
+    """The layers of the outermost ModuleLists/Sequentials of alike modules with parameters, in order: the layers
+    of each stack (a list of heads inside a layer is not a stack)."""
+    found: list[list[nn.Module]] = []
     inside: set[int] = set()
     for module in model.modules():
         if id(module) in inside:
             continue
-        if isinstance(module, (nn.ModuleList, nn.Sequential)) and len(module) > 0 \
-                and len({type(c) for c in module}) == 1 and any(True for _ in module[0].parameters()):
-            found.append(module)
+        layers = layers_of(module)
+        if layers is not None:
+            found.append(layers)
             inside |= {id(m) for m in module.modules()}
     return found
+
+
+def _accepts(model: nn.Module, width: int, dtype: torch.dtype) -> bool:
+    """Whether ``model`` takes a (2, 3, width) input and returns that width (a feed-forward's input width)."""
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(2, 3, width, dtype=dtype))
+    except Exception:
+        return False
+    return isinstance(out, Tensor) and out.shape[-1] == width
+
+
+def model_width(model: nn.Module) -> int:
+    """The commonest dimension of the parameters; of several as common, the one the module takes as input."""
+    params = list(model.parameters())
+    counts = Counter(d for p in params for d in p.shape).most_common()
+    top = [d for d, n in counts if n == counts[0][1]]
+    if len(top) > 1:
+        return next((d for d in top if _accepts(model, d, params[0].dtype)), top[0])
+    return top[0]
 
 
 def read_sizes(model: nn.Module, level: str, wanted: tuple[str, ...], width: int | None = None) -> dict[str, Any]:
@@ -69,10 +102,11 @@ def read_sizes(model: nn.Module, level: str, wanted: tuple[str, ...], width: int
     if "normalized_shape" in wanted:
         sizes["normalized_shape"] = tuple(params[0].shape)  # a norm's weight (or its bias) has that shape
         return sizes
-    counted = Counter(d for p in params for d in p.shape).most_common(1)[0][0]
-    d_model = width if width and "d_model" not in wanted else counted
+    d_model = width if width and "d_model" not in wanted else model_width(model)
     if "d_model" in wanted:
         sizes["d_model"] = d_model
+        if level == "feed_forward":  # the level's built-in is a whole layer, its (unused) heads must divide the width
+            sizes["nhead"] = 1
     if "dim_feedforward" in wanted:
         shapes = {tuple(p.shape) for p in params if p.dim() == 2}
         widths = sorted({x for (a, b) in shapes for x in (a, b) if x not in (d_model, 3 * d_model)

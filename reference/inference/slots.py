@@ -82,6 +82,37 @@ def builtin_slots(builtin: nn.Module, recording: Recording) -> tuple[list[Slot],
     return slots, shapes
 
 
+def companions(builtin: nn.Module, recording: Recording) -> dict[str, str]:
+    """Matrix or scale -> the shift the built-in adds to its result (``out_proj.weight`` -> ``out_proj.bias``,
+    ``in_proj_weight`` and ``q_proj_weight`` -> ``in_proj_bias``, a norm's weight -> its bias): from the
+    built-in's modules, and from the recorded pass where it sees more."""
+    found = {use.partner: name for name, use in recording.uses.items() if use.partner is not None
+             and use.kind == "shift"}
+    for prefix, module in builtin.named_modules():
+        own = {name for name, _ in module.named_parameters(recurse=False)}
+        at = f"{prefix}." if prefix else ""
+        if {"weight", "bias"} <= own:
+            found[f"{at}weight"] = f"{at}bias"
+        if isinstance(module, nn.MultiheadAttention) and "in_proj_bias" in own:
+            found |= {f"{at}{w}": f"{at}in_proj_bias" for w in own if w.endswith("proj_weight")}
+    return found
+
+
+def companion(of: Slot, slots: list[Slot], partners: dict[str, str],
+              shapes: dict[str, tuple[int, ...]]) -> tuple[Slot, ...]:
+    """The slots of the built-in's shift for matrix slot ``of``: the same rows of its bias (a q/k/v third, one
+    head), or, where the bias is packed and the matrix is not (``q_proj_weight``), the third of its role."""
+    name = partners.get(of.name)
+    if name is None or not shapes.get(name) or not shapes.get(of.name):
+        return ()
+    if shapes[name][0] == shapes[of.name][0]:
+        return tuple(s for s in slots if s.name == name and s.rows == of.rows)
+    third = shapes[name][0] // 3
+    if of.role in ROLES and shapes[name][0] == 3 * shapes[of.name][0]:
+        return tuple(s for s in slots if s.name == name and s.role == of.role and s.rows[1] - s.rows[0] == third)
+    return ()
+
+
 def words(name: str) -> list[str]:
     """A dotted parameter name as lower-case words: ``attn.W_q.weight`` -> attn, w, q, wq, weight."""
     out: list[str] = []

@@ -35,6 +35,7 @@ from reference.inference.calling import Convention, infer_calling
 from reference.inference.candidate import InferredCandidate
 from reference.inference.construct import ConstructionError, Plan, build
 from reference.inference.copying import copy_model
+from reference.inference.layouts import alternatives
 from reference.inference.options import (
     DEFAULTS,
     Discovery,
@@ -107,10 +108,13 @@ class InferredTarget:
         best, self._tried_heads[width] = (mismatch.difference, drawn), [drawn]
         for heads in [h for h in fixed_sizes.head_counts(width, drawn) if h != drawn]:
             self._tried_heads[width].append(heads)
-            difference = disagreement(inference, self.entry, case.with_options({"nhead": heads}), model)
-            if difference <= FLOAT64_AGREEMENT:
-                return heads, 0.0
-            best = min(best, (difference, heads))
+            other = case.with_options({"nhead": heads})
+            maps = [inference.weight_map, *alternatives(inference.weight_map, self.entry.seeded_builtin(other))]
+            for weight_map in maps:  # a packed q/k/v laid out per head is laid out for this number of heads
+                difference = disagreement(Inference(weight_map, inference.convention), self.entry, other, model)
+                if difference <= FLOAT64_AGREEMENT:
+                    return heads, 0.0
+                best = min(best, (difference, heads))
         return best[1], best[0]
 
     def _mismatched(self, exc: MapMismatchError, case: Any, model: nn.Module) -> Inference:
@@ -205,6 +209,8 @@ class InferredTarget:
         tried: list[str] = []
         closest: tuple[float, dict[str, Any], Any, nn.Module, Any, dict[int, int]] | None = None
         shapes = attention_shapes(self.target.obj) if self.level == "attention" else ({},)
+        measured = "nhead" in fixed_sizes.not_given(self.level, plan.not_taken)
+        deferred: list[tuple[float, dict[str, Any], Any, nn.Module, Any]] = []  # mismatched at the drawn heads
         differed: list[dict[str, Any]] = []  # call shapes that ran and differed: fewer distinct inputs would hide it
         for shape, combo in ((shape, combo) for shape in shapes for combo in grid(self.level, plan.not_taken)):
             if hidden_by(shape, differed):
@@ -214,25 +220,29 @@ class InferredTarget:
             try:
                 found = self._infer(case, model)
             except MapMismatchError as exc:  # paired one to one, but the outputs differ
-                difference = exc.difference
-                if "nhead" in fixed_sizes.not_given(self.level, plan.not_taken):  # another number of heads?
-                    heads, difference = self._other_heads(case, model, exc)
-                    self._heads[case.width] = heads
-                    case, model, _ = self._sample(base.with_options(dict(fixed)))
-                    if difference == 0.0:
-                        return self._found(base, defaults, fixed, self._infer(case, model), plan, "", case)
-                tried.append(f"{shown(fixed)}: outputs differ by {difference:.3g}")
+                tried.append(f"{shown(fixed)}: outputs differ by {exc.difference:.3g}")
+                deferred.append((exc.difference, fixed, case, model, exc))
                 differed.append(shape)
-                if closest is None or difference < closest[0]:
-                    closest = (difference, fixed, case, model, exc, dict(self._heads))
+                if closest is None or exc.difference < closest[0]:
+                    closest = (exc.difference, fixed, case, model, exc, dict(self._heads))
                 continue
             except (WeightMapError, NotSupportedError) as exc:
                 tried.append(f"{shown(fixed)}: {' '.join(str(exc).splitlines()[:3])}")
                 continue
-            if "nhead" in fixed_sizes.not_given(self.level, plan.not_taken):  # the first count tried verified
+            if measured:  # the first count tried verified
                 self._heads[case.width] = case.heads
                 self._tried_heads[case.width] = [case.heads]
             return self._found(base, defaults, fixed, found, plan, "", case)
+        for _, fixed, case, model, mismatch in sorted(deferred, key=lambda d: d[0]) if measured else ():
+            heads, difference = self._other_heads(case, model, mismatch)  # another number of heads, closest first
+            self._heads[case.width] = heads
+            if difference == 0.0:
+                case, model, _ = self._sample(base.with_options(dict(fixed)))
+                return self._found(base, defaults, fixed, self._infer(case, model), plan, "", case)
+            if closest is None or difference < closest[0]:
+                case, model, _ = self._sample(base.with_options(dict(fixed)))
+                closest = (difference, fixed, case, model, mismatch, dict(self._heads))
+            self._heads.pop(case.width, None)  # none verified: the next one starts from the drawn count
         if closest is not None:  # it pairs with the built-in but equals none: check it where it is closest
             difference, fixed, case, model, mismatch, self._heads = closest
             found = self._mismatched(mismatch, case, model)
@@ -254,7 +264,8 @@ class InferredTarget:
         one = counts is not None and counts == plan.taken.get("num_decoder_layers")
         wanted = fixed_sizes.not_given(self.level, plan.not_taken)
         sizes = {k: v for k, v in case.sizes().items() if k in wanted}
-        notes = [plan.describe(), found.convention.describe()]
+        notes = [plan.describe(), found.convention.describe(),
+                 *(n for n in found.weight_map.notes if n.endswith("fixed at 0") or "fixed at 0 (" in n)]
         if apart and not note:
             notes.append("found on self-attention (query = key = value): with distinct keys and values it paired "
                          "with no configuration; it takes them apart, so cross-attention is checked too")

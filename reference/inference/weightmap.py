@@ -21,9 +21,10 @@ from torch import Tensor, nn
 
 from reference.builtin.config import randomize_
 from reference.builtin.weights import WeightMapError
+from reference.inference.layouts import alternatives
 from reference.inference.maps import OVERRIDE_HELP, Link, Override, Source, WeightMap, load_override, override_links
 from reference.inference.record import Recording, record_uses
-from reference.inference.slots import Fit, Slot, builtin_slots, fits, role_of
+from reference.inference.slots import Fit, Slot, builtin_slots, companion, companions, fits, role_of
 from reference.verdict.engine import fastpath
 
 
@@ -74,8 +75,13 @@ class _Rows:
 
 def pair(builtin: nn.Module, model: nn.Module, builtin_rec: Recording, model_rec: Recording,
          override: Mapping[str, Any] | None = None) -> WeightMap:
-    """Pair by order, shape, kind and name (no verification); UnpairedError/AmbiguousMapError when it cannot."""
+    """Pair by order, shape, kind and name (no verification); UnpairedError/AmbiguousMapError when it cannot.
+
+    A bias goes with the matrix it is added to (its built-in twin's bias, not the next free one by order). A
+    built-in bias the target has no counterpart for, where the target has biases elsewhere, is held at zero
+    (``WeightMap.held``): the built-in is then exactly the module the user wrote."""
     slots, shapes = builtin_slots(builtin, builtin_rec)
+    partners = companions(builtin, builtin_rec)
     params = dict(model.named_parameters())
     rows = _Rows()
     links, ignored = override_links(override or {}, params, shapes)
@@ -95,6 +101,10 @@ def pair(builtin: nn.Module, model: nn.Module, builtin_rec: Recording, model_rec
         role = role_of(name)
         if role and any(f.slot.role == role for f in candidates):
             candidates = [f for f in candidates if f.slot.role == role]
+        partner = chosen.get(use.partner) if use.partner is not None else None
+        twins = companion(partner.slot, slots, partners, shapes) if partner is not None else ()
+        if any(f.slot in twins for f in candidates):  # the bias of the projection its matrix holds
+            candidates = [f for f in candidates if f.slot in twins]
         if not candidates:
             unpaired.append(name)
             continue
@@ -120,16 +130,35 @@ def pair(builtin: nn.Module, model: nn.Module, builtin_rec: Recording, model_rec
             f"cannot pair target {', '.join(f'{n} {tuple(params[n].shape)}' for n in never)}: never used in the "
             f"forward pass, so its place is unknown; the built-in's {_gaps(missing, shapes)} are unpaired. "
             + OVERRIDE_HELP, never, list(missing))
+    held = _held(missing, slots, shapes, chosen) if not unpaired else ()
+    if held:
+        missing = {}
+        notes += [f"{s.text()} has no counterpart: checked with it fixed at 0" + (
+            f" (its gradient is not judged: the rest of {s.name} is the target's)" if s.rows else "") for s in held]
     if missing or unpaired:
-        raise UnpairedError(_unpaired_message(missing, shapes, unpaired, params, model_rec), unpaired, list(missing))
+        raise UnpairedError(_unpaired_message(missing, shapes, unpaired, params, model_rec, chosen), unpaired,
+                            list(missing))
     if never:
         notes.append(f"never used in the forward pass, left as they are: {', '.join(never)}")
     tied = [n for n in model_rec.ordered() if model_rec.uses[n].uses > 1]
     if tied:
         notes.append(f"used more than once: {', '.join(tied)}")
     return WeightMap(tuple(sorted(links, key=lambda link: list(params).index(link.target))),
-                     {n: shape for n, shape in shapes.items() if n not in idle},
-                     tuple(ignored) + tuple(never), tuple(notes), ties=tuple(dict.fromkeys(ties)))
+                     {n: shape for n, shape in shapes.items() if n not in idle and n not in {s.name for s in held}},
+                     tuple(ignored) + tuple(never), tuple(notes), ties=tuple(dict.fromkeys(ties)), held=held)
+
+
+def _held(missing: Mapping[str, list[tuple[int, int]]], slots: list[Slot], shapes: Mapping[str, tuple[int, ...]],
+          chosen: Mapping[str, Fit]) -> tuple[Source, ...]:
+    """The built-in's unpaired rows to hold at zero: only biases (shifts), and only where the target has biases
+    elsewhere (a target with none at all is the built-in with ``bias=False``, which a configuration says)."""
+    kinds = {s.name: s.kind for s in slots if s.rows == (0, shapes[s.name][0] if shapes[s.name] else 1)}
+    if not missing or any(kinds.get(n) != "shift" for n in missing):
+        return ()
+    if not any(f.slot.kind == "shift" for f in chosen.values()):
+        return ()
+    whole = {n: (0, shapes[n][0] if shapes[n] else 1) for n in missing}
+    return tuple(Source(n, None if gap == whole[n] else gap) for n, gaps in missing.items() for gap in gaps)
 
 
 def _alike(name: str, other: str, params: Mapping[str, Tensor], rec: Recording) -> bool:
@@ -150,11 +179,14 @@ def _gaps(missing: Mapping[str, list[tuple[int, int]]], shapes: Mapping[str, tup
 
 
 def _unpaired_message(missing: Mapping[str, list[tuple[int, int]]], shapes: Mapping[str, tuple[int, ...]],
-                      unpaired: list[str], params: Mapping[str, Tensor], rec: Recording) -> str:
+                      unpaired: list[str], params: Mapping[str, Tensor], rec: Recording,
+                      chosen: Mapping[str, Fit]) -> str:
     lines = ["the target's parameters and the built-in's do not pair one to one:"]
     if missing:
         lines.append(f"  built-in tensors with no target counterpart: {_gaps(missing, shapes)}")
-        if all(n.endswith("bias") for n in missing) and not any(n.endswith("bias") for n in unpaired):
+        biased = any(f.slot.kind == "shift" for f in chosen.values()) or any(rec.uses[n].kind == "shift"
+                                                                              for n in unpaired if n in rec.uses)
+        if all(n.endswith("bias") for n in missing) and not biased:
             lines.append("  the target has no biases there: compare it with a built-in built with bias=False")
     if unpaired:
         lines.append("  target tensors with no built-in counterpart: "
@@ -223,6 +255,14 @@ def infer_weight_map(builtin: nn.Module, model: nn.Module, run_builtin: Callable
     wm.difference, wm.verified = diff, diff <= _tolerance(got)
     if wm.verified:
         return wm
+    for other in alternatives(wm, reference):  # a packed q/k/v projection laid out otherwise (per head, ...)
+        other.load(model, reference)
+        with torch.no_grad(), fastpath(False):
+            found = difference(expected, run_model(model))
+        if found <= _tolerance(got):
+            other.difference, other.verified = found, True
+            return other
+    wm.load(model, reference)
     ties = [g for g in wm.ties if not any(link.how == "override" for link in wm.links
                                                            if link.target in g)]
     if ties:

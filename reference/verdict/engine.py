@@ -57,6 +57,9 @@ class Candidate(Protocol):
 
     def param_grads(self, model: nn.Module, builtin: nn.Module) -> dict[str, Tensor] | None: ...
 
+    # optional: ``hold(builtin)`` fixes built-in tensors the candidate has no counterpart for (a q/k/v bias it
+    # does not have) before anything runs, so the oracle is the candidate's own module
+
 
 def param_grads(model: nn.Module) -> dict[str, Tensor]:
     """Every parameter gradient of ``model`` by its parameter name."""
@@ -162,6 +165,14 @@ def compare_modules(
     kwargs = kwargs or {}
     cot = seed + 1 if grads else None
     own_needed = dtype != torch.float64 or torch.device(device).type != "cpu"
+    hold = getattr(candidate, "hold", None)  # built-in tensors the candidate has no counterpart for: fixed first
+    if callable(hold):
+        try:
+            hold(builtin)
+        except (NotSupportedError, TargetError):
+            raise
+        except Exception as exc:
+            raise TargetError(f"{candidate.name} raised {type(exc).__name__}: {exc}") from exc
     with fastpath(False):
         own = copy.deepcopy(builtin).to(device, dtype) if own_needed else builtin
         oracle = copy.deepcopy(own).to("cpu", torch.float64) if own_needed else builtin

@@ -16,6 +16,7 @@ from reference.cases.adapt import batch_first, options_of
 from torch import nn
 
 import reference.inference as infer
+import tests.targets.calling_targets as T
 from reference import api
 from reference.builtin.config import Config, randomize_
 from reference.cases.case import Case
@@ -27,7 +28,6 @@ from reference.inference.prepare import inferred
 from reference.levels.registry import level
 from reference.targets.contract import NotSupportedError, load_target
 from reference.verdict.engine import fastpath
-from tests import calling_targets as T
 
 M = "tests.targets.calling_targets"
 F64 = torch.float64

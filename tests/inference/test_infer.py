@@ -137,14 +137,23 @@ def test_constructor_factory_instance_and_errors() -> None:
     instance = MultiHeadAttention(8, 2)
     assert build(instance, options(ATTENTION), "attention").model is instance
 
-    class NeedsVocab(nn.Module):
+    class NeedsVocab(nn.Module):  # an int no option names: a trial size, the sizes then read from the model
         def __init__(self, d_model: int, vocab_size: int) -> None:
             super().__init__()
 
-    with pytest.raises(ConstructionError, match=r"vocab_size.*d_model: d_model/embed_dim/n_embd"):
-        build(NeedsVocab, options(ATTENTION), "attention")
-    with pytest.raises(ConstructionError, match="n_layers"):  # one layer count, two different ones asked
-        build(Seq2SeqTransformer, {**SEQ2SEQ.kwargs(), "num_decoder_layers": 3}, "transformer")
+    trial = build(NeedsVocab, options(ATTENTION), "attention")
+    assert trial.plan.trials == {"vocab_size": 2} and "trial values by role" in trial.plan.describe()
+
+    class NeedsPath(nn.Module):  # a string that names no activation: no role gives it a value
+        def __init__(self, d_model: int, checkpoint: str) -> None:
+            super().__init__()
+
+    with pytest.raises(ConstructionError, match=r"checkpoint: str.*d_model: d_model/embed_dim/n_embd.*partial"):
+        build(NeedsPath, options(ATTENTION), "attention")
+    # one layer count, two different ones asked: a trial count, both counts then read from the model
+    counts = build(Seq2SeqTransformer, {**SEQ2SEQ.kwargs(), "num_decoder_layers": 3}, "transformer")
+    assert counts.plan.trials == {"n_layers": 2} and {"num_encoder_layers", "num_decoder_layers"} <= set(
+        counts.not_taken)
     with pytest.raises(ConstructionError, match=r"called with no arguments, but .* requires d"):
         build(lambda d: MultiHeadAttention(d, 2), options(ATTENTION), "attention")
 

@@ -1,0 +1,209 @@
+"""What a constructor's parameter (or a config's field) stands for: one of the level's options by name, or a
+role (a size, a rate, an eps, a flag, a length, an index) by its annotation, its default and its name.
+
+A level's configuration is written with torch's keyword names (``d_model``, ``nhead``, ``dim_feedforward``, ...).
+``options_for`` maps them onto a user's names through the usual spellings; what no spelling names gets a
+*trial value* by its role (``trial_value``): a rate 0.0, an eps 1e-5, a flag False, a length longer than any
+drawn sequence, a size one of the level's sizes not yet given; each the same whatever the drawn case. A module
+built from trial sizes is measured afterwards (reference/inference/sizes.py), so the check runs at the sizes it
+really has, and discovery finds what the other trial values make it (its eps, its activation).
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+class ConstructionError(TypeError):
+    """The target cannot be constructed from the level's configuration (a required parameter has no value)."""
+
+
+# canonical (torch) option -> the names a constructor may give it, most specific first
+ALIASES: dict[str, tuple[str, ...]] = {
+    "d_model": ("d_model", "embed_dim", "n_embd", "hidden_size", "dim", "d", "d_embed", "emb_dim", "embedding_dim",
+                "model_dim", "n_embed", "width", "features", "size", "emb", "ndim", "embed_size", "d_hidden_model"),
+    "nhead": ("nhead", "num_heads", "n_head", "n_heads", "heads", "h", "num_attention_heads", "nheads"),
+    "dim_feedforward": ("dim_feedforward", "d_ff", "ff_dim", "d_hidden", "hidden_dim", "d_ffn", "ffn_dim",
+                        "d_inner", "intermediate_size", "mlp_dim", "ff_hidden"),
+    "dropout": ("dropout", "p_drop", "drop", "dropout_p", "dropout_rate", "drop_prob", "p", "pdrop", "attn_pdrop",
+                "resid_pdrop", "attn_dropout", "resid_dropout", "hidden_dropout_prob", "attention_probs_dropout_prob"),
+    "layer_norm_eps": ("layer_norm_eps", "eps", "ln_eps", "norm_eps", "layer_norm_epsilon", "epsilon"),
+    "num_layers": ("num_layers", "n_layer", "n_layers", "N", "depth", "num_blocks", "n_blocks", "layers"),
+    "num_encoder_layers": ("num_encoder_layers", "n_enc_layers", "num_enc_layers", "enc_layers", "n_encoder_layers",
+                           "encoder_layers"),
+    "num_decoder_layers": ("num_decoder_layers", "n_dec_layers", "num_dec_layers", "dec_layers", "n_decoder_layers",
+                           "decoder_layers"),
+    "bias": ("bias", "use_bias", "biases"),
+    "batch_first": ("batch_first",),
+    "norm_first": ("norm_first", "pre_norm", "prenorm", "pre_ln"),
+    "activation": ("activation", "act", "activation_fn", "act_fn"),
+    "elementwise_affine": ("elementwise_affine", "affine"),
+    "kdim": ("kdim",),
+    "vdim": ("vdim",),
+    "add_bias_kv": ("add_bias_kv",),
+    "add_zero_attn": ("add_zero_attn",),
+}
+# options every parameter of that name takes (a layer's several dropouts), not only the first one found
+EVERY = ("dropout",)
+# options that mean the whole level's behaviour (torch's bias=False drops every bias): a parameter that reaches
+# one sub-module through **kwargs is not given them; left at its default, discovery measures what it does
+WHOLE_LEVEL = ("bias", "norm_first", "activation", "layer_norm_eps", "elementwise_affine")
+# a level's option names that are spellings of a canonical one
+CANONICAL = {"embed_dim": "d_model", "num_heads": "nhead", "eps": "layer_norm_eps"}
+# a one-stack level's layer count, in nn.Transformer's configuration
+STACK_LAYERS = {"encoder": "num_encoder_layers", "decoder_only": "num_encoder_layers", "decoder": "num_decoder_layers"}
+# the sizes a trial value may stand for, in the order constructors usually list them, and the trial values:
+# the same whatever the case (the module so built has fixed sizes, read from it and checked at them, as an
+# instance's are: a size that followed the drawn case would change under the harness's feet)
+TRIAL_SIZES = {"d_model": 16, "nhead": 2, "dim_feedforward": 32, "num_layers": 2, "num_encoder_layers": 2,
+               "num_decoder_layers": 2}
+SIZES = tuple(TRIAL_SIZES)
+MAX_LENGTH = 64  # a sequence-length limit (a causal buffer, a position table): above every drawn length
+TRIAL_EPS = 1e-5
+# words in a name that say its role when no spelling names it
+ROLE_WORDS: dict[str, tuple[str, ...]] = {
+    "eps": ("eps", "epsilon"),
+    "rate": ("drop", "dropout", "pdrop", "rate", "prob"),
+    "length": ("len", "length", "ctx", "context", "block", "positions", "position", "seq", "window", "max", "n_ctx"),
+    "index": ("idx", "index", "id", "number"),
+    "flag": ("use", "is", "has", "with", "enable", "bias", "causal", "flag"),
+    "activation": ("act", "activation", "nonlinearity"),
+}
+
+
+def canonical_options(options: Mapping[str, Any], level: str) -> dict[str, Any]:
+    """The level's options under canonical names (embed_dim -> d_model, ...), normalized_shape as d_model, and
+    a one-stack level's layer count (num_encoder_layers for encoder and decoder_only) as num_layers."""
+    out: dict[str, Any] = {}
+    for key, value in options.items():
+        if key == "normalized_shape":
+            shape = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+            out["normalized_shape"] = shape
+            if len(shape) == 1:
+                out["d_model"] = shape[0]
+            continue
+        out[CANONICAL.get(key, key)] = value
+    stack = STACK_LAYERS.get(level)
+    if stack is not None and "num_layers" not in out and stack in out:  # the one stack's count
+        out["num_layers"] = out[stack]
+        for key in ("num_encoder_layers", "num_decoder_layers"):
+            out.pop(key, None)
+    if level in ("encoder_layer", "decoder_layer", "feed_forward"):  # one layer: no layer counts
+        for key in ("num_encoder_layers", "num_decoder_layers", "num_layers"):
+            out.pop(key, None)
+    return out
+
+
+def aliases(option: str) -> tuple[str, ...]:
+    return ALIASES.get(option, (option,))
+
+
+def option_of(name: str) -> str | None:
+    """The canonical option a name spells, or None."""
+    low = name.lower()
+    return next((o for o, al in ALIASES.items() if name in al or low in (a.lower() for a in al)), None)
+
+
+def _words(name: str) -> list[str]:
+    spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name)
+    return [w.lower() for w in re.split(r"[_\W\d]+", spaced) if w]
+
+
+def role_of(name: str, annotation: Any = inspect.Parameter.empty, default: Any = inspect.Parameter.empty) -> str:
+    """A parameter's role: "eps", "rate", "length", "index", "flag", "activation", "size", "text" or "object"."""
+    given = default is not inspect.Parameter.empty and default is not None
+    typed = annotation not in (inspect.Parameter.empty, object, Any, None)
+    kind = (annotation if isinstance(annotation, type) else object) if typed else type(default) if given else None
+    words = _words(name)
+    said = next((role for role, ws in ROLE_WORDS.items() if any(w in ws for w in words)), None)
+    if kind is bool:
+        return "flag"
+    if kind is float:
+        return "eps" if said == "eps" else "rate"
+    if kind is str:
+        return "activation" if said == "activation" else "text"
+    if kind is int:
+        return said if said in ("length", "index") else "size"
+    if kind is None:
+        return said or "size"
+    return "object"
+
+
+@dataclass
+class Filled:
+    """Values for a constructor's (or a config's) names: by option, by role, and what no role could give."""
+
+    values: dict[str, Any]
+    taken: dict[str, str]  # option -> the name that took it
+    trials: dict[str, Any]  # name -> the trial value given by its role
+    missing: list[str]
+
+
+def options_for(names: Mapping[str, tuple[Any, Any, bool]], options: Mapping[str, Any], level: str) -> Filled:
+    """Values for ``names`` ({name: (annotation, default, required)}) from the level's canonical ``options``;
+    required names no option spells get trial values by role (``missing`` when none fits)."""
+    values: dict[str, Any] = {}
+    taken: dict[str, str] = {}
+    lower = {n.lower(): n for n in names}
+    wanted = dict(options)
+    if level == "transformer" and "num_layers" not in wanted:  # one layer count for both stacks, when equal
+        counts = {wanted.get("num_encoder_layers"), wanted.get("num_decoder_layers")} - {None}
+        if len(counts) == 1:
+            wanted["num_layers"] = counts.pop()
+    for option, value in wanted.items():
+        for alias in aliases(option):
+            name = alias if alias in names else lower.get(alias.lower())
+            if name is None or name in values:
+                continue
+            if option == "normalized_shape" and name != "normalized_shape" and len(value) == 1:
+                value = value[0]
+            values[name] = value
+            taken.setdefault(option, name)
+            if option not in EVERY:
+                break
+    if "num_layers" in taken and level == "transformer":  # both counts went through the one layer count
+        for k in ("num_encoder_layers", "num_decoder_layers"):
+            taken.setdefault(k, taken["num_layers"])
+        del taken["num_layers"]
+    trials: dict[str, Any] = {}
+    missing: list[str] = []
+    sizes = [s for s in SIZES if s in wanted and s not in taken]
+    for name, (annotation, default, required) in names.items():
+        if not required or name in values:
+            continue
+        role = role_of(name, annotation, default)
+        if role == "rate" and "dropout" in wanted:  # a rate no spelling names: the level's dropout
+            values[name] = wanted["dropout"]
+            taken.setdefault("dropout", name)
+            continue
+        trial = trial_value(role, sizes)
+        if trial is inspect.Parameter.empty:
+            missing.append(name)
+        else:
+            values[name] = trials[name] = trial
+    return Filled(values, taken, trials, missing)
+
+
+def trial_value(role: str, sizes: list[str]) -> Any:
+    """A plausible value for a role, the same for every case (``sizes``: the level's sizes no name took yet,
+    consumed in order); ``inspect.Parameter.empty`` when the role has none. What the value stands for is
+    measured afterwards: the sizes read from the built module, the configuration (eps, activation, flags) found
+    by discovery."""
+    constants = {"rate": 0.0, "eps": TRIAL_EPS, "flag": False, "length": MAX_LENGTH, "index": 0, "activation": "relu"}
+    if role in constants:
+        return constants[role]
+    if role == "size":
+        return TRIAL_SIZES[sizes.pop(0)] if sizes else 1
+    return inspect.Parameter.empty
+
+
+def role_for_field(name: str) -> str | None:
+    """The role a config field read by name only (no annotation, no default) has, when its name says it: a rate,
+    an eps, a length, a flag or an activation's name; None for sizes and anything else (a value not to be
+    guessed from a name alone)."""
+    role = role_of(name, inspect.Parameter.empty, inspect.Parameter.empty)
+    return role if role in ("rate", "eps", "length", "flag", "activation") else None
