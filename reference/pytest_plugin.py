@@ -40,7 +40,7 @@ from reference.inference.prepare import levels_of
 from reference.levels.registry import LEVELS
 from reference.targets.contract import DEFAULT_TARGET, Target, load_target
 
-CI_EXAMPLES = 20
+CI_EXAMPLES = assertions.CI_EXAMPLES
 settings.register_profile(
     "ci", derandomize=True, deadline=None, print_blob=True, max_examples=CI_EXAMPLES,
     suppress_health_check=[HealthCheck.too_slow],

@@ -25,7 +25,7 @@ from reference.cases.kinds import AttentionCase, LayerNormCase, StackCase
 from reference.catalogue import BY_KEY
 from reference.catalogue._base import KPM_FIELDS, MASK_FIELDS
 from reference.diagnose.probes import Scorer, shows
-from reference.diagnose.runs import Observation, observe, with_seed
+from reference.diagnose.runs import Observation, as_check, observe, with_seed
 from reference.diagnose.variations import Variation, variations
 from reference.inference.prepare import prepare
 from reference.levels.registry import LEVELS
@@ -167,6 +167,10 @@ def judge_family(target: Target, family: Family, device: torch.device | str = "c
             family.detail = f"build raised NotImplementedError: {declined}" if declined else str(exc).splitlines()[0]
             continue
         except TargetError as exc:
+            declined = _declined_by_check(target, level, case, device)
+            if declined is not None:  # check declines it (the target's API cannot express it): so does diagnosis
+                family.detail = declined
+                continue
             family.verdict, family.max_abs, family.detail = "crashes", math.inf, str(exc)
             family.adapted = family.adapted or [case]
             return family
@@ -196,6 +200,18 @@ def judge_family(target: Target, family: Family, device: torch.device | str = "c
     else:
         family.verdict, family.detail = "equivalent", ""
     return family
+
+
+def _declined_by_check(target: Target, level: str, case: Any, device: torch.device | str) -> str | None:
+    """Why ``parity check`` calls ``case`` not supported, when it does (None when check runs it)."""
+    try:
+        with as_check():
+            verdicts_for(target, level, case, device, grads=False)
+    except NotSupportedError as exc:
+        return f"not supported, as check says: {str(exc).splitlines()[0]}"
+    except Exception:
+        pass
+    return None
 
 
 def closest_configuration(family: Family, obs: Observation, keys: list[str]) -> None:

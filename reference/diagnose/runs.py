@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from reference.cases.case import Case
+from reference.inference.options import MASKS_JUDGED
 from reference.inference.prepare import fastpath, prepare
 from reference.levels.registry import LEVELS, Level
 from reference.targets.contract import NotSupportedError, Target, TargetError
@@ -33,6 +34,17 @@ def one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@contextmanager
+def as_check() -> Iterator[None]:
+    """Prepare targets exactly as ``parity check`` does: diagnosis otherwise uses a map that holds only without
+    masks and judges the masking, where check declines the case or fails it."""
+    token = MASKS_JUDGED.set(False)
+    try:
+        yield
+    finally:
+        MASKS_JUDGED.reset(token)
 
 
 def as_case(case: Any) -> Case:
