@@ -140,8 +140,8 @@ def refit_options(target: Target, level: str, d: Diagnosis, history: Refits | No
     """Correct the options an inferred target's code fixes from the causes found; the note, or None.
 
     A cause measured exactly at its place outranks the closest whole output."""
-    if not d.kind.startswith("inferred") or not d.families:
-        return None
+    if not d.kind.startswith("inferred") or not d.families or any(c.probe == "twice in eval" for c in d.causes):
+        return None  # random outputs (dropout in eval) say nothing about the options
     found = inferred(target, level).discover()
     if "matches no" not in found.sentence and MEASURED not in found.sentence:
         return None

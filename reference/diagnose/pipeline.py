@@ -26,6 +26,7 @@ from reference.diagnose.report import Diagnosis, to_json
 from reference.diagnose.reproducer import minimal_failing_case, write
 from reference.diagnose.runs import as_check, one_thread
 from reference.diagnose.search import family_of, search
+from reference.diagnose.structure import diagnose_structure
 from reference.diagnose.text import render
 from reference.inference.prepare import is_adapter, is_drop_in
 from reference.inference.target import MASKS_JUDGED
@@ -113,6 +114,8 @@ def _diagnose(target: Target, device: torch.device | str, family_names: tuple[st
         d.families = [fam.judge_family(target, f, device, level) for f in grid]
         if search and {f.verdict for f in d.families} <= {"equivalent", "not supported"}:
             _search(d, target, device, level)
+        if diagnose_structure(d, target, base):  # it cannot be paired: a structure measured whole instead
+            return d
         verdicts = {f.verdict for f in d.families}
         d.verdict = ("divergent" if "divergent" in verdicts else "crashes" if "crashes" in verdicts
                      else "not supported" if verdicts == {"not supported"} else "equivalent")
@@ -145,19 +148,18 @@ def _search(d: Diagnosis, target: Target, device: torch.device | str, level: str
     check fails)."""
     hit = search(target, level, device)
     if hit is None:
-        d.notes.append(f"check's own search ({LEVELS[level].name} strategy, ci budget, every dtype check runs) "
-                       "found no failing case either")
+        d.notes.append(f"check's own search found no failing case either (its pinned cases and the {level} "
+                       "strategy, ci budget, in float64)")
         return
     family = family_of(hit)
-    if hit.dtype == torch.float64:
-        with as_check():
-            fam.judge_family(target, family, device, level)
-    if family.verdict in ("not run", "equivalent", "not supported"):  # it fails only where diagnosis cannot look
+    with as_check():
+        fam.judge_family(target, family, device, level)
+    if family.verdict in ("not run", "equivalent", "not supported"):  # check's sentence stands: never EQUIVALENT
         family.verdict, family.max_abs = "divergent", math.nan
-        family.detail = f"check fails it in {hit.dtype_name}: {hit.message[:200]}"
+        family.detail = f"check fails it: {hit.message[:200]}"
     d.families.append(family)
     d.notes.append(f"every family drawn for diagnosis is equivalent; check's own search found the failing case "
-                   f"{family.name.split(': ', 1)[1]} ({hit.dtype_name}), diagnosed below")
+                   f"{family.name.split(': ', 1)[1]}, diagnosed below")
 
 
 def _reproduce(d: Diagnosis, target: Target, device: torch.device | str, out_dir: Path | str | None,

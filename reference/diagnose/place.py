@@ -27,7 +27,7 @@ from torch import Tensor
 
 import reference.diagnose.fits as fits
 import reference.diagnose.sums as sums
-from reference.catalogue import Deviation, apply_all
+from reference.catalogue import BY_KEY, Deviation, apply_all
 from reference.diagnose.hooks import _first_tensor
 from reference.diagnose.localize import Localization, Replay, SubmoduleError
 from reference.diagnose.mapping import GROUP, members
@@ -112,8 +112,20 @@ def _fits(row: SubmoduleError, replay: Replay) -> list[Finding]:
         found = fits.fit_component(replay.modules[row.name], args, kwargs, expected, got)
     except Exception:  # a fit that cannot run on this module's call says nothing: the other probes still do
         return []
-    return [Finding(row.name, row.target_module, f.what, f.key, "", f.before, f.after, bound, "fit")
+    module = replay.modules[row.name]
+    return [Finding(row.name, row.target_module, f.what, f.key, "", f.before, f.after, bound, "fit", _kind(module, f))
             for f in found if kept(f.before, f.after, bound)]
+
+
+def _kind(module: torch.nn.Module, fit: fits.Fit) -> str:
+    """What kind of cause a fit is: its catalogue entry's, else the component's formula it changes."""
+    if fit.key in BY_KEY:
+        return BY_KEY[fit.key].cause
+    if isinstance(module, torch.nn.LayerNorm):
+        return "layer-norm formula"
+    if isinstance(module, torch.nn.MultiheadAttention):
+        return "attention scale" if fit.what.startswith("scores scaled") else "attention formula"
+    return "linear layer" if isinstance(module, torch.nn.Linear) else ""
 
 
 def _activation(row: SubmoduleError, replay: Replay) -> list[Finding]:

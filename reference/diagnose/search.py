@@ -3,11 +3,13 @@
 The families draw two cases each; a bug that shows only on some sizes (the target and source lengths equal, a
 length of one) can miss them all. So when every family is equivalent, diagnosis searches the way check does:
 the level's own strategy (``LEVELS[level].cases()``, what ``parity check`` draws from) through hypothesis,
-derandomized, with check's ci budget (``CI_EXAMPLES`` times the level's weight per dtype), the level's pinned
-edge cases first, every case judged by check's own judgement (``verdict.assertions.check``: prepared as check
-prepares it, a declined configuration rejected, outputs and gradients against the tolerance), in float64 and
-then in the lower dtypes check runs. The first failing case becomes a family of its own, diagnosed like the
-others (float64 failures); one failing only in a lower dtype is reported as such.
+derandomized, with check's ci budget (``CI_EXAMPLES`` times the level's weight), after the level's pinned edge
+cases (check always runs them), every case judged by check's own judgement (``verdict.assertions.check``:
+prepared as check prepares it, a declined configuration rejected, outputs and gradients against the
+tolerance), in float64, where diagnosis looks. Not in the lower dtypes: hypothesis' draws here are not
+check's own, and there a resolution that depends on which cases came first (the per-shape cache) could fail
+a case check passed, a false failure, the worst outcome; a float64 failure is a difference to float64
+rounding whatever came before. The first failing case becomes a family of its own, diagnosed like the others.
 """
 
 from __future__ import annotations
@@ -36,10 +38,6 @@ class Found:
     dtype: torch.dtype
     message: str
 
-    @property
-    def dtype_name(self) -> str:
-        return str(self.dtype).replace("torch.", "")
-
 
 def _failure(level: str, target: Any, device: str) -> Callable[[Any, torch.dtype, bool], str | None]:
     entry = LEVELS[level]
@@ -62,37 +60,35 @@ def _failure(level: str, target: Any, device: str) -> Callable[[Any, torch.dtype
 
 
 def search(target: Any, level: str, device: torch.device | str = "cpu", budget: int | None = None) -> Found | None:
-    """The first case check's strategy fails (pinned edge cases first, then hypothesis' draws), float64 first."""
+    """The first case check fails in float64, where diagnosis looks: the level's pinned edge cases (check always
+    runs them), then hypothesis' draws from the level's strategy."""
     entry = LEVELS[level]
     fails = _failure(level, target, str(device))
+    for case in dict.fromkeys(case for case, _ in entry.pinned):
+        message = fails(case, torch.float64, False)
+        if message is not None:
+            return Found(case, torch.float64, message)
     budget = budget if budget is not None else max(1, round(CI_EXAMPLES * entry.examples))
     config = settings(max_examples=budget, derandomize=True, database=None, deadline=None, phases=[Phase.generate],
                       suppress_health_check=list(HealthCheck))
-    pinned = list(dict.fromkeys(case for case, _ in entry.pinned))
-    for dtype in sorted(entry.dtypes, key=lambda d: d != torch.float64):  # float64 first: diagnosis runs there
-        for case in pinned:
-            message = fails(case, dtype, False)
-            if message is not None:
-                return Found(case, dtype, message)
-        messages: list[str] = []
+    messages: list[str] = []
 
-        def failing(case: Any, dtype: torch.dtype = dtype, messages: list[str] = messages) -> bool:
-            message = fails(case, dtype, True)
-            if message is not None:
-                messages.append(message)
-            return message is not None
+    def failing(case: Any) -> bool:
+        message = fails(case, torch.float64, True)
+        if message is not None:
+            messages.append(message)
+        return message is not None
 
-        try:
-            case = find(entry.cases(), failing, settings=config)
-        except (NoSuchExample, Unsatisfiable):
-            continue
-        return Found(case, dtype, messages[-1] if messages else "")
-    return None
+    try:
+        case = find(entry.cases(), failing, settings=config)
+    except (NoSuchExample, Unsatisfiable):
+        return None
+    return Found(case, torch.float64, messages[-1] if messages else "")
 
 
 def family_of(found: Found) -> Family:
     """The failing case check's search found, as a family of its own (one case: its sizes are the point)."""
-    name = f"check's search ({found.dtype_name}): {short(found.case)}"
+    name = f"check's search: {short(found.case)}"
     return Family(name, "found by check's strategy", [found.case])
 
 

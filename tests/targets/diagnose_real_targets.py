@@ -23,8 +23,8 @@ Each style is unlike handmade's and unlike the others'; each has a correct class
 - ``ShapeSniffingDecoderLayer`` (decoder_layer): attention that takes the packed self-attention path when
   key and query have the same shape; ``ShapeSniffingBug`` treats cross-attention as self-attention when the
   target and memory lengths are equal (it then attends over tgt), right otherwise.
-- ``BatchFirstOnlyLayer`` (encoder_layer): raises unless batch-first (a shape check, not a decline);
-  ``BatchFirstOnlyNoScale``: no score scale.
+- ``BatchFirstOnlyTransformer`` (transformer, a drop-in subclass of nn.Transformer): raises unless batch-first
+  (a shape check, not a decline), and its LayerNorms use eps 1e-3.
 - ``batch_first_map_adapter`` (transformer): an adapter whose ``submodules()`` maps only batch-first models;
   its model uses eps 1e-6 in every LayerNorm.
 """
@@ -470,34 +470,20 @@ class ShapeSniffingBug(ShapeSniffingDecoderLayer):
 # -- 7. crashes in one layout ------------------------------------------------------------------------------------------
 
 
-class BatchFirstOnlyLayer(nn.Module):
-    """Post-norm encoder layer written for (batch, seq, feature) tensors only: sequence-first input fails its
-    shape check (a crash, not a decline)."""
+class BatchFirstOnlyTransformer(nn.Transformer):
+    """A drop-in nn.Transformer written for (batch, seq, feature) tensors only: its forward checks the layout and
+    raises for sequence-first ones (a crash, not a decline), and every LayerNorm has eps 1e-3 (the bug)."""
 
-    scaled = True
+    def __init__(self, **config: Any) -> None:
+        super().__init__(**config)
+        for module in self.modules():
+            if isinstance(module, nn.LayerNorm):
+                module.eps = 1e-3
 
-    def __init__(self, d_model: int, nhead: int, dim_feedforward: int, batch_first: bool = False) -> None:
-        super().__init__()
-        self.wq, self.wk, self.wv, self.wo = (nn.Linear(d_model, d_model) for _ in range(4))
-        self.up, self.down = nn.Linear(d_model, dim_feedforward), nn.Linear(dim_feedforward, d_model)
-        self.n1, self.n2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
-        self.nhead, self.batch_first = nhead, batch_first
-
-    def forward(self, src: Tensor, src_mask: Tensor | None = None,
-                src_key_padding_mask: Tensor | None = None) -> Tensor:
-        if src.dim() != 3 or not self.batch_first:
-            raise RuntimeError(f"expected a (batch, seq, feature) tensor, got shape {tuple(src.shape)}")
-        B, T, E = src.shape
-        hd = E // self.nhead
-        q, k, v = (w(src).view(B, T, self.nhead, hd).transpose(1, 2) for w in (self.wq, self.wk, self.wv))
-        scores = q @ k.transpose(-1, -2) * (hd ** -0.5 if self.scaled else 1.0)
-        attn = safe_softmax(blocked_scores(scores, src_mask, src_key_padding_mask)) @ v
-        x = self.n1(src + self.wo(attn.transpose(1, 2).reshape(B, T, E)))
-        return self.n2(x + self.down(F.relu(self.up(x))))
-
-
-class BatchFirstOnlyNoScale(BatchFirstOnlyLayer):
-    scaled = False
+    def forward(self, src: Tensor, tgt: Tensor, *args: Any, **kwargs: Any) -> Tensor:  # type: ignore[override]
+        if not self.batch_first or src.dim() != 3:
+            raise RuntimeError(f"expected (batch, seq, feature) tensors, got src of shape {tuple(src.shape)}")
+        return super().forward(src, tgt, *args, **kwargs)
 
 
 # -- 8. an adapter whose map reaches batch-first models only ---------------------------------------------------------
