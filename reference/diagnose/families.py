@@ -167,9 +167,9 @@ def judge_family(target: Target, family: Family, device: torch.device | str = "c
             family.detail = f"build raised NotImplementedError: {declined}" if declined else str(exc).splitlines()[0]
             continue
         except TargetError as exc:
-            declined = _declined_by_check(target, level, case, device)
-            if declined is not None:  # check declines it (the target's API cannot express it): so does diagnosis
-                family.detail = declined
+            reason = _declined_by_check(target, level, case, device)
+            if reason is not None:  # check declines it (the target's API cannot express it): so does diagnosis
+                family.detail = reason
                 continue
             family.verdict, family.max_abs, family.detail = "crashes", math.inf, str(exc)
             family.adapted = family.adapted or [case]

@@ -93,8 +93,8 @@ class _Recorder:
     def _pre(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         k = self.count.get(id(module), 0)
         self.count[id(module)] = k + 1
-        slots = self.slots[id(module)]
-        name, exit_name = slots[k] if k < len(slots) else (None, None)
+        calls = self.slots[id(module)]
+        name, exit_name = calls[k] if k < len(calls) else (None, None)
         self.stack.setdefault(id(module), []).append(exit_name)
         if name is None:
             return None

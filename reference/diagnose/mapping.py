@@ -165,24 +165,24 @@ def _inferred_map(weight_map: Any, model: nn.Module, names: list[str]) -> dict[s
         if cover is not None:
             found[name] = cover
             continue
-        common: list[str] = []
-        for parts in zip(*params, strict=False):
-            if len(set(parts)) != 1:
+        shared: list[str] = []
+        for column in zip(*params, strict=False):
+            if len(set(column)) != 1:
                 break
-            common.append(parts[0])
-        alone[name] = held.runs(common)
+            shared.append(column[0])
+        alone[name] = held.runs(shared)
     used = {p for paths in found.values() for p in paths}
     by_owner: dict[str, list[str]] = {}
-    for name, owner in alone.items():
-        by_owner.setdefault(".".join(owner), []).append(name)
-    for owner, group in by_owner.items():
+    for name, parts in alone.items():
+        by_owner.setdefault(".".join(parts), []).append(name)
+    for holder, group in by_owner.items():
         parents = {n.rpartition(".")[0] for n in group}
-        if len(group) < 2 or len(parents) != 1 or owner in used:
+        if len(group) < 2 or len(parents) != 1 or holder in used:
             continue
-        if held.pure(owner.split(".") if owner else [], [f"{n}." for n in group]):
+        if held.pure(holder.split(".") if holder else [], [f"{n}." for n in group]):
             parent = parents.pop()
             joined = GROUP.join(n.rpartition(".")[2] for n in group)
-            found[f"{parent}.{joined}" if parent else joined] = [owner]
+            found[f"{parent}.{joined}" if parent else joined] = [holder]
     return found
 
 

@@ -139,7 +139,7 @@ def _activation(row: SubmoduleError, replay: Replay) -> list[Finding]:
         return []
     bound = bound_for(reference)
     try:
-        found = fits.fit_activation(pre, post)
+        found = sums.fit_activation(pre, post)
     except Exception:  # as above
         return []
     return [Finding(row.name, row.target_module, f"between linear1 and linear2 it applies {f.what}", f.key, "",

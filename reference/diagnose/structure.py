@@ -67,6 +67,7 @@ def shared_heads(target: Target, case: Any) -> Structural | None:
     if H < 2 or len(small) != 3 or len(wide) != 1 or len(params) != 3 + 1 + len(biases) or len(biases) > 1:
         return None
     builtin = entry.seeded_builtin(case)
+    assert isinstance(builtin, nn.MultiheadAttention)
     inputs, kwargs = entry.inputs(case, torch.float64)
     try:
         conv = infer_calling(copy.deepcopy(model), "attention", inputs, kwargs, batch_first=case.batch_first,
@@ -75,7 +76,7 @@ def shared_heads(target: Target, case: Any) -> Structural | None:
         return None
     with torch.no_grad():
         expected = entry.call(builtin, **inputs, **kwargs)["output"]
-    best: tuple[float, nn.Module, Tensor, tuple[str, ...]] | None = None
+    best: tuple[float, nn.MultiheadAttention, Tensor, tuple[str, ...]] | None = None
     for order in itertools.permutations(small):
         restricted = _load(builtin, model, dict(zip(ROLES, order, strict=True)), wide[0], biases, E, hd)
         with torch.no_grad():
@@ -94,17 +95,17 @@ def shared_heads(target: Target, case: Any) -> Structural | None:
     then = fits.fit_component(restricted, args, kwargs, mine, out)
     names = ", ".join(f"{role}: {name}" for role, name in zip(ROLES, order, strict=True))
     return Structural(
-        f"uses one projection shared across heads: q, k and v each go through one {hd}x{hd} matrix ({names}) applied to "
-        f"every head's slice of the input, where {entry.builtin} projects the whole width ({E}x{E} each: every "
-        "head has its own weights)",
+        f"uses one projection shared across heads: q, k and v each go through one {hd}x{hd} matrix ({names}) "
+        f"applied to every head's slice of the input, where {entry.builtin} projects the whole width "
+        f"({E}x{E} each: every head has its own weights)",
         f"project the whole width, then split into heads: nn.Linear({E}, {E}) for each of q, k and v", before, after,
         bound, then)
 
 
-def _load(builtin: nn.Module, model: nn.Module, roles: dict[str, str], out: str, biases: list[str], E: int,
-          hd: int) -> nn.Module:
+def _load(builtin: nn.MultiheadAttention, model: nn.Module, roles: dict[str, str], out: str, biases: list[str], E: int,
+          hd: int) -> nn.MultiheadAttention:
     """The built-in restricted to the target's structure, and the target loaded with the same weights."""
-    restricted = copy.deepcopy(builtin)
+    restricted: nn.MultiheadAttention = copy.deepcopy(builtin)
     params = dict(model.named_parameters())
     H = E // hd
     with torch.no_grad():

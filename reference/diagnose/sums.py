@@ -6,8 +6,10 @@
   target's tensor there is then tested against the sums real code gets wrong: f(x) alone (the residual
   missing), 2x + f(x) (the residual added twice), x + 2 f(x) (the sublayer's output added twice), x alone
   (the sublayer's output never added).
+- **The activation between linear1 and linear2** (``fit_activation``), from what linear1 gave and what the
+  target feeds linear2;
 - **A feed-forward standing for both linears** (a site ``layers.0.linear1+linear2``: one target module holds
-  both matrices): linear2(act(linear1(x))) with each activation ``fits.ACTIVATIONS`` names.
+  both matrices): linear2(act(linear1(x))) with each activation ``ACTIVATIONS`` names.
 
 Each is an exact hypothesis, so each is kept only where it removes the error at the place to the tolerance.
 """
@@ -15,12 +17,14 @@ Each is an exact hypothesis, so each is kept only where it removes the error at 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from reference.diagnose.fits import ACTIVATIONS, _err
+from reference.diagnose.fits import Fit, _err, _keep, _scale
 
 SUBLAYER = re.compile(r"(self_attn|multihead_attn|linear2)$")  # whose output a residual adds (a group's too)
 LAYER = re.compile(r"layers\.\d+$")
@@ -91,3 +95,36 @@ def feed_forward(linear1: nn.Module, linear2: nn.Module, x: Tensor, expected: Te
         found = [Measured(f"between linear1 and linear2 it applies {what}", key, "activation", "", before,
                           _err(got, linear2(act(linear1(x))))) for what, key, act in ACTIVATIONS]
     return sorted((m for m in found if before > bound >= m.after), key=lambda m: m.after)[:1]
+
+
+ACTIVATIONS: tuple[tuple[str, str | None, Callable[[Tensor], Tensor]], ...] = (
+    ("relu", "always_relu", F.relu), ("gelu (exact, erf): F.gelu(x)", "always_gelu", F.gelu),
+    ("gelu, tanh approximation: F.gelu(x, approximate='tanh')", "gelu_tanh_approximation",
+     lambda x: F.gelu(x, approximate="tanh")),
+    ("silu / swish: x * sigmoid(x)", None, F.silu), ("identity (no activation)", None, lambda x: x),
+    *((name, None, f) for name, f in (("elu", F.elu), ("tanh", torch.tanh), ("sigmoid", torch.sigmoid),
+                                     ("softplus", F.softplus), ("mish", F.mish))),
+    ("relu squared", None, lambda x: F.relu(x).square()),
+)
+
+
+def fit_activation(pre: Tensor, post: Tensor) -> list[Fit]:
+    """Which elementwise function maps pre (linear1's output) to post (what the target feeds linear2):
+    relu, gelu (erf), gelu (tanh), silu, identity, leaky relu ... best first, same rule.
+
+    Without the built-in's own activation there is no expected output: ``before`` is max |post| (nothing
+    explained), and since an elementwise function either is the one or is not, only fits that reproduce post
+    to 1e-6 relative are kept (an output scaled by 1.01 matches none)."""
+    pre, post = pre.detach().double(), post.detach().double()
+    if pre.shape != post.shape:
+        return []  # not elementwise
+    before, tol = _err(post, torch.zeros_like(post)), 1e-6 * _scale(post)
+    fits = [Fit(what, key, before, _err(post, f(pre))) for what, key, f in ACTIVATIONS]
+    neg = pre < 0
+    if bool(neg.any()):
+        slope = float((post[neg] * pre[neg]).sum() / pre[neg].square().sum())
+        if abs(slope) > 1e-6 and abs(slope - 1) > 1e-6:
+            default = " (F.leaky_relu's default)" if abs(slope - 0.01) < 1e-9 else ""
+            fits.append(Fit(f"leaky relu, negative slope {slope:.4g}{default}", None, before,
+                            _err(post, F.leaky_relu(pre, slope))))
+    return [f for f in _keep(fits) if f.after <= tol]
