@@ -82,12 +82,12 @@ def _run(target: Target, device: torch.device | str, out_dir: Path | str | None,
     history = Refits()
     if refit and may_refit(target, level, kind_of(target, level)):
         for _ in range(MAX_REFITS):
-            probe = _diagnose(target, device, None, level, search=False)
+            probe = _diagnose(target, device, family_names, level, search=False)
             note = refit_options(target, level, probe, history)
             notes += [*probe.notes, *([note] if note else [])]
             if note is None:
                 break
-    d = _diagnose(target, device, family_names, level, search=family_names is None)
+    d = _diagnose(target, device, family_names, level, search=True)
     d.notes = list(dict.fromkeys([*notes, *d.notes]))
     if reproduce:
         _reproduce(d, target, device, out_dir, examples)

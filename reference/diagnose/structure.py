@@ -146,7 +146,7 @@ def diagnose_structure(d: Diagnosis, target: Target, case: Any) -> bool:
     d.extra_causes.append(Cause(
         "measured", "q/k/v projection", found.what, found.fix, ("",), [base.name], found.before, rest, found.before,
         probe="structure", place="", place_module=module, place_before=found.before, place_after=found.after,
-        place_explains=found.after <= found.bound))
+        place_explains=rest <= found.bound))  # with the fit after it, it explains the module (measured so)
     for fit in then:
         dev = BY_KEY.get(fit.key or "")
         d.extra_causes.append(Cause(
