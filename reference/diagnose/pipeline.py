@@ -77,17 +77,20 @@ def diagnose(
 
 def _run(target: Target, device: torch.device | str, out_dir: Path | str | None,
          family_names: tuple[str, ...] | None, reproduce: bool, examples: int, level: str, refit: bool) -> Diagnosis:
-    """The base-family passes that measure the options (``refit``), then the full pass and the reproducer."""
+    """Passes until the options an inferred target's code fixes are settled (``refit``: each pass whose causes
+    correct none is the diagnosis), then the reproducer. What a pass measured once (the layout) is kept."""
     notes: list[str] = []
     history = Refits()
+    d: Diagnosis | None = None
     if refit and may_refit(target, level, kind_of(target, level)):
         for _ in range(MAX_REFITS):
-            probe = _diagnose(target, device, family_names, level, search=False)
+            probe = _diagnose(target, device, family_names, level, search=True)
             note = refit_options(target, level, probe, history)
-            notes += [*probe.notes, *([note] if note else [])]
+            notes += [n for n in probe.notes if n.startswith("layout measured")] + ([note] if note else [])
             if note is None:
+                d = probe  # nothing to correct: this pass is the diagnosis
                 break
-    d = _diagnose(target, device, family_names, level, search=True)
+    d = d or _diagnose(target, device, family_names, level, search=True)
     d.notes = list(dict.fromkeys([*notes, *d.notes]))
     if reproduce:
         _reproduce(d, target, device, out_dir, examples)
