@@ -72,8 +72,9 @@ def test_a_bug_in_code_written_elsewhere_is_localized_and_named(spec):
     ("examples.nanogpt_blocks:Blocks", "decoder_only", False, set()),
     # the blog's attention takes 2-D masks only: its API cannot express per-head masks, which check's resolution
     # calls not supported: so does diagnose (issue 18/19: never CRASHES where check says not supported)
-    ("examples.blog_seq2seq:Seq2SeqTransformer", "transformer", False, {"per-head (N*nhead, L, S) masks"}),
-    (f"{TARGETS}:Correct", "transformer", False, set()),
+    pytest.param("examples.blog_seq2seq:Seq2SeqTransformer", "transformer", False, {"per-head (N*nhead, L, S) masks"},
+                 marks=pytest.mark.slow),  # every family, then check's own search: > 10 s on 2 cores
+    pytest.param(f"{TARGETS}:Correct", "transformer", False, set(), marks=pytest.mark.slow),
 ])
 def test_a_correct_implementation_written_elsewhere_is_equivalent_wherever_it_runs(spec, level, keep, declined):
     d = run(spec, level, keep)
