@@ -43,7 +43,7 @@ from reference.inference.prepare import levels_of, unresolved
 from reference.levels.registry import LEVELS
 from reference.targets.contract import DEFAULT_TARGET, Target, load_target
 
-CI_EXAMPLES = 20
+CI_EXAMPLES = assertions.CI_EXAMPLES
 # ci: no explain phase (it re-runs a failing case many times over to list the lines only failures ran, which
 # for a check are the harness's own lines: 80% of a failing check's time, measured on a buggy encoder layer)
 settings.register_profile(

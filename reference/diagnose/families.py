@@ -167,6 +167,10 @@ def judge_family(target: Target, family: Family, device: torch.device | str = "c
             family.detail = f"build raised NotImplementedError: {declined}" if declined else str(exc).splitlines()[0]
             continue
         except TargetError as exc:
+            reason = _declined_by_check(target, level, case, device)
+            if reason is not None:  # check declines it (the target's API cannot express it): so does diagnosis
+                family.detail = reason
+                continue
             family.verdict, family.max_abs, family.detail = "crashes", math.inf, str(exc)
             family.adapted = family.adapted or [case]
             return family
@@ -196,6 +200,17 @@ def judge_family(target: Target, family: Family, device: torch.device | str = "c
     else:
         family.verdict, family.detail = "equivalent", ""
     return family
+
+
+def _declined_by_check(target: Target, level: str, case: Any, device: torch.device | str) -> str | None:
+    """Why ``parity check`` calls ``case`` not supported, when it does (None when check runs it)."""
+    try:
+        verdicts_for(target, level, case, device, grads=False)
+    except NotSupportedError as exc:
+        return f"not supported, as check says: {str(exc).splitlines()[0]}"
+    except Exception:
+        pass
+    return None
 
 
 def closest_configuration(family: Family, obs: Observation, keys: list[str]) -> None:

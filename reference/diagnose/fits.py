@@ -162,6 +162,11 @@ def _mha(m: nn.MultiheadAttention, query: Tensor, key: Tensor, value: Tensor, at
     return o.transpose(0, 1) if m.batch_first and batched else o if batched else o.squeeze(1)
 
 
+def _f32(x: float) -> float:
+    """``x`` as float32 holds it (a constant computed in float32: torch.tensor(d).rsqrt(), np.float32(...))."""
+    return float(torch.tensor(x, dtype=torch.float32))
+
+
 def _is_causal_mask(mask: Tensor | None) -> bool:
     blocked = mask if mask is None or mask.dtype == torch.bool else torch.isneginf(mask)
     return blocked is not None and blocked.dim() == 2 and bool((blocked == torch.ones_like(blocked).triu(1)).all())
@@ -212,6 +217,8 @@ def _attention_fits(m: nn.MultiheadAttention, args: tuple, kwargs: dict, got: Te
     named = [("1 (no scale)", 1.0, "scale_missing"), (f"1/sqrt({E}) = 1/sqrt(embed_dim)", E**-0.5, "scale_by_d_model"),
              (f"1/{hd} = 1/head_dim", 1.0 / hd, "scale_by_head_dim"), (f"1/{E} = 1/embed_dim", 1.0 / E, None),
              (f"sqrt({hd}) = sqrt(head_dim)", hd**0.5, None), (f"sqrt({E}) = sqrt(embed_dim)", E**0.5, None)]
+    named += [(f"{n}, rounded to float32 ({_f32(s)!r})", _f32(s), key if s != hd**-0.5 else None)
+              for n, s, key in [*named, (f"1/sqrt({hd}) = 1/sqrt(head_dim)", hd**-0.5, None)] if _f32(s) != s]
     equal = [(n, s, key) for n, s, key in named if err(scale=s) <= 2 * after + ROUNDING * _scale(got)]
     uses = f"nn.MultiheadAttention uses 1/sqrt(head_dim) = {hd**-0.5:.4g}"
     n, s, key = equal[0] if equal else ("", 10.0**log_s, None)
@@ -274,36 +281,3 @@ def fit_component(module: nn.Module, args: tuple, kwargs: dict, expected: Tensor
         if isinstance(module, nn.Linear):
             return _keep(_linear_fits(module, args[0], got, expected, before))
     return []
-
-
-ACTIVATIONS: tuple[tuple[str, str | None, Callable[[Tensor], Tensor]], ...] = (
-    ("relu", "always_relu", F.relu), ("gelu (exact, erf): F.gelu(x)", "always_gelu", F.gelu),
-    ("gelu, tanh approximation: F.gelu(x, approximate='tanh')", "gelu_tanh_approximation",
-     lambda x: F.gelu(x, approximate="tanh")),
-    ("silu / swish: x * sigmoid(x)", None, F.silu), ("identity (no activation)", None, lambda x: x),
-    *((name, None, f) for name, f in (("elu", F.elu), ("tanh", torch.tanh), ("sigmoid", torch.sigmoid),
-                                     ("softplus", F.softplus), ("mish", F.mish))),
-    ("relu squared", None, lambda x: F.relu(x).square()),
-)
-
-
-def fit_activation(pre: Tensor, post: Tensor) -> list[Fit]:
-    """Which elementwise function maps pre (linear1's output) to post (what the target feeds linear2):
-    relu, gelu (erf), gelu (tanh), silu, identity, leaky relu ... best first, same rule.
-
-    Without the built-in's own activation there is no expected output: ``before`` is max |post| (nothing
-    explained), and since an elementwise function either is the one or is not, only fits that reproduce post
-    to 1e-6 relative are kept (an output scaled by 1.01 matches none)."""
-    pre, post = pre.detach().double(), post.detach().double()
-    if pre.shape != post.shape:
-        return []  # not elementwise
-    before, tol = _err(post, torch.zeros_like(post)), 1e-6 * _scale(post)
-    fits = [Fit(what, key, before, _err(post, f(pre))) for what, key, f in ACTIVATIONS]
-    neg = pre < 0
-    if bool(neg.any()):
-        slope = float((post[neg] * pre[neg]).sum() / pre[neg].square().sum())
-        if abs(slope) > 1e-6 and abs(slope - 1) > 1e-6:
-            default = " (F.leaky_relu's default)" if abs(slope - 0.01) < 1e-9 else ""
-            fits.append(Fit(f"leaky relu, negative slope {slope:.4g}{default}", None, before,
-                            _err(post, F.leaky_relu(pre, slope))))
-    return [f for f in _keep(fits) if f.after <= tol]

@@ -1,4 +1,11 @@
-"""Forward hooks that record a model's submodules' calls and outputs, and optionally feed and replace them.
+"""Forward hooks that record the calls and outputs of the modules standing for each site, and optionally feed
+and replace them.
+
+A site (mapping.Span) is one module, or an entry and an exit module: its input is recorded where the entry is
+called and its output where the exit returns. **Everything kept is a copy**, as torch.ao.ns's loggers keep
+theirs: an output changed in place after its module returned (``nn.ReLU(inplace=True)`` after a Linear,
+``h += x`` on an attention's output) is recorded as the module returned it, and a tensor fed or substituted
+into the target is a copy the target may change without touching the built-in's recording.
 
 Tensors are matched by shape between layouts ((L, N, E) against (N, L, E), unbatched), so one recorder
 serves the built-in and a target that keeps its tensors in another layout.
@@ -6,13 +13,25 @@ serves the built-in and a target that keeps its tensors in another layout.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from reference.diagnose.mapping import Span
 from reference.verdict.tolerance import judge
+
+
+def _copy(value: Any) -> Any:
+    """``value`` with every tensor in it detached and cloned (tuples, lists and dicts followed)."""
+    if isinstance(value, Tensor):
+        return value.detach().clone()
+    if isinstance(value, (tuple, list)):
+        return type(value)(_copy(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    return value
 
 
 def _first_tensor(value: object) -> Tensor | None:
@@ -45,14 +64,17 @@ def _layout(ref: torch.Size, shape: torch.Size) -> tuple[Callable[[Tensor], Tens
 class _Recorder:
     """Hooks one model's modules: records inputs/outputs per name; optionally feeds and replaces them."""
 
-    def __init__(self, modules: dict[str, nn.Module], order: dict[str, int]) -> None:
-        self.names: dict[int, list[str]] = {}
+    def __init__(self, spans: Mapping[str, Span], order: dict[str, int]) -> None:
+        # per module, one slot per call: (the site whose input this call is, the site whose output it is)
+        self.slots: dict[int, list[tuple[str | None, str | None]]] = {}
         self.objects: dict[int, nn.Module] = {}
-        for name, module in modules.items():
-            self.names.setdefault(id(module), []).append(name)
-            self.objects[id(module)] = module
-        for names in self.names.values():
-            names.sort(key=lambda n: order.get(n, 1 << 30))
+        for name in sorted(spans, key=lambda n: order.get(n, 1 << 30)):
+            span = spans[name]
+            if span.entry is span.exit:
+                self._slot(span.entry, (name, name))
+            else:
+                self._slot(span.entry, (name, None))
+                self._slot(span.exit, (None, name))
         self.count: dict[int, int] = {}
         self.stack: dict[int, list[str | None]] = {}
         self.calls: dict[str, tuple[tuple, dict]] = {}
@@ -64,16 +86,20 @@ class _Recorder:
         self.feed: dict[str, list[Tensor]] | None = None
         self.replace: dict[str, Tensor] | None = None
 
+    def _slot(self, module: nn.Module, slot: tuple[str | None, str | None]) -> None:
+        self.slots.setdefault(id(module), []).append(slot)
+        self.objects[id(module)] = module
+
     def _pre(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         k = self.count.get(id(module), 0)
         self.count[id(module)] = k + 1
-        names = self.names[id(module)]
-        name = names[k] if k < len(names) else None
-        self.stack.setdefault(id(module), []).append(name)
+        calls = self.slots[id(module)]
+        name, exit_name = calls[k] if k < len(calls) else (None, None)
+        self.stack.setdefault(id(module), []).append(exit_name)
         if name is None:
             return None
-        self.calls[name] = (args, dict(kwargs))
-        self.inputs[name] = [a.detach() for a in args if isinstance(a, Tensor)]
+        self.calls[name] = _copy((args, dict(kwargs)))
+        self.inputs[name] = [a.detach().clone() for a in args if isinstance(a, Tensor)]
         if self.feed is None or name not in self.feed:
             return None
         new_args, new_kwargs = list(args), dict(kwargs)
@@ -84,12 +110,12 @@ class _Recorder:
             layout = _layout(ref.shape, mine.shape)
             if layout is None or not mine.is_floating_point():
                 break
-            own = layout[1](mine.detach().to("cpu", torch.float64))
+            own = layout[1](mine.detach().to("cpu", torch.float64, copy=True))
             fed = judge(f"{name} input", own, ref)
             self.fed_tensor.setdefault(name, own)
             if name not in self.fed or fed.max_abs > self.fed[name].max_abs:
                 self.fed[name] = fed
-            value = layout[0](ref).to(mine.device, mine.dtype)
+            value = layout[0](ref).to(mine.device, mine.dtype, copy=True)  # the target may change it in place
             if where == "a":
                 new_args[key] = value
             else:
@@ -102,13 +128,13 @@ class _Recorder:
         if name is None or out is None:
             return None
         self.order.append(name)  # completion order: a layer's parts before the layer
-        self.outputs[name] = out.detach()
+        self.outputs[name] = out.detach().clone()  # a later in-place change (ReLU(inplace), +=) must not reach it
         if self.replace is None or name not in self.replace:
             return None
         layout = _layout(self.replace[name].shape, out.shape)
         if layout is None:
             return None
-        return _replace_first(output, layout[0](self.replace[name]).to(out.device, out.dtype))
+        return _replace_first(output, layout[0](self.replace[name]).to(out.device, out.dtype, copy=True))
 
     def attach(self) -> list:
         handles = []

@@ -6,7 +6,9 @@ layers, stacks) and the target's modules that stand for them. Which target modul
 - an adapter's ``submodules(model)``; a drop-in class or handmade: its modules of the same names;
 - anything inferred: the **weight map** says it: the target module is the smallest one holding every
   parameter paired with that built-in submodule's and nothing paired elsewhere (``h.0.attn`` for
-  ``layers.0.self_attn``). Functional code that keeps attention weights in the layer maps at the layer.
+  ``layers.0.self_attn``); else the fewest modules that together do (an attention split into a ``self`` and
+  an ``output`` part); a module holding several built-in submodules exactly stands for them together
+  (``layers.0.linear1+linear2``). Functional code that keeps attention weights in the layer maps at the layer.
 
 Two modes. *Propagated*: each model runs on its own activations. *Isolated*: each mapped target module is
 fed the built-in's recorded input and its output replaced by the built-in's after it is recorded, so each
@@ -27,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from reference.diagnose.hooks import _layout, _Recorder
-from reference.diagnose.mapping import target_map, tracked
+from reference.diagnose.mapping import GROUP, builtin_spans, target_map, tracked
 from reference.diagnose.runs import Observation, as_case
 from reference.inference.prepare import fastpath
 from reference.verdict.tolerance import judge
@@ -90,8 +92,9 @@ def _run(obs: Observation, recorder: _Recorder | None) -> Exception | None:
     assert obs.candidate is not None and obs.model is not None
     handles = recorder.attach() if recorder is not None else []
     try:
-        with torch.no_grad():
-            obs.candidate.call(obs.model, obs.entry.call, dict(obs.inputs), dict(obs.kwargs))
+        with torch.no_grad():  # copies: a target may change its inputs in place
+            obs.candidate.call(obs.model, obs.entry.call, {k: v.clone() for k, v in obs.inputs.items()},
+                               dict(obs.kwargs))
     except Exception as exc:
         return exc
     finally:
@@ -122,7 +125,7 @@ def localize(obs: Observation) -> tuple[list[Localization], str, Replay | None]:
         return [], note, None
     module_names = {id(m): n for n, m in obs.model.named_modules()} if obs.model is not None else {}
     with fastpath(False), torch.no_grad():
-        ref_rec = _Recorder({n: obs.builtin.get_submodule(n) for n in mapping}, {})
+        ref_rec = _Recorder(builtin_spans(obs, mapping), {})
         handles = ref_rec.attach()
         obs.entry.call(obs.builtin, **obs.inputs, **obs.kwargs)
         for h in handles:
@@ -141,8 +144,8 @@ def localize(obs: Observation) -> tuple[list[Localization], str, Replay | None]:
                 continue
             table = _table(mode, obs.case, ref_rec, rec, note)
             for row in table.rows:
-                module = mapping[row.name]
-                row.target_module = module_names.get(id(module), "") or type(module).__name__  # root: its class
+                span = mapping[row.name]
+                row.target_module = span.label or module_names.get(id(span.exit), "") or type(span.exit).__name__
             results.append(table)
             if mode == "isolated":
                 replay = _replay(ref_rec, rec, obs.builtin)
@@ -158,7 +161,8 @@ def _replay(ref: _Recorder, mine: _Recorder, builtin: nn.Module) -> Replay:
             got[name] = layout[1](out.to("cpu", torch.float64))
         if name in mine.fed_tensor:
             fed[name] = mine.fed_tensor[name]
-    return Replay(ref.calls, dict(ref.outputs), got, fed, {n: builtin.get_submodule(n) for n in ref.outputs})
+    modules = {n: builtin.get_submodule(n) for n in ref.outputs if GROUP not in n}  # a group is no one module
+    return Replay(ref.calls, dict(ref.outputs), got, fed, modules)
 
 
 def _table(mode: str, case: Any, ref: _Recorder, mine: _Recorder, note: str) -> Localization:
@@ -213,7 +217,7 @@ def where_raised(obs: Observation) -> tuple[str, str]:
     inner = stack[-1]
     here = f"raised in {inner or 'the model'} ({type(obs.model.get_submodule(inner)).__name__})"
     mapping, _ = target_map(obs, tracked(obs.builtin))
-    standing = {id(m): n for n, m in mapping.items()}
+    standing = {id(m): n for n, span in mapping.items() for m in (span.entry, span.exit)}
     for path in reversed(stack):
         mapped = standing.get(id(obs.model.get_submodule(path)))
         if mapped is not None:

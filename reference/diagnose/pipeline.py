@@ -17,20 +17,20 @@ import torch
 from torch import nn
 
 import reference.diagnose.families as fam
-from reference.catalogue import BY_KEY
+import reference.diagnose.findings as found
 from reference.diagnose.crashes import crash_causes
-from reference.diagnose.localize import localize
-from reference.diagnose.measure import measure_layout, refit_options
-from reference.diagnose.place import Finding, probe_places
-from reference.diagnose.plot import MISSING, PlotUnavailableError, maps_of, png
-from reference.diagnose.probes import Cause, dropout_in_eval, explain
+from reference.diagnose.measure import Refits, may_refit, measure_layout, refit_options
+from reference.diagnose.plot import MISSING, PlotUnavailableError, png
+from reference.diagnose.probes import explain
 from reference.diagnose.report import Diagnosis, to_json
 from reference.diagnose.reproducer import minimal_failing_case, write
-from reference.diagnose.runs import Observation, as_case, observe, one_thread
+from reference.diagnose.runs import one_thread
+from reference.diagnose.search import family_of, search
+from reference.diagnose.structure import diagnose_structure
 from reference.diagnose.text import render
 from reference.inference.prepare import is_adapter, is_drop_in
 from reference.levels.registry import LEVELS
-from reference.targets.contract import HandmadeAdapter, NotSupportedError, Target, TargetError, load_target
+from reference.targets.contract import HandmadeAdapter, Target, TargetError, load_target
 
 __all__ = ["Diagnosis", "diagnose", "main"]
 
@@ -61,26 +61,45 @@ def diagnose(
     """Diagnose ``target`` (a Target or a MODULE:OBJECT spec) at ``level``; write the reproducer under ``out_dir``.
 
     An inferred target whose code fixes options it takes no argument for, and that matched no configuration
-    when they were found (a bug hides which), is diagnosed once more with the options the causes found say
-    it follows (``refit``): the configuration by measurement at the places, not by the closest whole output.
+    when they were found (a bug hides which), is diagnosed again as long as the causes found correct those
+    options (``refit``, at most MAX_REFITS times): the configuration by measurement at the places, not by the
+    closest whole output.
     """
     target = load_target(target) if isinstance(target, str) else target
-    return _diagnose(target, device, out_dir, family_names, reproduce, examples, level, refit)
+    with one_thread():
+        return _run(target, device, out_dir, family_names, reproduce, examples, level, refit)
 
 
-def _diagnose(target: Target, device: torch.device | str, out_dir: Path | str | None,
-              family_names: tuple[str, ...] | None, reproduce: bool, examples: int, level: str,
-              refit: bool) -> Diagnosis:
-    if refit:
-        first = _diagnose(target, device, out_dir, family_names, False, examples, level, refit=False)
-        note = refit_options(target, level, first)
-        if note is None:
-            if reproduce:
-                _reproduce(first, target, device, out_dir, examples)
-            return first
-        again = _diagnose(target, device, out_dir, family_names, reproduce, examples, level, refit=False)
-        again.notes.append(note)
-        return again
+def _run(target: Target, device: torch.device | str, out_dir: Path | str | None,
+         family_names: tuple[str, ...] | None, reproduce: bool, examples: int, level: str, refit: bool) -> Diagnosis:
+    """Passes until the options an inferred target's code fixes are settled (``refit``: each pass whose causes
+    correct none is the diagnosis), then the reproducer. What a pass measured once (the layout) is kept."""
+    notes: list[str] = []
+    history = Refits()
+    d: Diagnosis | None = None
+    if refit and may_refit(target, level, kind_of(target, level)):
+        for _ in range(MAX_REFITS):
+            probe = _diagnose(target, device, family_names, level, search=True)
+            note = refit_options(target, level, probe, history)
+            notes += [n for n in probe.notes if n.startswith("layout measured")] + ([note] if note else [])
+            if note is None:
+                d = probe  # nothing to correct: this pass is the diagnosis
+                break
+    d = d or _diagnose(target, device, family_names, level, search=True)
+    d.notes = list(dict.fromkeys([*notes, *d.notes]))
+    if reproduce:
+        _reproduce(d, target, device, out_dir, examples)
+    elif d.verdict not in ("equivalent", "not supported"):
+        d.reproducer_note = "skipped (--no-reproducer)"
+    return d
+
+
+MAX_REFITS = 3  # passes that may each correct the options an inferred target's code fixes
+
+
+def _diagnose(target: Target, device: torch.device | str, family_names: tuple[str, ...] | None, level: str,
+              search: bool) -> Diagnosis:
+    """One pass: the families, then (if any fails) the probes, localization and causes."""
     entry = LEVELS[level]
     d = Diagnosis(target.spec, kind_of(target, level), torch.__version__, str(device), level=level,
                   builtin=entry.builtin)
@@ -91,6 +110,10 @@ def _diagnose(target: Target, device: torch.device | str, out_dir: Path | str | 
         d.notes += [layout] if layout else []
         grid = fam.family_grid(family_names, level, base, d.base)
         d.families = [fam.judge_family(target, f, device, level) for f in grid]
+        if search and {f.verdict for f in d.families} <= {"equivalent", "not supported"}:
+            _search(d, target, device, level)
+        if diagnose_structure(d, target, base):  # it cannot be paired: a structure measured whole instead
+            return d
         verdicts = {f.verdict for f in d.families}
         d.verdict = ("divergent" if "divergent" in verdicts else "crashes" if "crashes" in verdicts
                      else "not supported" if verdicts == {"not supported"} else "equivalent")
@@ -99,13 +122,11 @@ def _diagnose(target: Target, device: torch.device | str, out_dir: Path | str | 
                                else "nothing to localize: the target declined every configuration tried")
             d.reproducer_note = "none: nothing failed"
             return d
-        observed = _observe(target, d.families, device, level)  # (label, observation, is the family's first case)
+        observed = found.observe_families(target, d.families, device, level)  # (label, observation, first case)
         by_name = {label: o for label, o, first in observed if first}
-        dropout = next((o for name, o in by_name.items() if name.startswith("dropout")), None)
-        extra = None if dropout is None else dropout_in_eval(target, dropout, device)
-        d.extra_causes = [extra] if extra else []
-        if extra:  # random outputs: no variant can explain them, so they stay out of the search
-            observed = [(label, o, first) for label, o, first in observed if as_case(o.case).config.dropout == 0]
+        random = found.random_in_eval(d, observed, target, device)
+        # random outputs: no variant can explain them, so they stay out of the search
+        observed = [(label, o, first) for label, o, first in observed if label not in random]
         ordered = sorted(observed, key=lambda item: not item[2])  # first cases (searched) before second ones
         d.explanation = explain([o for _, o, _ in ordered], [label for label, _, _ in ordered],
                                 probe_count=sum(first for _, _, first in observed))
@@ -113,13 +134,29 @@ def _diagnose(target: Target, device: torch.device | str, out_dir: Path | str | 
             if f.name in by_name:
                 fam.closest_configuration(f, by_name[f.name], d.explanation.keys)
         d.extra_causes += crash_causes(d, by_name, target, device, level)
-        d.best_match = _best_match(d.families)
-        _localize(d, by_name, target, device, level)
-        if reproduce:
-            _reproduce(d, target, device, out_dir, examples)
-        else:
-            d.reproducer_note = "skipped (--no-reproducer)"
+        d.best_match = found.best_match(d.families)
+        found.localize_some(d, by_name, random)
+        if not d.localization and not d.not_localized:
+            d.not_localized = "no family could be localized, and no reason was recorded"  # never an empty section
     return d
+
+
+def _search(d: Diagnosis, target: Target, device: torch.device | str, level: str) -> None:
+    """Every family equivalent: search as check does; a failing case joins the families (never EQUIVALENT where
+    check fails)."""
+    hit = search(target, level, device)
+    if hit is None:
+        d.notes.append(f"check's own search found no failing case either (its pinned cases and the {level} "
+                       "strategy, ci budget, in float64)")
+        return
+    family = family_of(hit)
+    fam.judge_family(target, family, device, level)
+    if family.verdict in ("not run", "equivalent", "not supported"):  # check's sentence stands: never EQUIVALENT
+        family.verdict, family.max_abs = "divergent", math.nan
+        family.detail = f"check fails it: {hit.message[:200]}"
+    d.families.append(family)
+    d.notes.append(f"every family drawn for diagnosis is equivalent; check's own search found the failing case "
+                   f"{family.name.split(': ', 1)[1]}, diagnosed below")
 
 
 def _reproduce(d: Diagnosis, target: Target, device: torch.device | str, out_dir: Path | str | None,
@@ -140,101 +177,6 @@ def _reproduce(d: Diagnosis, target: Target, device: torch.device | str, out_dir
         d.reproducer_note = f"case: {case.describe()} (no --out folder, so no script was written)"
     else:
         d.reproducer = write(target, case, Path(out_dir))
-
-
-def _observe(target: Target, families: list[fam.Family], device: torch.device | str,
-             level: str) -> list[tuple[str, Observation, bool]]:
-    """The probe observations of every family that ran: (label, observation, is it the family's first case)."""
-    observed = []
-    for f in families:
-        if f.verdict == "not supported":
-            continue
-        for j, case in enumerate(f.cases):
-            try:
-                obs = observe(target, case, device, level)
-            except NotSupportedError:
-                continue
-            if f.verdict == "crashes" and j == 0:
-                f.crash_obs = obs
-            if f.verdict != "crashes":
-                observed.append((f.name if j == 0 else f"{f.name} (2nd)", obs, j == 0))
-    return observed
-
-
-def _localize(d: Diagnosis, by_name: dict[str, Observation], target: Target, device: torch.device | str,
-              level: str) -> None:
-    """Localize the first divergent family (else the first making NaN/inf) and measure causes at the place."""
-    divergent = next((f for f in d.families if f.verdict == "divergent" and f.name in by_name), None)
-    nan = next((f for f in d.families if f.verdict == "crashes" and f.crash_obs is not None
-                and f.crash_obs.got is not None), None)
-    if divergent is None and nan is None:
-        crashed = [c for c in d.crashes if c.where]
-        d.not_localized = ("no family diverges with finite outputs; the crashes are localized in 3" if crashed else
-                           "no family diverges with finite outputs, and the crashes could not be localized")
-        return
-    family = divergent or nan
-    assert family is not None
-    obs = by_name[family.name] if divergent is not None else family.crash_obs
-    assert obs is not None
-    d.localized_family = family.name
-    try:
-        d.localization, d.not_localized, replay = localize(obs)
-    except Exception as exc:  # hooks on the target's modules failed: report it, keep the rest
-        d.not_localized = f"localization failed on the target: {type(exc).__name__}: {exc}"
-        return
-    d.maps = maps_of(d.localization, replay, obs.case)
-    if d.localization:
-        _merge(d, probe_places(obs, d.localization, replay), family.name)
-
-
-def _merge(d: Diagnosis, findings: list[Finding], family: str) -> None:
-    """Place findings: evidence for causes already found; new causes only where the whole outputs left a gap."""
-    by_key = {c.key: c for c in d.causes}
-    explained = d.explanation is not None and d.explanation.explained and bool(d.causes)
-    for f in findings:
-        cause = by_key.get(f.key or "")
-        if cause is not None:
-            if not cause.place_module and math.isnan(cause.place_before):
-                cause.place, cause.place_module, cause.place_before, cause.place_after = (
-                    f.place, f.target_module, f.before, f.after)
-                cause.place_explains = f.explains
-            continue
-        if explained:
-            continue
-        dev = BY_KEY.get(f.key or "")
-        what = f.what.removeprefix("it ")
-        fix = f.fix or (dev.fix if dev else "")
-        d.extra_causes.append(Cause(
-            f.key or "measured", dev.cause if dev else "measured at the place", what, fix, (f.place,), [family],
-            f.before, f.after, f.before, probe=f.probe, place=f.place, place_module=f.target_module,
-            place_before=f.before, place_after=f.after, place_explains=f.explains))
-        by_key[f.key or f.what] = d.extra_causes[-1]
-    isolated = next((t for t in d.localization if t.mode == "isolated" and t.rows), None)
-    if explained or isolated is None:
-        return
-    row = isolated.first
-    if row is None:
-        return
-    if not any(f.place == row.name and f.explains for f in findings):
-        before = [r.name for r in isolated.rows[:isolated.rows.index(row)] if r.name.rsplit(".", 1)[0]
-                  == row.name.rsplit(".", 1)[0]]
-        between = f" (the code between {before[-1]} and it: residuals, norm placement, activation)" if before else ""
-        own = f"its own output differs by {row.max_abs:.3g} (tolerance {row.bound:.3g})" if not row.passed else \
-            f"the input the target gives it differs by {row.fed_max_abs:.3g}{between}"
-        d.unexplained = (f"{row.name or 'the module itself'}" + (f" (the target's {row.target_module})"
-                         if row.target_module else "") + f": {own} on {family}; no catalogue deviation or fit "
-                         "accounts for it")
-
-
-def _best_match(families: list[fam.Family]) -> str:
-    """One line on the built-in configuration the target follows when it matches none asked for."""
-    asked = families[0] if families else None
-    if asked is None or asked.verdict != "divergent" or not asked.closest:
-        return ""
-    if asked.closest_matches:
-        return f"matches {asked.closest}, not the configuration asked for ({asked.name})"
-    return (f"matches no configuration asked for; closest configuration: {asked.closest} "
-            f"(the other causes below account for the rest)")
 
 
 def main(argv: list[str] | None = None) -> int:

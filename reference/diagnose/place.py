@@ -26,9 +26,11 @@ import torch
 from torch import Tensor
 
 import reference.diagnose.fits as fits
-from reference.catalogue import Deviation, apply_all
+import reference.diagnose.sums as sums
+from reference.catalogue import BY_KEY, Deviation, apply_all
 from reference.diagnose.hooks import _first_tensor
 from reference.diagnose.localize import Localization, Replay, SubmoduleError
+from reference.diagnose.mapping import GROUP, members
 from reference.diagnose.probes import VARIANTS, candidate, fresh_modules, search, shows
 from reference.diagnose.runs import Observation, bound_for, config_of, max_err
 
@@ -46,6 +48,7 @@ class Finding:
     after: float
     bound: float
     probe: str  # "catalogue at the place" | "fit"
+    cause: str = ""  # what kind of cause a measured finding is (a catalogue key's deviation says its own)
 
     @property
     def explains(self) -> bool:
@@ -109,8 +112,20 @@ def _fits(row: SubmoduleError, replay: Replay) -> list[Finding]:
         found = fits.fit_component(replay.modules[row.name], args, kwargs, expected, got)
     except Exception:  # a fit that cannot run on this module's call says nothing: the other probes still do
         return []
-    return [Finding(row.name, row.target_module, f.what, f.key, "", f.before, f.after, bound, "fit")
+    module = replay.modules[row.name]
+    return [Finding(row.name, row.target_module, f.what, f.key, "", f.before, f.after, bound, "fit", _kind(module, f))
             for f in found if kept(f.before, f.after, bound)]
+
+
+def _kind(module: torch.nn.Module, fit: fits.Fit) -> str:
+    """What kind of cause a fit is: its catalogue entry's, else the component's formula it changes."""
+    if fit.key in BY_KEY:
+        return BY_KEY[fit.key].cause
+    if isinstance(module, torch.nn.LayerNorm):
+        return "layer-norm formula"
+    if isinstance(module, torch.nn.MultiheadAttention):
+        return "attention scale" if fit.what.startswith("scores scaled") else "attention formula"
+    return "linear layer" if isinstance(module, torch.nn.Linear) else ""
 
 
 def _activation(row: SubmoduleError, replay: Replay) -> list[Finding]:
@@ -124,11 +139,43 @@ def _activation(row: SubmoduleError, replay: Replay) -> list[Finding]:
         return []
     bound = bound_for(reference)
     try:
-        found = fits.fit_activation(pre, post)
+        found = sums.fit_activation(pre, post)
     except Exception:  # as above
         return []
     return [Finding(row.name, row.target_module, f"between linear1 and linear2 it applies {f.what}", f.key, "",
                     f.before, f.after, bound, "fit") for f in found if kept(f.before, f.after, bound)]
+
+
+def _measured(row: SubmoduleError, found: list[sums.Measured], bound: float) -> list[Finding]:
+    return [Finding(row.name, row.target_module, m.what, m.key, m.fix, m.before, m.after, bound, "fit", m.cause)
+            for m in found]
+
+
+def _residual(obs: Observation, row: SubmoduleError, replay: Replay, fed: bool) -> list[Finding]:
+    """The residual sum the target gives a place: as its input (fed) or, for a layer, as its output."""
+    if fed:
+        reference = sums._first(replay.calls[row.name][0]) if row.name in replay.calls else None
+        observed = replay.fed.get(row.name)
+    else:
+        reference, observed = replay.expected.get(row.name), replay.got.get(row.name)
+    if reference is None or observed is None or reference.shape != observed.shape:
+        return []
+    bound = bound_for(reference)
+    found = sums.residual(row.name, obs.entry.builtin.split(" with ")[0], reference, observed, replay.calls,
+                          replay.expected, bound)
+    return _measured(row, found, bound)
+
+
+def _group(obs: Observation, row: SubmoduleError, replay: Replay) -> list[Finding]:
+    """A site standing for linear1 and linear2 together: the activation between them."""
+    parts = members(row.name)
+    x = sums._first(replay.calls[row.name][0]) if row.name in replay.calls else None
+    if [p.rpartition(".")[2] for p in parts] != ["linear1", "linear2"] or x is None:
+        return []
+    expected, got = replay.expected[row.name], replay.got[row.name]
+    bound = bound_for(expected)
+    linear1, linear2 = (obs.builtin.get_submodule(p) for p in parts)
+    return _measured(row, sums.feed_forward(linear1, linear2, x, expected, got, bound), bound)
 
 
 def probe_places(obs: Observation, tables: list[Localization], replay: Replay | None,
@@ -140,11 +187,22 @@ def probe_places(obs: Observation, tables: list[Localization], replay: Replay | 
     findings: list[Finding] = []
     own = [r for r in isolated.rows if not r.passed and r.name in replay.got][:limit]
     for row in own:
-        found = _catalogue(obs, row, replay) + _fits(row, replay)
-        findings += sorted(found, key=lambda f: (f.after, f.probe != "catalogue at the place"))
+        if GROUP in row.name:
+            found = _group(obs, row, replay)
+        else:
+            found = _catalogue(obs, row, replay) + _fits(row, replay) + _residual(obs, row, replay, fed=False)
+        findings += _best(sorted(found, key=lambda f: (f.after, f.probe != "catalogue at the place")))
     for row in [r for r in isolated.rows if r.passed and not r.fed_passed][:limit]:
-        findings += _activation(row, replay)
+        findings += _activation(row, replay) + _residual(obs, row, replay, fed=True)
     return _dedupe(findings)
+
+
+def _best(findings: list[Finding]) -> list[Finding]:
+    """At one place: the findings that remove the whole error there, when any does; else every one kept (none
+    alone explains the place, so each may be a part of it). A fit that only lessens an error another removes
+    entirely is that one's shadow, not a second cause."""
+    exact = [f for f in findings if f.explains]
+    return exact or findings
 
 
 def _dedupe(findings: list[Finding]) -> list[Finding]:

@@ -222,12 +222,13 @@ def _twins(scorer: Scorer, chosen: list[Deviation], dev: Deviation) -> list[str]
 
 
 def dropout_in_eval(target: Target, first: Observation, device: torch.device | str = "cpu") -> Cause | None:
-    """Run the target twice in eval mode on a dropout > 0 case: different outputs mean dropout is active.
+    """Run the target twice in eval mode on a case: different outputs mean dropout is active (whatever the case's
+    dropout: a p written into the code is active too).
 
     Which dropout: the catalogue deviation (probe "twice in eval") whose sites hold the first submodule whose
     output differs between the two runs (the target's submodules() map); the feed-forward one without a map.
     """
-    if first.got is None or as_case(first.case).config.dropout == 0:
+    if first.got is None:
         return None
     try:
         again = observe(target, first.case, device, first.level)
@@ -239,14 +240,28 @@ def dropout_in_eval(target: Target, first: Observation, device: torch.device | s
     if ratio <= 1.0:
         return None
     spread = ratio * first.bound
-    varies = _first_varying(first)
-    dev = next((d for d in TWICE if varies and any(re.search(s, varies) for s in d.sites)), BY_KEY["dropout_in_eval"])
-    where = f"; {varies} is the first submodule whose output varies" if varies else ""
+    moving = _first_varying(first)
+    dev = next((d for d in TWICE if moving and any(re.search(s, moving) for s in d.sites)), BY_KEY["dropout_in_eval"])
+    where = f"; {moving} is the first submodule whose output varies" if moving else ""
     return Cause(
         dev.key, dev.cause, f"gives a different output each run in eval mode (two runs on the same input differ by "
         f"{spread:.3g}{where}): it {dev.does}", dev.fix, dev.sites, [str(first.case.describe())], first.max_abs, spread,
         spread, probe="twice in eval",
     )
+
+
+def varies(obs: Observation) -> float:
+    """How far the target's output moves between two runs of the same model on the same input, over the
+    tolerance (0 for a deterministic target; random ones: dropout active in eval, whatever p is configured)."""
+    if obs.got is None or obs.candidate is None or obs.model is None:
+        return 0.0
+    try:
+        with torch.no_grad():
+            again = outputs(obs.candidate.call(obs.model, obs.entry.call, {k: v.clone() for k, v in obs.inputs.items()},
+                                               dict(obs.kwargs)))
+    except Exception:
+        return 0.0
+    return obs.ratio({k: v.detach().to("cpu", torch.float64) for k, v in again.items()})
 
 
 def _first_varying(obs: Observation) -> str:

@@ -107,7 +107,7 @@ def _families_section(d: Diagnosis) -> list[str]:
             lines.append(f"   {group}")
         text = f"     {f.name:44s} {f.verdict:14s}"
         if f.verdict == "divergent":
-            text += f" max err {_num(f.max_abs)} ({f.detail})"
+            text += f" max err {_num(f.max_abs)} ({f.detail})" if not math.isnan(f.max_abs) else f" {f.detail}"
         elif f.verdict in ("crashes", "not supported") and f.detail:
             text += f" {f.detail[:160]}"
         lines.append(text.rstrip())

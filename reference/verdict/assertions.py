@@ -28,6 +28,8 @@ from reference.verdict.tolerance import Verdict
 
 __all__ = ["Context", "assert_parity", "check", "compare_pair", "examples", "recording"]
 
+CI_EXAMPLES = 20  # the ci profile's max_examples (reference/pytest_plugin.py): check's budget, diagnosis' search too
+
 # The records of the running test (set per test by the plugin's autouse fixture; None outside a test).
 _RECORDS: ContextVar[list[dict] | None] = ContextVar("parity_records", default=None)
 

@@ -67,19 +67,21 @@ def test_a_bug_in_code_written_elsewhere_is_localized_and_named(spec):
     assert cause.place == place and cause.place_after <= 1e-9 < cause.place_before, cause
 
 
-@pytest.mark.parametrize("spec, level, keep, crashing", [
+@pytest.mark.parametrize("spec, level, keep, declined", [
     ("examples.learner_attention:MultiHeadAttention", "attention", True, set()),
     ("examples.nanogpt_blocks:Blocks", "decoder_only", False, set()),
-    # the blog's attention takes 2-D masks only: per-head masks raise deep inside it (a finding, not a decline)
-    ("examples.blog_seq2seq:Seq2SeqTransformer", "transformer", False, {"per-head (N*nhead, L, S) masks"}),
-    (f"{TARGETS}:Correct", "transformer", False, set()),
+    # the blog's attention takes 2-D masks only: its API cannot express per-head masks, which check's resolution
+    # calls not supported: so does diagnose (issue 18/19: never CRASHES where check says not supported)
+    pytest.param("examples.blog_seq2seq:Seq2SeqTransformer", "transformer", False, {"per-head (N*nhead, L, S) masks"},
+                 marks=pytest.mark.slow),  # every family, then check's own search: > 10 s on 2 cores
+    pytest.param(f"{TARGETS}:Correct", "transformer", False, set(), marks=pytest.mark.slow),
 ])
-def test_a_correct_implementation_written_elsewhere_is_equivalent_wherever_it_runs(spec, level, keep, crashing):
+def test_a_correct_implementation_written_elsewhere_is_equivalent_wherever_it_runs(spec, level, keep, declined):
     d = run(spec, level, keep)
-    assert {f.verdict for f in d.families} <= {"equivalent", "not supported", "crashes"}
-    assert {f.name for f in d.families if f.verdict == "crashes"} == crashing
-    assert all(c.where.startswith("raised in") for c in d.crashes), d.crashes
-    assert not d.causes and any(f.verdict == "equivalent" for f in d.families)
+    assert {f.verdict for f in d.families} <= {"equivalent", "not supported"}
+    assert {f.name for f in d.families if "as check says" in f.detail} == declined
+    assert all(f.verdict == "not supported" for f in d.families if f.name in declined)
+    assert not d.crashes and not d.causes and d.verdict == "equivalent"
 
 
 def test_a_target_running_one_configuration_is_judged_from_it_and_its_masks_examined():
@@ -136,15 +138,19 @@ def test_the_command_takes_a_level(capsys):
     assert not math.isnan(data["causes"][0]["place_before"])
 
 
-def test_a_crash_in_some_families_is_a_finding_with_its_place_next_to_the_numeric_diagnosis():
+def test_what_check_calls_not_supported_diagnose_calls_not_supported_next_to_the_numeric_diagnosis():
     """Cross-attention on the target stream: wrong values without masks, shape errors with memory masks
-    (S != T); the layout (sequence-first inside, shapes allow both) is measured, not guessed from values."""
+    (S != T), which check's resolution declines ("cannot be called"): diagnose says "not supported" with check's
+    reason, never CRASHES; the layout (sequence-first inside, shapes allow both) is measured, not guessed."""
     d = run(f"{TARGETS}:CrossAttendsTarget", families=("default", "bool"))
     assert [c.key for c in d.causes] == ["cross_attention_reads_decoder"] and d.explained
     assert d.causes[0].place == "decoder.layers.0.multihead_attn"
     assert any(n.startswith("layout measured: sequence-first") for n in d.notes), d.notes
-    assert {c.family for c in d.crashes} == {"bool attention masks", "bool key padding masks"}
-    assert all(c.place == "decoder.layers.0.multihead_attn" and "raised in" in c.where for c in d.crashes)
+    masked = {f.name: f for f in d.families if f.group == "masks"}
+    assert set(masked) == {"bool attention masks", "bool key padding masks"}
+    assert all(f.verdict == "not supported" and "as check says" in f.detail and "RuntimeError" in f.detail
+               for f in masked.values()), [(f.verdict, f.detail) for f in masked.values()]
+    assert not d.crashes
 
 
 def test_the_evidence_rule_keeps_only_findings_that_halve_an_error_above_the_tolerance():

@@ -4,28 +4,17 @@ no fit."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+import reference.diagnose.fits as fits
+import reference.diagnose.sums as sums
 from reference.catalogue import BY_KEY
-
-try:
-    import reference.diagnose.fits as fits
-except ImportError:  # reference/diagnose/__init__.py mid-rewrite: load the file alone
-    _spec = importlib.util.spec_from_file_location(
-        "reference.diagnose.fits", Path(__file__).resolve().parents[2] / "reference/diagnose/fits.py")
-    assert _spec is not None and _spec.loader is not None
-    fits = importlib.util.module_from_spec(_spec)
-    sys.modules[_spec.name] = fits
-    _spec.loader.exec_module(fits)
 
 D = torch.float64
 E, H, N, L, S = 12, 3, 2, 5, 4  # head_dim 4: 1/sqrt(E), 1/E, 1/hd, 1 and sqrt(hd) all differ
@@ -246,7 +235,7 @@ def test_activation_fits(case: str) -> None:
     f, key, text = ACTIVATIONS[case]
     pre = torch.randn(L, N, 4 * E, dtype=D, generator=torch.Generator().manual_seed(4)) * 2
     post = f(pre)
-    assert_names(fits.fit_activation(pre, post), key, text, post)
+    assert_names(sums.fit_activation(pre, post), key, text, post)
 
 
 # --- no false fits ---------------------------------------------------------------------------------------------
@@ -267,5 +256,5 @@ def test_correct_and_unrelated_get_no_fit(norm: tuple[nn.LayerNorm, Tensor], mha
         assert fits.fit_component(lin, (x,), {}, lin(x), got) == []
     pre = torch.randn(L, N, 4 * E, dtype=D)
     for post in (F.relu(pre) * 1.01, F.gelu(pre) + 1e-3 * pre, torch.where(pre > 0, pre, 0.5 * pre**2)):
-        assert fits.fit_activation(pre, post) == []
+        assert sums.fit_activation(pre, post) == []
     assert fits.fit_component(nn.Dropout(), (x,), {}, x, x * 2) == []

@@ -1,0 +1,130 @@
+"""Fits of the code between mapped submodules, measured at one place (place.py runs them).
+
+- **Residual sums.** The tensor the built-in gives a place (a norm after a residual, or a layer's output) is
+  read from its own recording as the sum of two tensors it computed inside the same layer: the residual
+  stream x and a sublayer's output f(x) (no table of where residuals are: the pair that adds up to it). The
+  target's tensor there is then tested against the sums real code gets wrong: f(x) alone (the residual
+  missing), 2x + f(x) (the residual added twice), x + 2 f(x) (the sublayer's output added twice), x alone
+  (the sublayer's output never added).
+- **The activation between linear1 and linear2** (``fit_activation``), from what linear1 gave and what the
+  target feeds linear2;
+- **A feed-forward standing for both linears** (a site ``layers.0.linear1+linear2``: one target module holds
+  both matrices): linear2(act(linear1(x))) with each activation ``ACTIVATIONS`` names.
+
+Each is an exact hypothesis, so each is kept only where it removes the error at the place to the tolerance.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from reference.diagnose.fits import Fit, _err, _keep, _scale
+
+SUBLAYER = re.compile(r"(self_attn|multihead_attn|linear2)$")  # whose output a residual adds (a group's too)
+LAYER = re.compile(r"layers\.\d+$")
+SAME = 1e-12  # relative: a sum recomputed from its two recorded terms equals the recorded sum this closely
+RESIDUAL = "residual connection"
+
+
+@dataclass(frozen=True)
+class Measured:
+    """A fitted hypothesis at one place: what it says, its catalogue key if any, and the error before/after."""
+
+    what: str
+    key: str | None
+    cause: str
+    fix: str
+    before: float
+    after: float
+
+
+def _first(args: tuple) -> Tensor | None:
+    return next((a for a in args if isinstance(a, Tensor)), None)
+
+
+def _terms(layer: str, calls: dict[str, tuple[tuple, dict]], expected: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Every tensor the built-in recorded inside ``layer``: each submodule's first input, and its output."""
+    inside = lambda n: n == layer or n.startswith(f"{layer}.")  # noqa: E731
+    out = {f"the input of {n}": t for n, (args, _) in calls.items() if inside(n) and (t := _first(args)) is not None}
+    out |= {f"{n}'s output": t for n, t in expected.items() if n.startswith(f"{layer}.")}
+    return out
+
+
+def residual(place: str, builtin: str, reference: Tensor, observed: Tensor, calls: dict[str, tuple[tuple, dict]],
+             expected: dict[str, Tensor], bound: float) -> list[Measured]:
+    """The residual sum at ``place``: which wrong sum the target gives there (``observed``), if one is exact."""
+    layer = place if LAYER.search(place) else place.rpartition(".")[0]
+    terms = _terms(layer, calls, expected)
+    scale = max(1.0, float(reference.abs().nan_to_num().max()))
+    before = _err(observed, reference)
+    for f_name, f in terms.items():
+        sub = f_name.removesuffix("'s output")
+        if not f_name.endswith("'s output") or not SUBLAYER.search(sub) or f.shape != reference.shape:
+            continue
+        for x_name, x in terms.items():
+            if x_name == f_name or x.shape != reference.shape or _err(reference, x + f) > SAME * scale:
+                continue
+            short = sub.rpartition(".")[2]
+            short = "ff" if short.endswith("linear2") else short  # nn's _ff_block: linear2's output
+            sums = [
+                (f"the residual around {short} is missing: it passes on {short}(x) alone, where {builtin} "
+                 f"has x + {short}(x)", f, f"add the sublayer's input back: x + {short}(x)"),
+                (f"the residual around {short} is added twice: 2·x + {short}(x), where {builtin} has "
+                 f"x + {short}(x)", 2 * x + f, "add the residual once: x + f(x)"),
+                (f"{short}'s output is added twice: x + 2·{short}(x), where {builtin} has x + {short}(x)",
+                 x + 2 * f, "add the sublayer's output once: x + f(x)"),
+                (f"{short}'s output is never added: it passes on x alone, where {builtin} has x + {short}(x)", x,
+                 f"add the sublayer's output: x + {short}(x)"),
+            ]
+            found = [Measured(what, None, RESIDUAL, fix, before, _err(observed, value)) for what, value, fix in sums]
+            return [m for m in found if before > bound >= m.after]
+    return []
+
+
+def feed_forward(linear1: nn.Module, linear2: nn.Module, x: Tensor, expected: Tensor, got: Tensor,
+                 bound: float) -> list[Measured]:
+    """The activation a module standing for both linears applies between them, when one is exact."""
+    before = _err(got, expected)
+    with torch.no_grad():
+        found = [Measured(f"between linear1 and linear2 it applies {what}", key, "activation", "", before,
+                          _err(got, linear2(act(linear1(x))))) for what, key, act in ACTIVATIONS]
+    return sorted((m for m in found if before > bound >= m.after), key=lambda m: m.after)[:1]
+
+
+ACTIVATIONS: tuple[tuple[str, str | None, Callable[[Tensor], Tensor]], ...] = (
+    ("relu", "always_relu", F.relu), ("gelu (exact, erf): F.gelu(x)", "always_gelu", F.gelu),
+    ("gelu, tanh approximation: F.gelu(x, approximate='tanh')", "gelu_tanh_approximation",
+     lambda x: F.gelu(x, approximate="tanh")),
+    ("silu / swish: x * sigmoid(x)", None, F.silu), ("identity (no activation)", None, lambda x: x),
+    *((name, None, f) for name, f in (("elu", F.elu), ("tanh", torch.tanh), ("sigmoid", torch.sigmoid),
+                                     ("softplus", F.softplus), ("mish", F.mish))),
+    ("relu squared", None, lambda x: F.relu(x).square()),
+)
+
+
+def fit_activation(pre: Tensor, post: Tensor) -> list[Fit]:
+    """Which elementwise function maps pre (linear1's output) to post (what the target feeds linear2):
+    relu, gelu (erf), gelu (tanh), silu, identity, leaky relu ... best first, same rule.
+
+    Without the built-in's own activation there is no expected output: ``before`` is max |post| (nothing
+    explained), and since an elementwise function either is the one or is not, only fits that reproduce post
+    to 1e-6 relative are kept (an output scaled by 1.01 matches none)."""
+    pre, post = pre.detach().double(), post.detach().double()
+    if pre.shape != post.shape:
+        return []  # not elementwise
+    before, tol = _err(post, torch.zeros_like(post)), 1e-6 * _scale(post)
+    fits = [Fit(what, key, before, _err(post, f(pre))) for what, key, f in ACTIVATIONS]
+    neg = pre < 0
+    if bool(neg.any()):
+        slope = float((post[neg] * pre[neg]).sum() / pre[neg].square().sum())
+        if abs(slope) > 1e-6 and abs(slope - 1) > 1e-6:
+            default = " (F.leaky_relu's default)" if abs(slope - 0.01) < 1e-9 else ""
+            fits.append(Fit(f"leaky relu, negative slope {slope:.4g}{default}", None, before,
+                            _err(post, F.leaky_relu(pre, slope))))
+    return [f for f in _keep(fits) if f.after <= tol]
