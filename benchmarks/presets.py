@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Size:
     """One model (d_model, heads, layers, feed-forward width) on one input shape (batch, length)."""
 
@@ -36,9 +36,12 @@ class Size:
 
 
 PRESETS: dict[str, Size] = {
-    "tiny": Size("tiny", 64, 4, 2, 2, 256, batch=4, seq_len=32),
-    "small": Size("small", 256, 8, 3, 3, 1024, batch=8, seq_len=64),
-    "base": Size("base", 512, 8, 6, 6, 2048, batch=8, seq_len=128),
+    "tiny": Size(name="tiny", d_model=64, nhead=4, num_encoder_layers=2, num_decoder_layers=2,
+                  dim_feedforward=256, batch=4, seq_len=32),
+    "small": Size(name="small", d_model=256, nhead=8, num_encoder_layers=3, num_decoder_layers=3,
+                  dim_feedforward=1024, batch=8, seq_len=64),
+    "base": Size(name="base", d_model=512, nhead=8, num_encoder_layers=6, num_decoder_layers=6,
+                  dim_feedforward=2048, batch=8, seq_len=128),
 }
 SWEEP_LENGTHS = (128, 256, 512, 1024, 2048)
 MODES = ("eval", "train")

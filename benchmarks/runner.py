@@ -23,7 +23,7 @@ from benchmarks.timing import make_timer, round_ratios, run_rounds, summarize
 from benchmarks.workload import BUILTIN, Impl, Inputs, build_models, make_inputs, make_step
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Options:
     """Everything the command line decides about a run."""
 

@@ -64,7 +64,7 @@ def _check_call(target: Any, level: str, keep_masks: bool, weight_map: str | Non
     return rerun.split(" -- -k")[0] if isinstance(target, str) else rerun.split(", pytest_args")[0] + ")"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class CheckReport:
     """What ``check`` found: pytest's exit status and the parity report; its repr is the summary table, and in
     Jupyter it shows as HTML (the verdict first). ``log``: pytest's own output, kept, not printed."""
@@ -117,11 +117,12 @@ def check(target: Any, *, level: str | None = None, profile: str = "dev", device
         status, found = run_suite(spec, level=level, profile=profile, device=device, exitfirst=exitfirst,
                                   keep_masks=keep_masks, weight_map=weight_map, extra=tuple(pytest_args),
                                   report_path=Path(report) if report else None)
-    return CheckReport(status, found, log.getvalue(), _name(target),
-                       *_calls(target, level, profile, device, keep_masks, weight_map))
+    rerun, diagnose_call = _calls(target, level, profile, device, keep_masks, weight_map)
+    return CheckReport(status=status, report=found, log=log.getvalue(), name=_name(target), rerun=rerun,
+                       diagnose_call=diagnose_call)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class DiagnoseReport:
     """What ``diagnose`` found (``diagnosis``: reference.diagnose.report.Diagnosis); its repr is the text report,
     in Jupyter HTML with the picture (``plot()``, needs matplotlib). ``log``: what ran printed, kept."""
@@ -180,4 +181,7 @@ def diagnose(target: Any, *, level: str = "transformer", keep_masks: bool = Fals
     loaded = dataclasses.replace(load_target(spec_of(target)), keep_masks=keep_masks, weight_map=weight_map)
     with captured() as log:
         found = run(loaded, device=device, out_dir=out_dir, family_names=families, reproduce=reproduce, level=level)
-    return DiagnoseReport(found, log.getvalue(), _name(target), _check_call(target, level, keep_masks, weight_map))
+    return DiagnoseReport(diagnosis=found, log=log.getvalue(), name=_name(target), check_call=_check_call(target,
+                                                                                                          level,
+                                                                                                          keep_masks,
+                                                                                                          weight_map))

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 import handmade
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Config:
     """nn.Transformer's constructor arguments (those that shape the computation)."""
 

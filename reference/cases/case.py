@@ -8,7 +8,7 @@ script can rebuild it with torch alone.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Any, TypeVar
 
 import torch
@@ -104,6 +104,7 @@ class Case(SameByDefault):
     """One whole-model example: configuration, sizes (batch None = unbatched), mask kinds, hints, seed."""
 
     config: Config
+    _: KW_ONLY  # the configuration may come first; everything else by name
     batch: int | None = 2
     src_len: int = 5
     tgt_len: int = 4

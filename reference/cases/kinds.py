@@ -32,7 +32,7 @@ def _with_fields(case: Any, changes: dict[str, Any]) -> Any:
     return dataclasses.replace(case, **known) if known else case
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class AttentionCase(SameByDefault):
     """A bare multi-head attention example: every nn.MultiheadAttention option, call flags, masks and seed."""
 
@@ -139,7 +139,7 @@ class AttentionCase(SameByDefault):
                                   and not (self.key_is_value and set(names) <= {"key", "value"}))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LayerNormCase(SameByDefault):
     """A layer-norm example: every nn.LayerNorm option, the input's leading shape, its offset, seed."""
 

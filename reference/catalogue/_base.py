@@ -36,7 +36,7 @@ NORMS = (r"\.norm\d?$",)
 LAYERS = (r"layers\.\d+$",)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Deviation:
     """One known way a hand-written Transformer differs from nn.Transformer, and how to plant it into handmade.
 

@@ -38,12 +38,15 @@ class QueryAsKey(handmade.MultiheadAttention):
 
 INPUTS = "query, key and value mixed up"
 CATALOGUE = (
-    Deviation("key_value_swapped", INPUTS, "passes the values as keys and the keys as values: attn(q, v, k)",
-              "call attention(query, key, value) in that order: scores from the keys, the sum over the values",
-              everywhere(KeyValueSwapped), (*ATTN, ITSELF), claims=(("attention.inputs", "key value swapped"),),
+    Deviation(key="key_value_swapped", cause=INPUTS,
+              does="passes the values as keys and the keys as values: attn(q, v, k)",
+              fix="call attention(query, key, value) in that order: scores from the keys, the sum over the values",
+              plant=everywhere(KeyValueSwapped), sites=(*ATTN, ITSELF), claims=(("attention.inputs",
+                                                                                 "key value swapped"),),
               level="attention", distinct=("key", "value")),
-    Deviation("query_as_key", INPUTS, "scores the queries against themselves: keys taken from the query input",
-              "project the keys from the key input: k = W_k(key), not W_k(query)",
-              everywhere(QueryAsKey), (*ATTN, ITSELF), claims=(("attention.inputs", "query as key"),),
+    Deviation(key="query_as_key", cause=INPUTS,
+              does="scores the queries against themselves: keys taken from the query input",
+              fix="project the keys from the key input: k = W_k(key), not W_k(query)",
+              plant=everywhere(QueryAsKey), sites=(*ATTN, ITSELF), claims=(("attention.inputs", "query as key"),),
               level="attention", distinct=("query", "key")),
 )

@@ -107,27 +107,34 @@ def _reads_packed(order: str = "qkv", head_major: bool = False) -> Plant:
 QKV = "q/k/v order or head split"
 ORDERS = ("kqv", "qvk", "vkq", "kvq", "vqk")
 CATALOGUE = (
-    *(Deviation(f"qkv_as_{order}", QKV, f"reads the packed in_proj rows as {', '.join(order)} where nn.Transformer "
-                "has q, k, v", "in_proj_weight rows [0:E] are W_q, [E:2E] W_k, [2E:3E] W_v (in_proj_bias alike)",
-                _reads_packed(order), ATTN, claims=(("qkv.rows", order),))
+    *(Deviation(key=f"qkv_as_{order}", cause=QKV,
+                does=f"reads the packed in_proj rows as {', '.join(order)} where nn.Transformer "
+                "has q, k, v", fix="in_proj_weight rows [0:E] are W_q, [E:2E] W_k, [2E:3E] W_v (in_proj_bias alike)",
+                plant=_reads_packed(order), sites=ATTN, claims=(("qkv.rows", order),))
       for order in ORDERS),
-    Deviation("qkv_head_major", QKV, "unpacks in_proj as (nhead, 3, head_dim) rows instead of (3, nhead, head_dim)",
-              "in_proj_weight is [W_q; W_k; W_v], each (E, E): chunk(3) first, then split heads",
-              _reads_packed(head_major=True), ATTN, lambda c: c.config.nhead > 1,
+    Deviation(key="qkv_head_major", cause=QKV,
+              does="unpacks in_proj as (nhead, 3, head_dim) rows instead of (3, nhead, head_dim)",
+              fix="in_proj_weight is [W_q; W_k; W_v], each (E, E): chunk(3) first, then split heads",
+              plant=_reads_packed(head_major=True), sites=ATTN, shows_on=lambda c: c.config.nhead > 1,
               claims=(("qkv.rows", "head major"),)),
-    Deviation("heads_interleaved", QKV, "splits heads with a stride (head h gets features h, h+H, ...) instead of "
-              "in blocks", "view(..., nhead, head_dim): head h takes features h*head_dim:(h+1)*head_dim",
-              _interleaved, ATTN, lambda c: c.config.nhead > 1 and c.config.d_model > c.config.nhead,
+    Deviation(key="heads_interleaved", cause=QKV,
+              does="splits heads with a stride (head h gets features h, h+H, ...) instead of "
+              "in blocks", fix="view(..., nhead, head_dim): head h takes features h*head_dim:(h+1)*head_dim",
+              plant=_interleaved, sites=ATTN,
+              shows_on=lambda c: c.config.nhead > 1 and c.config.d_model > c.config.nhead,
               claims=(("heads.split", "interleaved"),)),
-    Deviation("head_split_without_transpose", QKV, "splits heads by reshape(N, H, L, D) of (L, N, E) data, without "
-              "transposing L and N", "view(L, N, H, D) and then permute(1, 2, 0, 3) to (N, H, L, D)",
-              _projections(SplitWithoutTranspose, PROJECTIONS), ATTN,
+    Deviation(key="head_split_without_transpose", cause=QKV,
+              does="splits heads by reshape(N, H, L, D) of (L, N, E) data, without "
+              "transposing L and N", fix="view(L, N, H, D) and then permute(1, 2, 0, 3) to (N, H, L, D)",
+              plant=_projections(SplitWithoutTranspose, PROJECTIONS), sites=ATTN,
               claims=(("heads.split", "no transpose"),)),
-    Deviation("head_merge_without_transpose", QKV, "merges heads by reshape(L, N, E) of (N, H, L, D) data, without "
-              "a permute", "permute(2, 0, 1, 3) to (L, N, H, D) before reshape(L, N, E)",
-              _projections(MergeWithoutTranspose, ("out_proj",)), ATTN, claims=(("heads.merge", "no transpose"),)),
-    Deviation("output_projection_missing", "output projection missing",
-              "never applies the output projection W^O (out_proj) after concatenating the heads",
-              "apply out_proj to the concatenated heads", _projections(Skipped, ("out_proj",)), ATTN,
+    Deviation(key="head_merge_without_transpose", cause=QKV,
+              does="merges heads by reshape(L, N, E) of (N, H, L, D) data, without "
+              "a permute", fix="permute(2, 0, 1, 3) to (L, N, H, D) before reshape(L, N, E)",
+              plant=_projections(MergeWithoutTranspose, ("out_proj",)), sites=ATTN, claims=(("heads.merge",
+                                                                                             "no transpose"),)),
+    Deviation(key="output_projection_missing", cause="output projection missing",
+              does="never applies the output projection W^O (out_proj) after concatenating the heads",
+              fix="apply out_proj to the concatenated heads", plant=_projections(Skipped, ("out_proj",)), sites=ATTN,
               claims=(("heads.merge", "no out_proj"),)),
 )

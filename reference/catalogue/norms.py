@@ -84,31 +84,33 @@ FINAL = "missing final norm"
 
 def eps(value: float, text: str) -> Deviation:
     """The deviation "every LayerNorm uses eps = ``value``, not layer_norm_eps" (``text``: the value as written)."""
-    return Deviation(f"layer_norm_eps_{text}", LN, f"uses eps = {text} in every LayerNorm, not layer_norm_eps",
-                     "pass layer_norm_eps to every LayerNorm", _eps(value), NORMS,
-                     lambda c: c.config.layer_norm_eps != value, claims=(("layer_norm.eps", value),),
+    return Deviation(key=f"layer_norm_eps_{text}", cause=LN,
+                     does=f"uses eps = {text} in every LayerNorm, not layer_norm_eps",
+                     fix="pass layer_norm_eps to every LayerNorm", plant=_eps(value), sites=NORMS,
+                     shows_on=lambda c: c.config.layer_norm_eps != value, claims=(("layer_norm.eps", value),),
                      option=f"layer_norm_eps={text}")
 
 
 CATALOGUE = (
-    Deviation("layer_norm_unbiased_variance", LN,
-              "normalizes by the unbiased standard deviation (divides by n - 1, as x.std() does)",
-              "use the biased variance: ((x - mean) ** 2).mean(-1), or x.var(-1, unbiased=False)",
-              _every_norm(UnbiasedVariance), NORMS, claims=(("layer_norm.variance", "unbiased"),)),
-    Deviation("layer_norm_eps_outside_sqrt", LN, "adds eps to the standard deviation instead of to the variance",
-              "divide by sqrt(var + eps), not by std + eps", _every_norm(EpsOutsideSqrt), NORMS,
+    Deviation(key="layer_norm_unbiased_variance", cause=LN,
+              does="normalizes by the unbiased standard deviation (divides by n - 1, as x.std() does)",
+              fix="use the biased variance: ((x - mean) ** 2).mean(-1), or x.var(-1, unbiased=False)",
+              plant=_every_norm(UnbiasedVariance), sites=NORMS, claims=(("layer_norm.variance", "unbiased"),)),
+    Deviation(key="layer_norm_eps_outside_sqrt", cause=LN,
+              does="adds eps to the standard deviation instead of to the variance",
+              fix="divide by sqrt(var + eps), not by std + eps", plant=_every_norm(EpsOutsideSqrt), sites=NORMS,
               claims=(("layer_norm.eps_at", "std"),)),
     eps(1e-5, "1e-5"),  # layer_norm_eps not passed on: the default
     eps(1e-6, "1e-6"),
     eps(1e-12, "1e-12"),
-    Deviation("no_encoder_norm", FINAL, "skips the encoder's final LayerNorm (encoder.norm)",
-              "apply encoder.norm after the last encoder layer: nn.Transformer always has it, even post-norm",
-              _skip("encoder"), (r"^encoder\.norm$",), claims=(("encoder.norm", "skipped"),)),
-    Deviation("no_decoder_norm", FINAL, "skips the decoder's final LayerNorm (decoder.norm)",
-              "apply decoder.norm after the last decoder layer: nn.Transformer always has it, even post-norm",
-              _skip("decoder"), (r"^decoder\.norm$",), claims=(("decoder.norm", "skipped"),)),
-    Deviation("no_final_norms", FINAL, "skips both final LayerNorms (encoder.norm and decoder.norm)",
-              "apply encoder.norm and decoder.norm after the last layer of each stack: nn.Transformer always has "
-              "them, even post-norm", _skip("encoder", "decoder"), (r"^(en|de)coder\.norm$",),
+    Deviation(key="no_encoder_norm", cause=FINAL, does="skips the encoder's final LayerNorm (encoder.norm)",
+              fix="apply encoder.norm after the last encoder layer: nn.Transformer always has it, even post-norm",
+              plant=_skip("encoder"), sites=(r"^encoder\.norm$",), claims=(("encoder.norm", "skipped"),)),
+    Deviation(key="no_decoder_norm", cause=FINAL, does="skips the decoder's final LayerNorm (decoder.norm)",
+              fix="apply decoder.norm after the last decoder layer: nn.Transformer always has it, even post-norm",
+              plant=_skip("decoder"), sites=(r"^decoder\.norm$",), claims=(("decoder.norm", "skipped"),)),
+    Deviation(key="no_final_norms", cause=FINAL, does="skips both final LayerNorms (encoder.norm and decoder.norm)",
+              fix="apply encoder.norm and decoder.norm after the last layer of each stack: nn.Transformer always has "
+              "them, even post-norm", plant=_skip("encoder", "decoder"), sites=(r"^(en|de)coder\.norm$",),
               claims=(("encoder.norm", "skipped"), ("decoder.norm", "skipped"))),
 )

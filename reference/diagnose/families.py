@@ -34,7 +34,7 @@ from reference.verdict.engine import compare_modules
 from reference.verdict.tolerance import Verdict
 
 CONFIG_SWITCHES = tuple(key for key, d in BY_KEY.items() if d.option)
-@dataclass
+@dataclass(kw_only=True)
 class Family:
     """One family's cases and verdict; ``closest`` names the built-in option the target follows."""
 
@@ -119,7 +119,7 @@ def family_grid(names: tuple[str, ...] | None = None, level: str = "transformer"
         if names is not None and not any(v.name.startswith(n) for n in names):
             continue
         first = v.change(base)
-        out.append(Family(v.name, v.group, [first, _second(first)], variation=v))
+        out.append(Family(name=v.name, group=v.group, cases=[first, _second(first)], variation=v))
     return out
 
 

@@ -117,8 +117,10 @@ def merge(d: Diagnosis, findings: list[Finding], family: str, random: bool = Fal
         what = f.what.removeprefix("it ")
         fix = f.fix or (dev.fix if dev else "")
         d.extra_causes.append(Cause(
-            f.key or "measured", dev.cause if dev else f.cause or "measured at the place", what, fix, (f.place,),
-            [family], f.before, f.after, f.before, probe=f.probe, place=f.place, place_module=f.target_module,
+            key=f.key or "measured", cause=dev.cause if dev else f.cause or "measured at the place", does=what,
+            fix=fix, sites=(f.place,),
+            shows_on=[family], err_vs_builtin=f.before, err_vs_explanation=f.after, err_without_it=f.before,
+            probe=f.probe, place=f.place, place_module=f.target_module,
             place_before=f.before, place_after=f.after, place_explains=f.explains))
         by_key[f.key or f.what] = d.extra_causes[-1]
     if not explained:

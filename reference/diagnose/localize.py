@@ -35,7 +35,7 @@ from reference.inference.prepare import fastpath
 from reference.verdict.tolerance import judge
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SubmoduleError:
     """One submodule's output against the built-in's: errors and the worst element (batch, position, feature)."""
 
@@ -56,7 +56,7 @@ class SubmoduleError:
         return not (self.passed and self.fed_passed)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Localization:
     """One mode's table, in the built-in's forward order, and what could not be compared."""
 
@@ -76,7 +76,7 @@ class Localization:
         return [r for r in self.rows if r.diverges]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Replay:
     """What the isolated run recorded, for probes at one place: the built-in's calls and both outputs."""
 
@@ -139,7 +139,7 @@ def localize(obs: Observation) -> tuple[list[Localization], str, Replay | None]:
             error = _run(obs, rec)
             if error is not None:
                 where = where_raised(obs)[0]
-                results.append(Localization(mode, _describe(obs.case), note=f"the target raised "
+                results.append(Localization(mode=mode, case=_describe(obs.case), note=f"the target raised "
                                             f"{type(error).__name__}: {error}" + (f" ({where})" if where else "")))
                 continue
             table = _table(mode, obs.case, ref_rec, rec, note)
@@ -162,11 +162,11 @@ def _replay(ref: _Recorder, mine: _Recorder, builtin: nn.Module) -> Replay:
         if name in mine.fed_tensor:
             fed[name] = mine.fed_tensor[name]
     modules = {n: builtin.get_submodule(n) for n in ref.outputs if GROUP not in n}  # a group is no one module
-    return Replay(ref.calls, dict(ref.outputs), got, fed, modules)
+    return Replay(calls=ref.calls, expected=dict(ref.outputs), got=got, fed=fed, modules=modules)
 
 
 def _table(mode: str, case: Any, ref: _Recorder, mine: _Recorder, note: str) -> Localization:
-    table = Localization(mode, _describe(case), note=note)
+    table = Localization(mode=mode, case=_describe(case), note=note)
     for name in ref.order:
         if name not in mine.outputs:
             table.not_called.append(name)  # mapped, but the target never ran it
@@ -174,13 +174,16 @@ def _table(mode: str, case: Any, ref: _Recorder, mine: _Recorder, note: str) -> 
         expected, got = ref.outputs[name], mine.outputs[name]
         layout = _layout(expected.shape, got.shape)
         if layout is None:
-            table.rows.append(SubmoduleError(name, False, float("inf"), 0.0, {}, 0.0, 0.0,
-                                             f"output shape {tuple(got.shape)}, the built-in's "
+            table.rows.append(SubmoduleError(name=name, passed=False, max_abs=float("inf"), bound=0.0, worst={},
+                                             candidate=0.0, oracle=0.0,
+                                             note=f"output shape {tuple(got.shape)}, the built-in's "
                                              f"{tuple(expected.shape)}: no layout matches"))
             continue
         v = judge(name, layout[1](got.to("cpu", torch.float64)), expected)
-        row = SubmoduleError(name, v.passed, v.max_abs, v.bound, _worst(v.worst_index, case), v.candidate_value,
-                             v.oracle_value, v.note)
+        row = SubmoduleError(name=name, passed=v.passed, max_abs=v.max_abs, bound=v.bound, worst=_worst(v.worst_index,
+                                                                                                        case),
+                                                                                                        candidate=v.candidate_value,
+                             oracle=v.oracle_value, note=v.note)
         if name in mine.fed:
             row.fed_max_abs, row.fed_passed = mine.fed[name].max_abs, mine.fed[name].passed
         table.rows.append(row)

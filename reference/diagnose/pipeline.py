@@ -101,7 +101,8 @@ def _diagnose(target: Target, device: torch.device | str, family_names: tuple[st
               search: bool) -> Diagnosis:
     """One pass: the families, then (if any fails) the probes, localization and causes."""
     entry = LEVELS[level]
-    d = Diagnosis(target.spec, kind_of(target, level), torch.__version__, str(device), level=level,
+    d = Diagnosis(target=target.spec, kind=kind_of(target, level), torch=torch.__version__, device=str(device),
+                  level=level,
                   builtin=entry.builtin)
     with one_thread(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*(mismatched|nested tensor|enable_nested_tensor).*")

@@ -35,7 +35,7 @@ from reference.diagnose.probes import VARIANTS, candidate, fresh_modules, search
 from reference.diagnose.runs import Observation, bound_for, config_of, max_err
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Finding:
     """A cause measured at one place: what it is, and the error there before and after accounting for it."""
 
@@ -99,8 +99,9 @@ def _catalogue(obs: Observation, row: SubmoduleError, replay: Replay) -> list[Fi
         after = scorer.ratio(0, chosen) * bound
         without = scorer.ratio(0, [d for d in chosen if d is not dev]) * bound
         if kept(without, after, bound):
-            out.append(Finding(row.name, row.target_module, f"it {dev.does}", dev.key, dev.fix, before, after, bound,
-                               "catalogue at the place"))
+            out.append(Finding(place=row.name, target_module=row.target_module, what=f"it {dev.does}", key=dev.key,
+                               fix=dev.fix, before=before, after=after, bound=bound,
+                               probe="catalogue at the place"))
     return out
 
 
@@ -113,7 +114,8 @@ def _fits(row: SubmoduleError, replay: Replay) -> list[Finding]:
     except Exception:  # a fit that cannot run on this module's call says nothing: the other probes still do
         return []
     module = replay.modules[row.name]
-    return [Finding(row.name, row.target_module, f.what, f.key, "", f.before, f.after, bound, "fit", _kind(module, f))
+    return [Finding(place=row.name, target_module=row.target_module, what=f.what, key=f.key, fix="", before=f.before,
+                    after=f.after, bound=bound, probe="fit", cause=_kind(module, f))
             for f in found if kept(f.before, f.after, bound)]
 
 
@@ -142,12 +144,15 @@ def _activation(row: SubmoduleError, replay: Replay) -> list[Finding]:
         found = sums.fit_activation(pre, post)
     except Exception:  # as above
         return []
-    return [Finding(row.name, row.target_module, f"between linear1 and linear2 it applies {f.what}", f.key, "",
-                    f.before, f.after, bound, "fit") for f in found if kept(f.before, f.after, bound)]
+    return [Finding(place=row.name, target_module=row.target_module,
+                    what=f"between linear1 and linear2 it applies {f.what}", key=f.key, fix="",
+                    before=f.before, after=f.after, bound=bound, probe="fit") for f in found if kept(f.before, f.after,
+                                                                                                     bound)]
 
 
 def _measured(row: SubmoduleError, found: list[sums.Measured], bound: float) -> list[Finding]:
-    return [Finding(row.name, row.target_module, m.what, m.key, m.fix, m.before, m.after, bound, "fit", m.cause)
+    return [Finding(place=row.name, target_module=row.target_module, what=m.what, key=m.key, fix=m.fix,
+                    before=m.before, after=m.after, bound=bound, probe="fit", cause=m.cause)
             for m in found]
 
 

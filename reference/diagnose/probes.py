@@ -39,7 +39,7 @@ def shows(dev: Deviation, case: object) -> bool:
     return dev.shows_on(as_case(case)) and inputs_apart(case, dev.distinct)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Cause:
     """A cause whose probe fired, with the probe's numbers (max abs errors over the cases where it shows)."""
 
@@ -61,7 +61,7 @@ class Cause:
     place_explains: bool = False  # the target's module there equals the built-in's with this change
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Explanation:
     """The causes found and how much of the difference they account for."""
 
@@ -202,8 +202,10 @@ def explain(observations: Sequence[Observation], labels: Sequence[str], probe_co
             return max((scorer.ratio(i, devs) * scorer.obs[i].bound for i in where), default=0.0)
 
         result.causes.append(Cause(
-            dev.key, dev.cause, dev.does, dev.fix, dev.sites, [label_of[i] for i in where],
-            worst([]), worst(chosen), worst(without), alternatives=_twins(scorer, chosen, dev),
+            key=dev.key, cause=dev.cause, does=dev.does, fix=dev.fix, sites=dev.sites,
+            shows_on=[label_of[i] for i in where],
+            err_vs_builtin=worst([]), err_vs_explanation=worst(chosen), err_without_it=worst(without),
+            alternatives=_twins(scorer, chosen, dev),
         ))
     return result
 
@@ -244,9 +246,11 @@ def dropout_in_eval(target: Target, first: Observation, device: torch.device | s
     dev = next((d for d in TWICE if moving and any(re.search(s, moving) for s in d.sites)), BY_KEY["dropout_in_eval"])
     where = f"; {moving} is the first submodule whose output varies" if moving else ""
     return Cause(
-        dev.key, dev.cause, f"gives a different output each run in eval mode (two runs on the same input differ by "
-        f"{spread:.3g}{where}): it {dev.does}", dev.fix, dev.sites, [str(first.case.describe())], first.max_abs, spread,
-        spread, probe="twice in eval",
+        key=dev.key, cause=dev.cause,
+        does=f"gives a different output each run in eval mode (two runs on the same input differ by "
+        f"{spread:.3g}{where}): it {dev.does}", fix=dev.fix, sites=dev.sites, shows_on=[str(first.case.describe())],
+        err_vs_builtin=first.max_abs, err_vs_explanation=spread,
+        err_without_it=spread, probe="twice in eval",
     )
 
 
@@ -304,6 +308,7 @@ def same_crash(obs: Observation) -> Cause | None:
             run_candidate(obs, candidate(obs, [dev]))
         except Exception as exc:
             if f"{type(exc).__name__}: {exc}" == wanted:
-                return Cause(dev.key, dev.cause, dev.does, dev.fix, dev.sites, [str(obs.case.describe())], math.inf,
-                             0.0, math.inf, probe="same crash")
+                return Cause(key=dev.key, cause=dev.cause, does=dev.does, fix=dev.fix, sites=dev.sites,
+                             shows_on=[str(obs.case.describe())], err_vs_builtin=math.inf,
+                             err_vs_explanation=0.0, err_without_it=math.inf, probe="same crash")
     return None

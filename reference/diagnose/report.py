@@ -26,7 +26,7 @@ class CrashFinding:
     place: str = ""  # the built-in submodule where it starts, when known
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Diagnosis:
     """Everything ``parity diagnose`` found about one target."""
 

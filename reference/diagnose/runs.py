@@ -54,7 +54,7 @@ def with_seed(case: Any, seed: int) -> Any:
     return case.replace(seed=seed)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Observation:
     """The target and the built-in on one case: ``got`` is None when the target crashed (``error``)."""
 
@@ -143,7 +143,8 @@ def observe(target: Target, case: Any, device: torch.device | str = "cpu", level
         inputs, kwargs = entry.inputs(case, torch.float64)
         expected = _cpu(outputs(entry.call(builtin, **inputs, **kwargs)))
         if cand is None:
-            return Observation(level, case, builtin, inputs, kwargs, expected, None, crash)
+            return Observation(level=level, case=case, builtin=builtin, inputs=inputs, kwargs=kwargs,
+                               expected=expected, got=None, error=crash)
         got, model = None, None
         error: str | None = None
         try:
@@ -159,4 +160,5 @@ def observe(target: Target, case: Any, device: torch.device | str = "cpu", level
             error = str(exc)
         except Exception as exc:
             error = f"{cand.name} raised {type(exc).__name__}: {exc}"
-    return Observation(level, case, builtin, inputs, kwargs, expected, got, error, cand, model)
+    return Observation(level=level, case=case, builtin=builtin, inputs=inputs, kwargs=kwargs, expected=expected,
+                       got=got, error=error, candidate=cand, model=model)

@@ -88,7 +88,7 @@ def search(target: Any, level: str, device: torch.device | str = "cpu", budget: 
 def family_of(found: Found) -> Family:
     """The failing case check's search found, as a family of its own (one case: its sizes are the point)."""
     name = f"check's search: {short(found.case)}"
-    return Family(name, "found by check's strategy", [found.case])
+    return Family(name=name, group="found by check's strategy", cases=[found.case])
 
 
 def short(case: Any) -> str:

@@ -39,7 +39,7 @@ from reference.targets.contract import Target
 ROLES = ("q", "k", "v")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Structural:
     """A cause found in the structure, with its numbers (max abs errors) and what the fits found after it."""
 
@@ -95,11 +95,12 @@ def shared_heads(target: Target, case: Any) -> Structural | None:
     then = fits.fit_component(restricted, args, kwargs, mine, out)
     names = ", ".join(f"{role}: {name}" for role, name in zip(ROLES, order, strict=True))
     return Structural(
-        f"uses one projection shared across heads: q, k and v each go through one {hd}x{hd} matrix ({names}) "
+        what=f"uses one projection shared across heads: q, k and v each go through one {hd}x{hd} matrix ({names}) "
         f"applied to every head's slice of the input, where {entry.builtin} projects the whole width "
         f"({E}x{E} each: every head has its own weights)",
-        f"project the whole width, then split into heads: nn.Linear({E}, {E}) for each of q, k and v", before, after,
-        bound, then)
+        fix=f"project the whole width, then split into heads: nn.Linear({E}, {E}) for each of q, k and v",
+        before=before, after=after,
+        bound=bound, then=then)
 
 
 def _load(builtin: nn.MultiheadAttention, model: nn.Module, roles: dict[str, str], out: str, biases: list[str], E: int,
@@ -144,14 +145,17 @@ def diagnose_structure(d: Diagnosis, target: Target, case: Any) -> bool:
                        "the module was measured as a whole (see 3)")
     module = type(target.obj).__name__ if isinstance(target.obj, nn.Module) else getattr(target.obj, "__name__", "")
     d.extra_causes.append(Cause(
-        "measured", "q/k/v projection", found.what, found.fix, ("",), [base.name], found.before, rest, found.before,
+        key="measured", cause="q/k/v projection", does=found.what, fix=found.fix, sites=("",), shows_on=[base.name],
+        err_vs_builtin=found.before, err_vs_explanation=rest, err_without_it=found.before,
         probe="structure", place="", place_module=module, place_before=found.before, place_after=found.after,
         place_explains=rest <= found.bound))  # with the fit after it, it explains the module (measured so)
     for fit in then:
         dev = BY_KEY.get(fit.key or "")
         d.extra_causes.append(Cause(
-            fit.key or "measured", dev.cause if dev else "attention formula", fit.what, dev.fix if dev else "", ("",),
-            [base.name], found.before, rest, fit.before, probe="fit", place="", place_module=module,
+            key=fit.key or "measured", cause=dev.cause if dev else "attention formula", does=fit.what,
+            fix=dev.fix if dev else "", sites=("",),
+            shows_on=[base.name], err_vs_builtin=found.before, err_vs_explanation=rest, err_without_it=fit.before,
+            probe="fit", place="", place_module=module,
             place_before=fit.before, place_after=fit.after, place_explains=fit.after <= found.bound))
     if rest > found.bound:
         d.unexplained = (f"the module itself: with the shared projection accounted for it still differs by {rest:.3g}"

@@ -32,7 +32,7 @@ SAME = 1e-12  # relative: a sum recomputed from its two recorded terms equals th
 RESIDUAL = "residual connection"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Measured:
     """A fitted hypothesis at one place: what it says, its catalogue key if any, and the error before/after."""
 
@@ -82,7 +82,10 @@ def residual(place: str, builtin: str, reference: Tensor, observed: Tensor, call
                 (f"{short}'s output is never added: it passes on x alone, where {builtin} has x + {short}(x)", x,
                  f"add the sublayer's output: x + {short}(x)"),
             ]
-            found = [Measured(what, None, RESIDUAL, fix, before, _err(observed, value)) for what, value, fix in sums]
+            found = [Measured(what=what, key=None, cause=RESIDUAL, fix=fix, before=before, after=_err(observed,
+                                                                                                      value)) for what,
+                                                                                                      value,
+                                                                                                      fix in sums]
             return [m for m in found if before > bound >= m.after]
     return []
 
@@ -92,8 +95,9 @@ def feed_forward(linear1: nn.Module, linear2: nn.Module, x: Tensor, expected: Te
     """The activation a module standing for both linears applies between them, when one is exact."""
     before = _err(got, expected)
     with torch.no_grad():
-        found = [Measured(f"between linear1 and linear2 it applies {what}", key, "activation", "", before,
-                          _err(got, linear2(act(linear1(x))))) for what, key, act in ACTIVATIONS]
+        found = [Measured(what=f"between linear1 and linear2 it applies {what}", key=key, cause="activation", fix="",
+                          before=before,
+                          after=_err(got, linear2(act(linear1(x))))) for what, key, act in ACTIVATIONS]
     return sorted((m for m in found if before > bound >= m.after), key=lambda m: m.after)[:1]
 
 

@@ -59,7 +59,8 @@ def _where(cause: Cause, isolated: Localization | None) -> str:
     if isolated is None or not cause.sites:
         return ""
     rows = [r for r in isolated.diverging if any(re.search(s, r.name) for s in cause.sites)]
-    rows += [SubmoduleError(n, False, math.nan, 0, {}, 0, 0) for n in isolated.not_called
+    rows += [SubmoduleError(name=n, passed=False, max_abs=math.nan, bound=0, worst={}, candidate=0,
+                            oracle=0) for n in isolated.not_called
              if any(re.search(s, n) for s in cause.sites)]
     if not rows:
         return ""

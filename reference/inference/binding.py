@@ -40,7 +40,7 @@ def is_maskish(name: str) -> bool:
     return "mask" in name or "causal" in name or name in FLAGS
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Param:
     """One parameter of a target's ``forward``: its name, how it is passed, whether it must be given."""
 
@@ -67,8 +67,9 @@ def forward_params(model: nn.Module) -> tuple[tuple[Param, ...], bool]:
     except (TypeError, ValueError):
         return (), True
     varargs = any(p.kind == p.VAR_POSITIONAL for p in params)
-    named = tuple(Param(p.name, p.kind == p.POSITIONAL_ONLY, p.kind == p.KEYWORD_ONLY, p.default is p.empty,
-                        _is_data(p))
+    named = tuple(Param(name=p.name, positional_only=p.kind == p.POSITIONAL_ONLY,
+                        keyword_only=p.kind == p.KEYWORD_ONLY, required=p.default is p.empty,
+                        data=_is_data(p))
                   for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD))
     return named, varargs
 

@@ -77,7 +77,7 @@ def infer_calling(model: nn.Module, level: str, inputs: Mapping[str, Tensor], kw
     errors: list[str] = []
     for pairs in binding.pairings(all_inputs, params, varargs):
         attention = level == "attention"
-        conv = Convention(level, pairs, flags=flags, keep_mask=keep_mask, params=params,
+        conv = Convention(level=level, inputs=pairs, flags=flags, keep_mask=keep_mask, params=params,
                           self_attention_only=attention and len(pairs) == 1,
                           key_is_value=attention and len(pairs) == 2)
         layouts, weights = _layouts(conv, model, sample, bare, batch_first, batched, want, errors)

@@ -14,7 +14,7 @@ from reference.inference.auto import Inference
 from reference.inference.copying import copy_model
 
 
-@dataclass
+@dataclass(kw_only=True)
 class InferredCandidate:
     """The engine's candidate for one case: the target's model, its inferred map and calling convention."""
 

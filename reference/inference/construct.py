@@ -46,7 +46,7 @@ CONFIG_NAMES = ("config", "cfg", "conf", "args", "hparams", "params", "opt", "op
 UNTYPED = (inspect.Parameter.empty, Any, object)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Plan:
     """How a class is constructed: ``kwargs`` for its constructor, and the options it does not take."""
 
@@ -115,7 +115,7 @@ def plan(obj: Any, options: Mapping[str, Any], level: str) -> Plan:
     """
     opts = canonical_options(options, level)
     if isinstance(obj, nn.Module):
-        return Plan("instance", not_taken=dict(opts))
+        return Plan(kind="instance", not_taken=dict(opts))
     if not inspect.isclass(obj):
         if not callable(obj):
             raise ConstructionError(f"the target must be a class, a zero-argument factory or an nn.Module, "
@@ -125,7 +125,7 @@ def plan(obj: Any, options: Mapping[str, Any], level: str) -> Plan:
         if needed:
             raise ConstructionError(f"a factory target is called with no arguments, but {_name(obj)} requires "
                                     f"{', '.join(needed)}; pass the class itself or a functools.partial")
-        return Plan("factory", not_taken=dict(opts))
+        return Plan(kind="factory", not_taken=dict(opts))
     all_params = _parameters(obj)
     params = [p for p in all_params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     given: dict[str, Any] = {}
@@ -161,8 +161,9 @@ def plan(obj: Any, options: Mapping[str, Any], level: str) -> Plan:
         taken = {**config_taken, **taken}
         trials |= config_trials
     positional = tuple(p.name for p in params if p.kind is p.POSITIONAL_ONLY)
-    return Plan("config" if wanted_configs else "class", values, first, taken, _not_taken(opts, taken), trials,
-                positional)
+    return Plan(kind="config" if wanted_configs else "class", kwargs=values, config=first, taken=taken,
+                not_taken=_not_taken(opts, taken), trials=trials,
+                positional=positional)
 
 
 def _missing(obj: Any, missing: list[str], names: Mapping[str, tuple[Any, Any, bool]], opts: dict[str, Any],

@@ -22,7 +22,7 @@ from reference.inference.streams import Forms, queries_of
 from reference.targets.contract import NotSupportedError
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Convention:
     """How the level's standard call becomes the target's; ``assumptions`` say so in words."""
 

@@ -53,7 +53,7 @@ class Link:
         return f"{body}.T" if self.transpose else body
 
 
-@dataclass
+@dataclass(kw_only=True)
 class WeightMap:
     """The verified pairing: load the built-in's weights into a target; gather a target's gradients back."""
 

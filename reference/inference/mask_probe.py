@@ -157,7 +157,7 @@ class Probe:
     def _finite(self, param: str, stream: Stream, form: MaskForm, blocked: Tensor,
                 positions: Sequence[int]) -> MaskForm:
         """``form``, or its additive kind when that blocks the same and adds finite values (it can carry more)."""
-        additive = form if form.kind.startswith("additive") else MaskForm(form.layout, "additive")
+        additive = form if form.kind.startswith("additive") else MaskForm(layout=form.layout, kind="additive")
         if additive is not form and self.leak(param, stream, additive, blocked, positions) != 0.0:
             return form
         return replace(additive, finite=True) if self.takes_finite(param, stream, additive, blocked, positions) \
@@ -177,7 +177,7 @@ class Probe:
                 blocked, positions = _pattern(capability, 2, L, S)
                 for layout in layouts:
                     for kind in KINDS:
-                        form = MaskForm(layout, kind)
+                        form = MaskForm(layout=layout, kind=kind)
                         leak = self.leak(param, stream, form, blocked, positions)
                         if leak == 0.0:
                             form = self._finite(param, stream, form, blocked, positions)

@@ -38,7 +38,7 @@ LAYOUT_WORDS = {
 BIG = -1e9
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class MaskForm:
     """How one mask argument of a target is written: its layout, its kind, and its layout per head (if any)."""
 

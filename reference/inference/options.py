@@ -103,7 +103,7 @@ def hidden_by(shape: dict[str, Any], differed: list[dict[str, Any]]) -> bool:
                for d in differed)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Discovery:
     """What measurement found: the options the code fixes, the masks it takes, and the sentence saying so."""
 

@@ -128,7 +128,7 @@ def inferred(target: Target, level: str) -> InferredTarget:
     """The (cached: discovery measures once) inferred view of ``target`` at ``level``."""
     key = (target.spec, level, target.keep_masks, target.weight_map)
     if key not in _INFERRED:
-        _INFERRED[key] = InferredTarget(target, level)
+        _INFERRED[key] = InferredTarget(target=target, level=level)
     return _INFERRED[key]
 
 

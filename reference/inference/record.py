@@ -37,7 +37,7 @@ SCALE = {"mul", "__mul__", "__rmul__", "__imul__", "mul_", "div", "__truediv__",
 PRODUCT = {"matmul", "mm", "__matmul__", "__rmatmul__", "addmm", "linear", "einsum", "bmm", "baddbmm", "tensordot"}
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Use:
     """How one parameter is used in the recorded forward pass."""
 
@@ -146,7 +146,7 @@ class _Recorder(TorchFunctionMode):
         first = [d.root for _, _, _, d in tensors if d.root not in self.uses]
         matrices_first = sorted(dict.fromkeys(first), key=lambda r: 0 if r in self.matrices else 1)
         for position, root in enumerate(matrices_first):
-            self.uses[root] = Use(self.step, name, group=tuple(matrices_first), position=position)
+            self.uses[root] = Use(order=self.step, op=name, group=tuple(matrices_first), position=position)
         scaled = name in SCALE and len(tensors) == 1 and not any(  # times a constant: still the parameter
             isinstance(a, Tensor) for a in tree_flatten((args, kwargs))[0] if a is not tensors[0][2])
         if name in DERIVE or scaled:

@@ -25,7 +25,7 @@ ROLE_WORDS = {"q": {"q", "query", "queries", "wq", "toq", "qproj", "qlin", "wque
 NORMS: tuple[type[nn.Module], ...] = (nn.LayerNorm, nn.RMSNorm) if hasattr(nn, "RMSNorm") else (nn.LayerNorm,)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Slot:
     """Rows ``rows`` of built-in parameter ``name``."""
 
@@ -54,21 +54,23 @@ def builtin_slots(builtin: nn.Module, recording: Recording) -> tuple[list[Slot],
         rows0 = (0, shape[0] if shape else 1)
         if isinstance(owner, nn.MultiheadAttention) and leaf in ("in_proj_weight", "in_proj_bias"):
             kind = "matrix" if leaf.endswith("weight") else "shift"
-            slots.append(Slot(name, rows0, shape, kind, None, base))
+            slots.append(Slot(name=name, rows=rows0, shape=shape, kind=kind, role=None, order=base))
             E, H = owner.embed_dim, owner.num_heads
             kv = (E, 3 * E)  # k and v packed together (a cross-attention's ``to_kv``)
-            slots.append(Slot(name, kv, (2 * E, *shape[1:]), kind, "kv", base + 0.25))
+            slots.append(Slot(name=name, rows=kv, shape=(2 * E, *shape[1:]), kind=kind, role="kv", order=base + 0.25))
             for r, role in enumerate(ROLES):
                 rows = (r * E, (r + 1) * E)
-                slots.append(Slot(name, rows, (E, *shape[1:]), kind, role, base + (r + 1) / 10))
+                slots.append(Slot(name=name, rows=rows, shape=(E, *shape[1:]), kind=kind, role=role,
+                                  order=base + (r + 1) / 10))
                 if H > 1:
                     D = E // H
                     for h in range(H):
                         hrows = (r * E + h * D, r * E + (h + 1) * D)
-                        slots.append(Slot(name, hrows, (D, *shape[1:]), kind, role, base + (r + 1) / 10 + h / 1000))
+                        slots.append(Slot(name=name, rows=hrows, shape=(D, *shape[1:]), kind=kind, role=role,
+                                          order=base + (r + 1) / 10 + h / 1000))
             continue
         if isinstance(owner, nn.MultiheadAttention) and leaf.endswith("_proj_weight"):
-            slots.append(Slot(name, rows0, shape, "matrix", leaf[0], base))
+            slots.append(Slot(name=name, rows=rows0, shape=shape, kind="matrix", role=leaf[0], order=base))
             continue
         if isinstance(owner, NORMS):
             kind = "scale" if leaf == "weight" else "shift"
@@ -78,7 +80,7 @@ def builtin_slots(builtin: nn.Module, recording: Recording) -> tuple[list[Slot],
             kind = "shift" if leaf == "bias" else "tensor"
         else:
             kind = "tensor"
-        slots.append(Slot(name, rows0, shape, kind, None, base))
+        slots.append(Slot(name=name, rows=rows0, shape=shape, kind=kind, role=None, order=base))
     return slots, shapes
 
 

@@ -52,7 +52,7 @@ from reference.targets.contract import NotSupportedError, Target, TargetError
 from reference.verdict.assertions import record_note
 
 
-@dataclass
+@dataclass(kw_only=True)
 class InferredTarget:
     """A user's class, factory or instance checked at ``level`` with everything inferred."""
 
@@ -280,8 +280,10 @@ class InferredTarget:
             notes.append(f"nhead={case.heads} found by measurement: of the divisors of {width} (tried {tried}), "
                          + ("the closest: none verifies" if note else "the one whose outputs verify against the "
                             "built-in"))
-        self._discovery = Discovery({**defaults, **fixed}, tuple(found.convention.masks), returns, False, one,
-                                    sentence, notes, found, sizes if plan.kind in ("instance", "factory") else {})
+        self._discovery = Discovery(fixed={**defaults, **fixed}, masks=tuple(found.convention.masks),
+                                    returns_weights=returns, unbatched=False, one_layer_count=one,
+                                    sentence=sentence, notes=notes, inference=found,
+                                    sizes=sizes if plan.kind in ("instance", "factory") else {})
         self._discovery.unbatched = self._takes_unbatched(base.with_options(dict(fixed)))
         return self._discovery
 

@@ -143,9 +143,11 @@ def pair(builtin: nn.Module, model: nn.Module, builtin_rec: Recording, model_rec
     tied = [n for n in model_rec.ordered() if model_rec.uses[n].uses > 1]
     if tied:
         notes.append(f"used more than once: {', '.join(tied)}")
-    return WeightMap(tuple(sorted(links, key=lambda link: list(params).index(link.target))),
-                     {n: shape for n, shape in shapes.items() if n not in idle and n not in {s.name for s in held}},
-                     tuple(ignored) + tuple(never), tuple(notes), ties=tuple(dict.fromkeys(ties)), held=held)
+    return WeightMap(links=tuple(sorted(links, key=lambda link: list(params).index(link.target))),
+                     builtin_shapes={n: shape for n,
+                                     shape in shapes.items() if n not in idle and n not in {s.name for s in held}},
+                     ignored=tuple(ignored) + tuple(never), notes=tuple(notes), ties=tuple(dict.fromkeys(ties)),
+                     held=held)
 
 
 def _held(missing: Mapping[str, list[tuple[int, int]]], slots: list[Slot], shapes: Mapping[str, tuple[int, ...]],

@@ -35,7 +35,7 @@ DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.
 FLOORS = (0, 4, 8, 16, 32, 64, 128, 256)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Sample:
     """One judged tensor: its kind, the candidate's error, PyTorch's own error, and the floor's unit."""
 
@@ -78,7 +78,8 @@ def collect(target_spec: str, dtype: torch.dtype, examples: int, seed: int, all_
         grads = dtype in (torch.float64, torch.float32) or is_smooth(case.config) or all_grads
         smooth = is_smooth(case.config)
         for v in whole_model(target, case, "cpu", dtype, grads):
-            samples.append(Sample(_kind(v.what), smooth, v.max_abs, v.torch_err, _unit(v, dtype)))
+            samples.append(Sample(kind=_kind(v.what), smooth=smooth, max_abs=v.max_abs, torch_err=v.torch_err,
+                                  unit=_unit(v, dtype)))
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -35,13 +35,16 @@ from reference.targets.contract import NotSupportedError, Target, TargetError, l
 
 # Between them, these three cases touch every option and mask kind a zoo bug hides behind.
 PANEL = (
-    Case(Config(16, 4, 2, 2, 32, 0.5, "gelu", 1e-3, batch_first=False, norm_first=False), batch=3, src_len=5,
+    Case(Config(d_model=16, nhead=4, num_encoder_layers=2, num_decoder_layers=2, dim_feedforward=32, dropout=0.5,
+                activation="gelu", layer_norm_eps=1e-3, batch_first=False, norm_first=False), batch=3, src_len=5,
          tgt_len=4, tgt_mask="causal_float", memory_mask="additive", src_key_padding_mask="bool",
          memory_key_padding_mask="float_finite", seed=1),
-    Case(Config(16, 4, 2, 1, 32, 0.1, "relu", 1e-6, batch_first=True, norm_first=True), batch=2, src_len=6,
+    Case(Config(d_model=16, nhead=4, num_encoder_layers=2, num_decoder_layers=1, dim_feedforward=32, dropout=0.1,
+                activation="relu", layer_norm_eps=1e-6, batch_first=True, norm_first=True), batch=2, src_len=6,
          tgt_len=6, src_mask="per_head_additive", tgt_mask="per_head_bool", memory_mask="random_inf",
          src_key_padding_mask="float_inf", tgt_key_padding_mask="bool", memory_key_padding_mask="bool", seed=2),
-    Case(Config(12, 3, 1, 2, 16, 0.0, "gelu", 0.5, norm_first=True, bias=False), batch=None, src_len=4, tgt_len=5,
+    Case(Config(d_model=12, nhead=3, num_encoder_layers=1, num_decoder_layers=2, dim_feedforward=16, dropout=0.0,
+                activation="gelu", layer_norm_eps=0.5, norm_first=True, bias=False), batch=None, src_len=4, tgt_len=5,
          src_mask="random_bool", tgt_mask="causal_bool", tgt_is_causal=True, seed=3),
 )
 # An attention's own: query, key and value three distinct tensors (keys of another length, of the same length,
@@ -58,7 +61,7 @@ PANELS: dict[str, tuple[Any, ...]] = {"transformer": PANEL, "attention": ATTENTI
 DRAWN = 12  # strategy-drawn cases after the panel: the derandomized sequence reaches every entry within a few
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Catch:
     """How a case exposed the target: the first failing verdict, or the target's crash."""
 
@@ -111,12 +114,14 @@ def first_catch(target: Target, cases: Iterable[Any], dtype: torch.dtype = torch
                 warnings.simplefilter("ignore")
                 verdicts = at_level(target, level, case, "cpu", dtype)
         except TargetError as exc:
-            return Catch(case, index, str(dtype), "crash", str(exc).splitlines()[0][:160], True)
+            return Catch(case=case, index=index, dtype=str(dtype), what="crash", detail=str(exc).splitlines()[0][:160],
+                         crashed=True)
         except NotSupportedError:
             continue
         failed = [v for v in verdicts if not v.passed]
         if failed:
-            return Catch(case, index, str(dtype), failed[0].what, str(failed[0]).splitlines()[0][:200], False)
+            return Catch(case=case, index=index, dtype=str(dtype), what=failed[0].what,
+                         detail=str(failed[0]).splitlines()[0][:200], crashed=False)
     return None
 
 
@@ -131,7 +136,7 @@ def hunt(target: Target, dtypes: Iterable[torch.dtype] = (torch.float64,), drawn
     return None
 
 
-@dataclass
+@dataclass(kw_only=True)
 class EntryResult:
     """One entry: how it was caught, and which catalogue keys diagnosis named for it."""
 
@@ -158,7 +163,7 @@ def run_entry(key: str, diagnose_it: bool = True) -> EntryResult:
     start = time.perf_counter()
     torch.set_num_threads(1)
     target, level = load_target(spec(key)), level_of(key)
-    result = EntryResult(key, target.obj.bug, level)
+    result = EntryResult(key=key, bug=target.obj.bug, level=level)
     deviation = BY_KEY.get(key)
     catch = hunt(target, deviation.dtypes if deviation else (), level=level)
     if catch is not None:

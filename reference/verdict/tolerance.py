@@ -42,7 +42,7 @@ def floor(dtype: torch.dtype, scale: float) -> float:
     return floor_ulps(dtype) * torch.finfo(dtype).eps * max(1.0, scale)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Verdict:
     """The numbers behind one comparison against the oracle."""
 
@@ -108,15 +108,17 @@ def judge(what: str, candidate: Tensor, oracle: Tensor, torch_own: Tensor | Sequ
     """
     dtype, name = candidate.dtype, str(candidate.dtype).replace("torch.", "")
     if candidate.shape != oracle.shape:
-        return Verdict(what, name, False, float("inf"), float("inf"), 0.0, float("inf"), 0.0, (), 0.0, 0.0,
-                       f"shape {tuple(candidate.shape)} but should be {tuple(oracle.shape)}")
+        return Verdict(what=what, dtype=name, passed=False, max_abs=float("inf"), max_rel=float("inf"), torch_err=0.0,
+                       ratio=float("inf"), bound=0.0, worst_index=(), candidate_value=0.0, oracle_value=0.0,
+                       note=f"shape {tuple(candidate.shape)} but should be {tuple(oracle.shape)}")
     ref = oracle.detach().to("cpu", torch.float64)
     cand = candidate.detach().to("cpu", torch.float64)
     scale = float(ref.abs().max()) if ref.numel() else 0.0
     torch_err = _own_error(torch_own, ref)
     bound = K * torch_err + floor(dtype, scale)
     if ref.numel() == 0:
-        return Verdict(what, name, True, 0.0, 0.0, torch_err, 0.0, bound, (), 0.0, 0.0)
+        return Verdict(what=what, dtype=name, passed=True, max_abs=0.0, max_rel=0.0, torch_err=torch_err, ratio=0.0,
+                       bound=bound, worst_index=(), candidate_value=0.0, oracle_value=0.0)
     diff = (cand - ref).abs()
     both_nan = cand.isnan() & ref.isnan()
     diff = torch.where(both_nan, torch.zeros_like(diff), diff)
@@ -128,6 +130,8 @@ def judge(what: str, candidate: Tensor, oracle: Tensor, torch_own: Tensor | Sequ
     ratio = max_abs / torch_err if torch_err > 0 else (0.0 if max_abs == 0 else max_abs / bound)
     note = "" if torch.isfinite(cand[~both_nan]).all() else "candidate has NaN/inf where the oracle is finite"
     return Verdict(
-        what, name, max_abs <= bound, max_abs, float(rel.max()), torch_err, ratio, bound,
-        worst, float(cand.reshape(-1)[flat]), float(ref.reshape(-1)[flat]), note,
+        what=what, dtype=name, passed=max_abs <= bound, max_abs=max_abs, max_rel=float(rel.max()), torch_err=torch_err,
+        ratio=ratio, bound=bound,
+        worst_index=worst, candidate_value=float(cand.reshape(-1)[flat]), oracle_value=float(ref.reshape(-1)[flat]),
+        note=note,
     )

@@ -1,5 +1,6 @@
 """The import graph of the project's own packages: no cycles, no module importing a package above it, and
-reference/'s subpackages layered in the order its map (``reference/__init__.py``) lists them.
+reference/'s subpackages layered in the order its map (``reference/__init__.py``) lists them; and the
+library's wide records (more than four fields) built by keyword.
 
 Every import counts, at module level or inside a function, ``TYPE_CHECKING`` blocks included: a lazy import
 hides a cycle from Python, not from a reader.
@@ -164,6 +165,38 @@ def test_every_level_has_its_property_written_out_by_name() -> None:
     assert written == {f"test_{level}_matches_torch" for level in LEVELS}
     assert all(getattr(suite, f"test_{level}_matches_torch").__name__ == f"test_{level}_matches_torch"
                for level in LEVELS)
+
+
+def wide_positional_records(root: Path, packages: tuple[str, ...]) -> list[str]:
+    """Dataclasses of more than four fields that may be built positionally (past their first field)."""
+    found = []
+    for name, path in modules(root, packages).items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.ClassDef):
+                continue
+            decorators = [ast.unparse(d) for d in node.decorator_list]
+            if not any("dataclass" in d for d in decorators) or any("kw_only=True" in d for d in decorators):
+                continue
+            fields = [n for n in node.body
+                      if isinstance(n, ast.AnnAssign) and "ClassVar" not in ast.unparse(n.annotation)]
+            positional = next((i for i, n in enumerate(fields) if ast.unparse(n.annotation) == "KW_ONLY"), len(fields))
+            if len(fields) > 4 and positional > 1:
+                found.append(f"{name}.{node.name}")
+    return found
+
+
+def test_records_wider_than_four_fields_are_built_by_keyword() -> None:
+    assert wide_positional_records(ROOT, ("reference", "benchmarks")) == []
+
+
+def test_a_wide_positional_record_is_found(tmp_path: Path) -> None:
+    fields = "".join(f"    f{i}: int = 0\n" for i in range(5))
+    _write(tmp_path, {
+        "pkg/__init__.py": "",
+        "pkg/a.py": f"from dataclasses import dataclass\n@dataclass\nclass Wide:\n{fields}",
+        "pkg/b.py": f"from dataclasses import dataclass\n@dataclass(kw_only=True)\nclass Named:\n{fields}",
+    })
+    assert wide_positional_records(tmp_path, ("pkg",)) == ["pkg.a.Wide"]
 
 
 def _write(root: Path, files: dict[str, str]) -> None:

@@ -31,7 +31,7 @@ from reference.verdict.engine import fastpath
 
 M = "tests.targets.calling_targets"
 F64 = torch.float64
-ATTENTION = AttentionCase(8, 2, batch=2, query_len=3, key_len=5, batch_first=True, seed=3)
+ATTENTION = AttentionCase(embed_dim=8, num_heads=2, batch=2, query_len=3, key_len=5, batch_first=True, seed=3)
 LAYER = Case(Config(d_model=8, nhead=2, dim_feedforward=12, batch_first=True), batch=2, src_len=5, tgt_len=4, seed=3)
 STACK = StackCase(Case(Config(d_model=8, nhead=2, dim_feedforward=12, num_encoder_layers=2, batch_first=True),
                        batch=2, src_len=5, seed=3))

@@ -43,7 +43,7 @@ from tests.targets.infer_fixtures import (
 )
 
 F64 = torch.float64
-ATTENTION = AttentionCase(8, 2, batch=2, query_len=3, key_len=4, batch_first=True, seed=3)
+ATTENTION = AttentionCase(embed_dim=8, num_heads=2, batch=2, query_len=3, key_len=4, batch_first=True, seed=3)
 GPT = Config(d_model=16, nhead=2, num_encoder_layers=2, dim_feedforward=64, activation="gelu", norm_first=True,
              batch_first=True)
 SEQ2SEQ = Config(d_model=8, nhead=2, num_encoder_layers=2, num_decoder_layers=2, dim_feedforward=12,
@@ -251,7 +251,7 @@ def test_square_in_out_weights_by_their_product() -> None:
 
 
 def test_a_norm_told_apart_by_use_not_order() -> None:
-    case = LayerNormCase((6,), 1e-5, lead_shape=(2, 3))
+    case = LayerNormCase(normalized_shape=(6,), eps=1e-5, lead_shape=(2, 3))
     inference, model = infer("layer_norm", case, ShiftFirstNorm)
     assert {link.target: link.text() for link in inference.weight_map.links} == {"p": "bias", "r": "weight"}
     check_equal("layer_norm", case, inference, model)
@@ -296,7 +296,7 @@ def test_feed_forward_pairs_only_what_the_level_uses() -> None:
 
 @pytest.mark.parametrize("name, case, obj", [
     ("attention", ATTENTION, handmade.MultiheadAttention),
-    ("layer_norm", LayerNormCase((8,), 1e-5, lead_shape=(2, 3)), handmade.LayerNorm),
+    ("layer_norm", LayerNormCase(normalized_shape=(8,), eps=1e-5, lead_shape=(2, 3)), handmade.LayerNorm),
     ("encoder_layer", Case(SEQ2SEQ, src_mask="causal_float"), handmade.TransformerEncoderLayer),
     ("decoder_layer", Case(SEQ2SEQ, tgt_mask="causal_bool", memory_key_padding_mask="bool"),
      handmade.TransformerDecoderLayer),
