@@ -44,7 +44,7 @@ class Inference:
         return f"calling: {self.convention.describe()}\n{self.weight_map.describe()}"
 
 
-def infer_target(builtin: nn.Module, model: nn.Module, level: str, call: Callable[..., Any],
+def infer_target(builtin: nn.Module, model: nn.Module, level: str, call: Callable[..., Any],  # noqa: C901, PLR0913 (to split: issue 18's resolution rework)
                  inputs: Mapping[str, Tensor], kwargs: Mapping[str, Any], *, batch_first: bool,
                  override: str | Override | None = None, keep_mask: bool = False, check_masks: bool = True,
                  mask_cache: MutableMapping[Any, Any] | None = None, convention: Convention | None = None) -> Inference:

@@ -107,7 +107,7 @@ def _config_object(cls: Any, kind: Any, fields: set[str], opts: dict[str, Any],
     return AliasNamespace(opts, source.defaulted_fields(cls)), {}, {}
 
 
-def plan(obj: Any, options: Mapping[str, Any], level: str) -> Plan:
+def plan(obj: Any, options: Mapping[str, Any], level: str) -> Plan:  # noqa: C901, PLR0912 (to split: issue 18's resolution rework)
     """How ``obj`` (a class, a zero-argument factory or an nn.Module instance) is constructed for ``options``.
 
     Raises ConstructionError when a required parameter has no value (naming it and the names tried) or

@@ -143,7 +143,7 @@ class Filled:
     missing: list[str]
 
 
-def options_for(names: Mapping[str, tuple[Any, Any, bool]], options: Mapping[str, Any], level: str) -> Filled:
+def options_for(names: Mapping[str, tuple[Any, Any, bool]], options: Mapping[str, Any], level: str) -> Filled:  # noqa: C901, PLR0912 (to split: issue 18's resolution rework)
     """Values for ``names`` ({name: (annotation, default, required)}) from the level's canonical ``options``;
     required names no option spells get trial values by role (``missing`` when none fits)."""
     values: dict[str, Any] = {}

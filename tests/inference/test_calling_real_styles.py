@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 import torch
-from reference.cases.adapt import batch_first, options_of
 from torch import nn
 
 import reference.inference as infer
@@ -22,9 +21,11 @@ from reference.builtin.config import Config, randomize_
 from reference.cases.case import Case
 from reference.cases.kinds import AttentionCase, StackCase
 from reference.check import main as check_main
-from reference.inference import MapMismatchError, build, infer_target
+from reference.inference.auto import infer_target
 from reference.inference.binding import arguments, forward_params
+from reference.inference.construct import build
 from reference.inference.prepare import inferred
+from reference.inference.weightmap import MapMismatchError
 from reference.levels.registry import level
 from reference.targets.contract import NotSupportedError, load_target
 from reference.verdict.engine import fastpath
@@ -48,9 +49,9 @@ CORRECT = [
 
 def infer_on(name: str, case: Any, obj: Any, **kw: Any) -> tuple[infer.Inference, nn.Module]:
     lv = level(name)
-    model = build(obj, options_of(case), name).model.to(F64)
+    model = build(obj, case.options(), name).model.to(F64)
     inputs, kwargs = lv.inputs(case, F64)
-    return infer_target(lv.seeded_builtin(case), model, name, lv.call, inputs, kwargs, batch_first=batch_first(case),
+    return infer_target(lv.seeded_builtin(case), model, name, lv.call, inputs, kwargs, batch_first=case.batch_first,
                         **kw), model
 
 
@@ -62,7 +63,7 @@ def agrees(name: str, case: Any, inference: infer.Inference, model: nn.Module, s
     inputs, kwargs = lv.inputs(case, F64)
     with torch.no_grad(), fastpath(False):  # torch's fast path leaves padded positions out of its output
         want = lv.call(builtin, **inputs, **kwargs)
-        got = inference.convention(model, inputs, kwargs, batch_first=batch_first(case))
+        got = inference.convention(model, inputs, kwargs, batch_first=case.batch_first)
     want = want["output"] if isinstance(want, dict) else want
     return float((got["output"] - want).abs().max())
 
@@ -186,7 +187,7 @@ def test_calling_and_masks_are_inferred_once_not_per_example(monkeypatch: pytest
         case = LAYER.replace(config=dataclasses.replace(LAYER.config, d_model=d_model), seed=seed,
                              src_key_padding_mask="bool", src_mask="additive")
         adapted, candidate = target.prepare(case)
-        candidate.load(candidate.build("cpu", F64), level("encoder_layer").reference(adapted))
+        candidate.load(candidate.build("cpu", F64), level("encoder_layer").seeded_builtin(adapted))
     assert calls["probes"] == 1, calls  # masks measured once, in discovery
     assert calls["calling"] == after_discovery["calling"], calls  # no calling search per example
 

@@ -11,7 +11,6 @@ import math
 
 import pytest
 import torch
-from reference.cases.adapt import options_of
 from torch import Tensor, nn
 
 import reference.inference.sizes as fixed_sizes
@@ -19,10 +18,10 @@ import tests.targets.construct_stack_targets as S
 import tests.targets.construct_targets as T
 from reference import api
 from reference.builtin.config import Config
-from reference.inference import ConstructionError, MapMismatchError, UnpairedError, build, infer_weight_map
-from reference.inference.construct import sizes_from_model
+from reference.inference.construct import ConstructionError, build, sizes_from_model
 from reference.inference.maps import Source
 from reference.inference.prepare import inferred
+from reference.inference.weightmap import MapMismatchError, UnpairedError, infer_weight_map
 from reference.levels.registry import LEVELS
 from reference.targets.contract import load_target
 
@@ -31,7 +30,7 @@ F64 = torch.float64
 
 def options(level: str, **changes: object) -> dict:
     """A level's default configuration as constructor options, with ``changes``."""
-    return {**options_of(LEVELS[level].from_config(Config())), **changes}
+    return {**(LEVELS[level].from_config(Config())).options(), **changes}
 
 
 # -- construction ----------------------------------------------------------------------------------------------
