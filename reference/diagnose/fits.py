@@ -126,7 +126,7 @@ def _additive(mask: Tensor | None, like: Tensor) -> Tensor | float:
     return torch.zeros(mask.shape, dtype=like.dtype, device=like.device).masked_fill(mask, -math.inf)
 
 
-def _mha(m: nn.MultiheadAttention, query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None,
+def _mha(m: nn.MultiheadAttention, query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None,  # noqa: PLR0913 (to split: issue 18's resolution rework)
          kpm: Tensor | None, *, scale: float | None = None, softmax_dim: int = -1, split: str = "", merge: str = "",
          order: str = "qkv", out: bool = True, blocked: str = "zero") -> Tensor:
     """nn.MultiheadAttention's formula from its weights (eval), with the knobs the fits turn."""

@@ -93,7 +93,7 @@ class Convention:
     def describe(self) -> str:
         return "; ".join(self.assumptions)
 
-    def __call__(self, model: nn.Module, inputs: Mapping[str, Tensor], kwargs: Mapping[str, Any], *,
+    def __call__(self, model: nn.Module, inputs: Mapping[str, Tensor], kwargs: Mapping[str, Any], *,  # noqa: C901, PLR0912 (to split: issue 18's resolution rework)
                  batch_first: bool) -> dict[str, Tensor]:
         """Call ``model`` with the level's ``inputs``/``kwargs`` (laid out batch-first or not): its outputs as
         {"output": ..., "weights": ...} in the level's layout. NotSupportedError for what it cannot take."""
@@ -190,7 +190,7 @@ def _pair_masks(level: str, params: list[inspect.Parameter]) -> dict[str, str]:
     return out
 
 
-def infer_calling(model: nn.Module, level: str, inputs: Mapping[str, Tensor], kwargs: Mapping[str, Any], *,
+def infer_calling(model: nn.Module, level: str, inputs: Mapping[str, Tensor], kwargs: Mapping[str, Any], *,  # noqa: C901, PLR0912, PLR0915 (to split: issue 18's resolution rework)
                   batch_first: bool, expected: Any = None, keep_mask: bool = False) -> Convention:
     """The target's calling convention at ``level``, from its signature and sample calls.
 

@@ -72,7 +72,7 @@ class _Rows:
         return gaps + ([(at, n)] if at < n else [])
 
 
-def pair(builtin: nn.Module, model: nn.Module, builtin_rec: Recording, model_rec: Recording,
+def pair(builtin: nn.Module, model: nn.Module, builtin_rec: Recording, model_rec: Recording,  # noqa: C901, PLR0912 (to split: issue 18's resolution rework)
          override: Mapping[str, Any] | None = None) -> WeightMap:
     """Pair by order, shape, kind and name (no verification); UnpairedError/AmbiguousMapError when it cannot."""
     slots, shapes = builtin_slots(builtin, builtin_rec)

@@ -86,6 +86,7 @@ def test_a_correct_implementation_written_differently_is_equivalent():
     assert not d.causes
 
 
+@pytest.mark.slow
 def test_the_course_example_is_explained_completely():
     d = diagnose("examples.course_transformer:adapter", reproduce=False)
     assert d.verdict == "divergent"
@@ -123,6 +124,7 @@ BUGS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bug", sorted(BUGS))
 def test_a_classic_bug_is_named_with_its_submodule_and_cause(bug):
     families, causes, submodule = BUGS[bug]
@@ -147,6 +149,7 @@ def test_a_crash_is_reported_as_the_target_s_failure():
     assert "raised RuntimeError: shape mismatch in my attention" in d.families[0].detail
 
 
+@pytest.mark.slow
 def test_the_reproducer_runs_with_torch_and_the_target_alone(tmp_path):
     target = load_target(f"{EINSUM}:bugs.no_scale")
     with one_thread():
@@ -180,6 +183,7 @@ def test_the_command_rejects_a_bad_target_spec(capsys):
     assert "MODULE:OBJECT" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", list(ENTRIES))
 def test_diagnosing_a_zoo_entry_names_its_own_catalogue_key(key):
     """The real path on the families the entry fails first (as ``parity zoo`` diagnoses it): its key is named."""

@@ -53,6 +53,7 @@ BUGS = {  # spec: (level, keep-masks, families, first diverging submodule (built
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", sorted(BUGS))
 def test_a_bug_in_code_written_elsewhere_is_localized_and_named(spec):
     level, keep, families, place, key = BUGS[spec]
@@ -67,6 +68,7 @@ def test_a_bug_in_code_written_elsewhere_is_localized_and_named(spec):
     assert cause.place == place and cause.place_after <= 1e-9 < cause.place_before, cause
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec, level, keep, crashing", [
     ("examples.learner_attention:MultiHeadAttention", "attention", True, set()),
     ("examples.nanogpt_blocks:Blocks", "decoder_only", False, set()),
@@ -82,6 +84,7 @@ def test_a_correct_implementation_written_elsewhere_is_equivalent_wherever_it_ru
     assert not d.causes and any(f.verdict == "equivalent" for f in d.families)
 
 
+@pytest.mark.slow
 def test_a_target_running_one_configuration_is_judged_from_it_and_its_masks_examined():
     """Pre-norm, batch-first and GELU only (it declines the rest), every mask read as bool."""
     d = run(f"{TARGETS}:PreNormOnly")
@@ -94,6 +97,7 @@ def test_a_target_running_one_configuration_is_judged_from_it_and_its_masks_exam
     assert d.explained
 
 
+@pytest.mark.slow
 def test_nan_in_some_families_is_localized_and_explained():
     """Inverted bool polarity: NaN on the rows left with no key; localized to the attention, cause measured."""
     d = run(f"{TARGETS}:InvertedPolarity")

@@ -165,6 +165,7 @@ ATTENTION: dict[str, tuple[dict, str | None, str]] = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch_first", [False, True])
 @pytest.mark.parametrize("case", list(ATTENTION))
 def test_attention_fits(mha: nn.MultiheadAttention, case: str, batch_first: bool) -> None:
@@ -197,6 +198,7 @@ MASKS = {  # name: (attn_mask, key_padding_mask, additive mask the target applie
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(MASKS))
 def test_attention_mask_fits(mha: nn.MultiheadAttention, case: str) -> None:
     torch.manual_seed(2)

@@ -40,6 +40,7 @@ def test_zoo_has_at_least_twenty_described_entries() -> None:
         assert d.fix and d.cause and "\n" not in d.fix, f"{key}: every deviation says its fix and its cause family"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", list(ENTRIES))
 def test_zoo_entry_is_caught_by_the_panel(key: str) -> None:
     target, level = load_target(spec(key)), level_of(key)
@@ -47,6 +48,7 @@ def test_zoo_entry_is_caught_by_the_panel(key: str) -> None:
     assert catch is not None, f"zoo entry {key} passed every panel case, but should be caught"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", list(ENTRIES))
 def test_zoo_entry_is_caught_by_the_suite_strategy(key: str, drawn: dict[str, list]) -> None:
     target, level = load_target(spec(key)), level_of(key)

@@ -239,6 +239,7 @@ def outcome(call: Callable[[], Tensor]) -> tuple[Tensor | None, BaseException | 
         return None, exc
 
 
+@pytest.mark.slow
 @examples(2.0)
 @given(mask=mask_shapes(), kind=st.sampled_from(["bool", "float64", "float32", "float16", "int64", "uint8"]),
        seed=seeds())

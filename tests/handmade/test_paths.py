@@ -112,6 +112,7 @@ def _all_padded_first(n: int, length: int, left: int = 0) -> Tensor:
     return mask
 
 
+@pytest.mark.slow
 @examples(0.5)
 @given(config=configs(max_layers=2), seed=seeds())
 def test_fully_masked_rows_give_zero_attention_in_handmade_layers_as_in_torch(config, seed):
@@ -137,6 +138,7 @@ def test_fully_masked_rows_give_zero_attention_in_handmade_layers_as_in_torch(co
         assert_parity(verdicts, Context(component, F64, "cpu", f"{config} fully masked rows"))
 
 
+@pytest.mark.slow
 @examples(0.5)
 @given(config=configs(max_layers=2), seed=seeds())
 def test_transformer_with_a_fully_padded_sequence_matches_torch(config, seed):
@@ -190,6 +192,7 @@ def test_layer_fast_path_gives_nan_for_fully_masked_rows_which_handmade_keeps_fi
     assert torch.isfinite(ours).all()
 
 
+@pytest.mark.slow
 @examples(0.75)
 @given(config=configs(max_layers=2), seed=seeds(), padded=st.booleans(),
        where=st.sampled_from(["src", "tgt", "memory"]))

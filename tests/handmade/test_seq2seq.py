@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import example, given
@@ -67,6 +68,7 @@ def call_seq2seq(model: nn.Module, **kwargs: Tensor | None) -> Tensor:
     return model(kwargs.pop("src"), kwargs.pop("tgt"), **kwargs)
 
 
+@pytest.mark.slow
 @examples(0.75)
 @given(case=seq2seq_cases(), dtype=dtypes())
 @example(case=Seq2SeqCase(Case(Config(), tgt_mask="causal_float", src_key_padding_mask="bool",

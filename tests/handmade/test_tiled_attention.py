@@ -97,6 +97,7 @@ def test_tiled_core_equals_sdpa_and_the_default_core_in_float64(kind: str, shape
     assert_parity(verdicts, Context("tiled attention", F64, "cpu", f"mask={kind} shape={shape}"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", MASK_KINDS)
 def test_gradcheck_in_float64_including_the_masks_gradient(kind: str) -> None:
     N, H, L, S, D, bq, bk = 2, 2, 5, 7, 3, 2, 3
@@ -144,6 +145,7 @@ def test_large_scores_do_not_overflow_the_running_sums() -> None:
     assert_parity([judge("output", ours, sdpa(q, k, v, mask))], Context("tiled attention", F64, "cpu", "large"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [F32, BF16, F16], ids=str)
 @pytest.mark.parametrize("kind", MASK_KINDS)
 def test_low_precision_is_no_worse_than_sdpas_own_error(kind: str, dtype: torch.dtype) -> None:
@@ -171,6 +173,7 @@ def attention_check(case: AttentionCase, dtype: torch.dtype, query_block: int, k
     check(level, case, prepare, "cpu", dtype)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [F64, F32, BF16, F16], ids=str)
 @pytest.mark.parametrize("attn_mask", ATTN_MASKS)
 def test_multihead_attention_with_the_tiled_core_equals_nn_multihead_attention(attn_mask: str,
@@ -188,6 +191,7 @@ def test_every_key_padding_mask_kind(padding: str) -> None:
     attention_check(case, F64, 5, 4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [F32, BF16], ids=str)
 def test_long_sequences_not_multiples_of_the_default_blocks(dtype: torch.dtype) -> None:
     """L = 2,050 queries over S = 2,047 keys (N = 1, H = 1, D = 8) at the default block sizes, causal + padding."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 
+import pytest
 import torch
 from hypothesis import example, given
 from hypothesis import strategies as st
@@ -85,6 +86,7 @@ def torch_part(link: Link, tensor: Tensor) -> Tensor:
     return tensor if link.chunk is None else tensor.chunk(3)[link.chunk]
 
 
+@pytest.mark.slow
 @examples(1)
 @given(case=train_cases())
 def test_train_mode_draws_torchs_dropout_masks_bit_for_bit(case):
@@ -104,6 +106,7 @@ def test_train_mode_draws_torchs_dropout_masks_bit_for_bit(case):
         assert torch.equal(t, h), f"dropout mask {i} of {len(t_masks)} {tuple(t.shape)} differs [{case.describe()}]"
 
 
+@pytest.mark.slow
 @examples(1)
 @given(case=train_cases())
 def test_train_mode_output_and_gradients_match_torch_to_float64_rounding(case):
@@ -149,6 +152,7 @@ def adam_steps(model: nn.Module, case: Case, dtype: torch.dtype) -> tuple[nn.Mod
     return model, rms
 
 
+@pytest.mark.slow
 @examples(0.5)
 @given(case=train_cases(), dtype=st.sampled_from([F64, torch.float32]))
 @example(case=Case(Config(d_model=1, nhead=1, num_encoder_layers=1, num_decoder_layers=1, dim_feedforward=1),

@@ -28,6 +28,7 @@ def test_check_takes_handmade_at_one_level_and_its_report_prints_the_table() -> 
     assert "attention" not in text and "transformer" not in text  # only the level asked for ran
 
 
+@pytest.mark.slow
 def test_check_takes_an_unimportable_class_and_names_what_failed() -> None:
     report = api.check(Scaled, profile="ci", device="cpu", exitfirst=True, pytest_args=("-k", "float64"))
     assert not report.passed

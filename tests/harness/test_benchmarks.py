@@ -116,6 +116,7 @@ def test_ratio_line_reports_each_target_per_mode() -> None:
     assert line.startswith(f"handmade / {BUILTIN}") and "eval 1.21" in line and "train 0.90" in line
 
 
+@pytest.mark.slow
 def test_cpu_peak_memory_of_a_training_step_is_measured_in_a_subprocess() -> None:
     impl = next(i for i in implementations([DEFAULT_TARGET], compile=False) if i.name == "handmade")
     case = Case(TINY, "cpu", "float32", "none")
@@ -124,6 +125,7 @@ def test_cpu_peak_memory_of_a_training_step_is_measured_in_a_subprocess() -> Non
     assert 0 < peak < 1 << 30, f"peak {peak} bytes"
 
 
+@pytest.mark.slow
 def test_tiny_smoke_run_writes_the_schema(tmp_path, capsys) -> None:
     argv = ["--preset", "tiny", "--rounds", "1", "--min-run-time", "0.01", "--no-memory", "--device", "cpu",
             "--out", str(tmp_path)]

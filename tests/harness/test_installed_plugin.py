@@ -36,6 +36,7 @@ def run_from(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("source", "passes"), [(CORRECT, True), (WRONG, False)], ids=["correct", "wrong"])
 def test_pytest_impl_runs_the_installed_suite_from_any_folder(tmp_path: Path, source: str, passes: bool) -> None:
     (tmp_path / "my_model.py").write_text(source)
@@ -47,6 +48,7 @@ def test_pytest_impl_runs_the_installed_suite_from_any_folder(tmp_path: Path, so
         assert "transformer [float64, cpu]" in done.stdout and "tensors differ from the float64 oracle" in done.stdout
 
 
+@pytest.mark.slow
 def test_pytest_impl_rejects_a_target_it_cannot_import(tmp_path: Path) -> None:
     done = run_from(tmp_path, "--impl", "nowhere:Model")
     assert done.returncode == pytest.ExitCode.USAGE_ERROR

@@ -99,6 +99,7 @@ def _pytest(*args: str) -> subprocess.CompletedProcess:
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_a_suite_run_where_the_target_supports_nothing_fails():
     run = _pytest("equivalence_tests/test_components.py", "-k", "transformer_matches_torch and float64",
                   "--impl", "tests.targets.plugin_targets:declines_everything", "--hypothesis-profile=ci")

@@ -29,6 +29,7 @@ CORRECT = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("spec", "level", "note"), CORRECT, ids=["gpt instance", "norm factory", "attention instance"])
 def test_an_object_is_checked_at_the_sizes_it_has_and_passes(spec: str, level: str, note: str) -> None:
     report = api.check(spec, level=level, profile="ci", device="cpu", pytest_args=F64)
@@ -37,6 +38,7 @@ def test_an_object_is_checked_at_the_sizes_it_has_and_passes(spec: str, level: s
     assert not any("size" in r["reason"] or "shape" in r["reason"] for r in report.report["not_supported"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("spec", "level", "sizes"), [
     ("tests.targets.fixed_size_targets:gpt_scaled_by_width", "decoder_only", "d_model=48, nhead=3"),
     ("tests.targets.fixed_size_targets:make_unbiased_norm", "layer_norm", "normalized_shape=(10,)"),

@@ -12,6 +12,7 @@ from reference.check import main as check_main
 T = "tests.targets.gpt_style_targets"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec, level, passes", [
     (f"{T}:CausalHeadAttention", "attention", True),  # one input, no mask argument, always causal
     (f"{T}:WidthScaledHeadAttention", "attention", False),

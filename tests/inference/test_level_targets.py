@@ -20,6 +20,7 @@ from reference.targets.contract import load_target
 FAST = ("-k", "float64 or float32")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("spec", "level", "keep_masks"), [
     ("examples.learner_attention:MultiHeadAttention", "attention", True),
     ("examples.nanogpt_blocks:Blocks", "decoder_only", False),
@@ -32,6 +33,7 @@ def test_a_correct_implementation_passes_at_its_level_with_no_adapter(spec: str,
     assert f"{level} " in str(report) and "float64" in str(report)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("spec", "level", "keep_masks"), [
     ("examples.learner_attention:MergeWithoutTranspose", "attention", True),
     ("examples.nanogpt_blocks:ScaledByWidth", "decoder_only", False),
@@ -85,6 +87,7 @@ def test_an_ambiguous_model_stops_naming_the_tensors_and_a_weight_map_file_fixes
     assert report.passed, report
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("spec", "level"), [
     ("handmade:MultiheadAttention", "attention"), ("handmade:LayerNorm", "layer_norm"),
     ("tests.targets.fixed_size_targets:FeedForward", "feed_forward"),  # handmade has no feed-forward class of its own
