@@ -22,7 +22,7 @@ from reference.catalogue.norms import Formula
 from reference.catalogue.zoo import ENTRIES, level_of, spec
 from reference.diagnose.families import family_grid
 from reference.diagnose.pipeline import diagnose, main
-from reference.diagnose.probes import candidate, run_candidate
+from reference.diagnose.probes import candidate, run_candidate, shows
 from reference.diagnose.reproducer import minimal_failing_case, write
 from reference.diagnose.runs import observe, one_thread
 from reference.studies.zoo_hunt import PANELS, diagnosis_families, first_catch
@@ -69,7 +69,11 @@ def test_the_candidate_without_deviations_is_nn_transformer(observations):
 def test_every_deviation_changes_the_output_on_some_case_it_claims_to_show_on(observations):
     for dev in CATALOGUE:
         changed = False
-        for o in (o for o in observations if dev.shows_on(o.case)):
+        showing = [o for o in observations if shows(dev, o.case)]
+        if not showing:  # it needs inputs these whole-model families never keep apart: hunted at its own level
+            assert dev.level != "transformer", f"{dev.key} shows on none of the family cases"
+            continue
+        for o in showing:
             try:
                 with torch.no_grad():
                     changed = o.ratio(run_candidate(o, candidate(o, [dev]))) > 1.0

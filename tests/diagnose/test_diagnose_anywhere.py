@@ -68,6 +68,7 @@ def test_a_bug_in_code_written_elsewhere_is_localized_and_named(spec):
     assert cause.place == place and cause.place_after <= 1e-9 < cause.place_before, cause
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec, level, keep, declined", [
     ("examples.learner_attention:MultiHeadAttention", "attention", True, set()),
     ("examples.nanogpt_blocks:Blocks", "decoder_only", False, set()),
