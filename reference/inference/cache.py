@@ -41,7 +41,7 @@ def shape_key(case: Any, inputs: Mapping[str, Tensor | None], kwargs: Mapping[st
     options = tuple(sorted(((k, _kind(v)) for k, v in case.options().items() if k not in NOT_STRUCTURAL),
                            key=lambda kv: kv[0]))
     given = tuple((k, None if v is None else v.dim()) for k, v in inputs.items())
-    flags = tuple((k, _kind(v)) for k, v in sorted(kwargs.items()) if not isinstance(v, Tensor))
+    flags = tuple((k, _kind(v)) for k, v in sorted(kwargs.items()) if not isinstance(v, Tensor) and "mask" not in k)
     return options, given, flags
 
 

@@ -15,7 +15,7 @@ cannot take raises NotSupportedError.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import replace
 from typing import Any
 
@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 import reference.inference.binding as binding
 from reference.builtin.config import randomize_
-from reference.inference.binding import FLAGS, Pairs
+from reference.inference.binding import FLAGS
 from reference.inference.convention import Convention
 from reference.inference.copying import copy_model
 from reference.inference.mask_probe import keeps_batch_apart
@@ -32,9 +32,15 @@ from reference.inference.outputs import read_outputs
 from reference.inference.streams import Forms, measure_forms, resolve
 from reference.targets.contract import NotSupportedError
 
-__all__ = ["OUTPUT_LIKE", "Convention", "infer_calling", "read_outputs"]
+__all__ = ["OUTPUT_LIKE", "CallError", "Convention", "infer_calling", "read_outputs"]
 
 # the level's output: which input its shape follows
+
+
+class CallError(NotSupportedError):
+    """No pairing of the level's inputs runs in any layout: the call itself fails, whatever the configuration."""
+
+
 OUTPUT_LIKE = {"attention": "query", "decoder_layer": "tgt", "decoder": "tgt", "transformer": "tgt"}
 
 
@@ -53,7 +59,7 @@ def _probe_inputs(conv: Convention, sample: Mapping[str, Tensor], batch_first: b
 
 def infer_calling(model: nn.Module, level: str, inputs: Mapping[str, Tensor], kwargs: Mapping[str, Any], *,
                   batch_first: bool, expected: Any = None, keep_mask: bool = False, heads: int = 1,
-                  mask_cache: MutableMapping[Pairs, Forms] | None = None) -> Convention:
+                  mask_cache: MutableMapping[Any, Forms] | None = None) -> Convention:
     """The target's calling convention at ``level``, from its signature, sample calls and mask probes.
 
     ``inputs``/``kwargs`` are one standard call of the level (batched, N != L is best), laid out
@@ -61,7 +67,7 @@ def infer_calling(model: nn.Module, level: str, inputs: Mapping[str, Tensor], kw
     layouts whose unmasked output shape matches are kept (the first in ``inputs``/``batch_first``, the others
     in ``bindings``/``alternatives``: only values decide between them, see ``reference.inference.infer_target``).
     ``heads`` is the number of heads (for per-head mask layouts); ``mask_cache`` keeps measured mask forms per
-    pairing, so they are measured once. Raises NotSupportedError when nothing runs.
+    pairing and layout, so they are measured once. Raises NotSupportedError when nothing runs.
     """
     params, varargs = binding.forward_params(model)
     sample = {k: v for k, v in inputs.items() if v is not None}
@@ -84,7 +90,7 @@ def infer_calling(model: nn.Module, level: str, inputs: Mapping[str, Tensor], kw
         if layouts:
             viable.append((replace(conv, returns_weights=weights), layouts))
     if not viable:
-        raise NotSupportedError("the target cannot be called at this level: " + "; ".join(dict.fromkeys(errors)))
+        raise CallError("the target cannot be called at this level: " + "; ".join(dict.fromkeys(errors)))
     conv, layouts = viable[0]
     measured = False
     if len(layouts) > 1:  # the shapes allow both: the layout that keeps batch elements apart, if one does
@@ -110,7 +116,7 @@ def _layouts(conv: Convention, model: nn.Module, sample: Mapping[str, Tensor], b
     weights = False
     for layout in ((True, False) if batched else (batch_first,)):
         trial = replace(conv, batch_first=layout if batched else None)
-        where = "batch-first" if layout else "sequence-first"
+        where = f"{binding.describe(conv.inputs, {}, conv.params)} {'batch-first' if layout else 'sequence-first'}"
         try:
             with torch.no_grad():
                 out = trial(model, sample, bare, batch_first=batch_first)
@@ -130,16 +136,12 @@ def _apart(conv: Convention, model: nn.Module, sample: Mapping[str, Tensor], bar
     """The layouts in which the target keeps batch elements apart (mask_probe.keeps_batch_apart), else all."""
     probe_model = _probe_model(model)
     inputs = _probe_inputs(conv, sample, batch_first)
-    kept = []
-    for layout in layouts:
+
+    def runner(layout: bool) -> Callable[[Mapping[str, Tensor]], Tensor]:
         trial = replace(conv, batch_first=layout)
+        return lambda x: trial(probe_model, x, bare, batch_first=True)["output"]
 
-        def run(x: Mapping[str, Tensor], c: Convention = trial) -> Tensor:
-            return c(probe_model, x, bare, batch_first=True)["output"]
-
-        if keeps_batch_apart(run, inputs):
-            kept.append(layout)
-    return kept or layouts
+    return [layout for layout in layouts if keeps_batch_apart(runner(layout), inputs)] or layouts
 
 
 def _probe_model(model: nn.Module) -> nn.Module:
@@ -148,14 +150,15 @@ def _probe_model(model: nn.Module) -> nn.Module:
 
 
 def _with_masks(conv: Convention, model: nn.Module, sample: Mapping[str, Tensor], kwargs: Mapping[str, Any],
-                batch_first: bool, heads: int, cache: MutableMapping[Pairs, Forms] | None) -> Convention:
+                batch_first: bool, heads: int, cache: MutableMapping[Any, Forms] | None) -> Convention:
     """``conv`` with the level's masks assigned to the target's parameters: measured, or by name if declared."""
     level = conv.level
     mask_params = [p.name for p in conv.params if "mask" in p.name]
     forms: Forms = {}
     if not conv.keep_mask and mask_params:
-        if cache is not None and conv.inputs in cache:
-            forms = cache[conv.inputs]
+        key = (conv.inputs, conv.batch_first)  # a target's masks may be laid out as its inputs are
+        if cache is not None and key in cache:
+            forms = cache[key]
         else:
             probe_model = _probe_model(model)
             trial = replace(conv, batch_first=conv.batch_first)
@@ -166,8 +169,8 @@ def _with_masks(conv: Convention, model: nn.Module, sample: Mapping[str, Tensor]
             forms = measure_forms(level, run, _probe_inputs(conv, sample, batch_first), mask_params, heads,
                                   self_stream=conv.self_attention_only)
             if cache is not None:
-                cache[conv.inputs] = forms
-    masks, merge, always_causal = resolve(level, mask_params, forms, bool(kwargs.get("is_causal")))
+                cache[key] = forms
+    masks, forms, merge, always_causal = resolve(level, mask_params, forms, bool(kwargs.get("is_causal")))
     return replace(conv, masks=masks, forms=forms, merge_padding=merge, always_causal=always_causal)
 
 

@@ -58,7 +58,10 @@ class Probe:
     def __init__(self, run: Run, inputs: Mapping[str, Tensor], heads: int, seed: int = 0) -> None:
         self.run, self.heads = run, heads
         g = torch.Generator().manual_seed(seed)
-        self.inputs = {k: torch.randn(2, max(v.shape[1], 4), v.shape[2], generator=g, dtype=torch.float64)
+        lengths: dict[int, int] = {}  # inputs of one length keep one length; distinct ones stay distinct
+        for v in inputs.values():
+            lengths.setdefault(v.shape[1], max(v.shape[1], 4 + len(lengths)))
+        self.inputs = {k: torch.randn(2, lengths[v.shape[1]], v.shape[2], generator=g, dtype=torch.float64)
                        for k, v in inputs.items()}
         self.noise = {k: 3.0 * torch.randn(v.shape, generator=g, dtype=torch.float64) for k, v in self.inputs.items()}
         with torch.no_grad():
@@ -154,19 +157,25 @@ class Probe:
         acts = bool(self._rows(y0, self.base).max() > MOVED)
         return acts and bool((self._rows(y1, y0)[still] > MOVED).all())
 
-    def _finite(self, param: str, stream: Stream, form: MaskForm, blocked: Tensor,
-                positions: Sequence[int]) -> MaskForm:
-        """``form``, or its additive kind when that blocks the same and adds finite values (it can carry more)."""
+    def _finite(self, param: str, stream: Stream, form: MaskForm, blocked: Tensor, positions: Sequence[int],
+                torch_argument: bool) -> MaskForm:
+        """``form``, or its additive kind when that blocks the same and adds finite values (it can carry more).
+        An argument named as torch's own (``tgt_mask``, ``key_padding_mask``, ...) that takes -inf floats as
+        well takes torch's float masks: their finite values are passed as torch's API gives them, and how it
+        reads them is judged (a float mask read as bool is a bug there, not a convention)."""
         additive = form if form.kind.startswith("additive") else MaskForm(layout=form.layout, kind="additive")
         if additive is not form and self.leak(param, stream, additive, blocked, positions) != 0.0:
             return form
-        return replace(additive, finite=True) if self.takes_finite(param, stream, additive, blocked, positions) \
-            else form
+        if torch_argument or self.takes_finite(param, stream, additive, blocked, positions):
+            return replace(additive, finite=True)
+        return form
 
-    def find(self, param: str, streams: Sequence[Stream]) -> tuple[Stream, MaskForm] | None:
+    def find(self, param: str, streams: Sequence[Stream],
+             torch_names: Mapping[str, Sequence[str]] | None = None) -> tuple[Stream, MaskForm] | None:
         """The stream and form ``param`` follows, the most capable first; when none blocks exactly what is asked
         (the target's masking differs), the one that comes closest, of the most capable kind that comes close at
-        all, marked so; None when none keeps anything out."""
+        all, marked so; None when none keeps anything out. ``torch_names``: per stream, torch's own argument
+        names for its masks."""
         closest: dict[str, tuple[float, Stream, MaskForm]] = {}
         for stream in streams:
             if stream.query not in self.inputs or not any(n in self.inputs for n in stream.perturb):
@@ -180,7 +189,8 @@ class Probe:
                         form = MaskForm(layout=layout, kind=kind)
                         leak = self.leak(param, stream, form, blocked, positions)
                         if leak == 0.0:
-                            form = self._finite(param, stream, form, blocked, positions)
+                            named = param in (torch_names or {}).get(stream.name, ())
+                            form = self._finite(param, stream, form, blocked, positions, named)
                             return stream, self._per_head(param, stream, form, blocked, positions)
                         best = closest.get(capability)
                         if leak is not None and leak < CLOSE and (best is None or leak < best[0]):

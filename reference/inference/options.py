@@ -12,8 +12,10 @@ from typing import Any
 
 from torch import nn
 
+import reference.inference.sizes as fixed_sizes
 from reference.cases.strategies import tanh_gelu
 from reference.inference.auto import Inference
+from reference.inference.construct import Plan
 from reference.levels.registry import Level
 from reference.targets.contract import NotSupportedError
 
@@ -37,10 +39,16 @@ def behaviour(level: str) -> tuple[str, ...]:
     return (*keys, "final_norm") if level in ("encoder", "decoder", "decoder_only") else keys
 
 
-def grid(level: str, not_taken: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """Each combination of the options the constructor does not take, the built-in's defaults first."""
+def grid(level: str, not_taken: dict[str, Any], first: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+    """Each combination of the options the constructor does not take: ``first``'s values (the case discovery
+    starts from, a GPT's pre-norm and GELU for a decoder-only stack) first, then the built-in's defaults."""
     keys = [k for k in behaviour(level) if k in not_taken]
-    values = [BEHAVIOUR[k] for k in keys]
+    start = first or {}
+
+    def order(key: str) -> list[Any]:  # the starting case's value first
+        return sorted(BEHAVIOUR[key], key=lambda v: bool(key not in start or v != start[key]))
+
+    values = [order(k) for k in keys]
     for combo in itertools.product(*values):
         yield dict(zip(keys, combo, strict=True))
 
@@ -137,3 +145,33 @@ def accepted(sample: Callable[[Any], tuple[Any, nn.Module, Any]], base: Any) -> 
         return case, plan
     assert declined is not None
     raise declined
+
+
+def measurable(base: Any, taken: dict[str, str], heads_unknown: bool) -> Any:
+    """The case discovery measures on: wide enough (a norm over two features is ±1 whatever its input), with
+    two heads or more where the constructor takes them (mask probes tell (N, L, S) from (N*H, L, S) by the
+    heads), and long enough where the heads are measured (with one key, every number of heads computes the same)."""
+    if "d_model" in taken and 0 < base.width < 8:
+        base = base.with_options({"d_model": 16, "dim_feedforward": 32})
+    if "nhead" in taken and base.heads < 2:
+        width = base.width
+        base = base.with_options({"nhead": next((h for h in range(2, width + 1) if width % h == 0), 1)})
+    return base.long_enough() if heads_unknown else base
+
+
+def size_notes(plan: Plan, wanted: tuple[str, ...], sizes: dict[str, Any], case: Any, tried_heads: list[int],
+               closest: bool) -> list[str]:
+    """What discovery says about the sizes the target is not given: fixed by the object, or read from the built
+    model; and the number of heads found by measurement."""
+    notes = []
+    if sizes and plan.kind in ("instance", "factory"):
+        notes.append(f"sizes fixed by the object: {fixed_sizes.describe(sizes)}; every drawn case is checked "
+                     "at these sizes")
+    elif wanted:
+        notes.append(f"sizes the constructor does not take, read from the built model: {', '.join(wanted)}")
+    if "nhead" in wanted:
+        width, tried = case.width, ", ".join(map(str, dict.fromkeys(tried_heads)))
+        notes.append(f"nhead={case.heads} found by measurement: of the divisors of {width} (tried {tried}), "
+                     + ("the closest: none verifies" if closest else "the one whose outputs verify against the "
+                        "built-in"))
+    return notes

@@ -62,6 +62,7 @@ def measure_forms(level: str, run: Run, inputs: Mapping[str, object], params: Se
                   self_stream: bool = False) -> Forms:
     """Each of ``params`` that a probe explains: (the stream it blocks, its form)."""
     streams = [s for s, _, _ in STREAMS.get(level, ())]
+    names = {s.name: (attn, pad) for s, attn, pad in STREAMS.get(level, ())}
     if level == "attention" and self_stream:
         streams = [SELF_ATTENTION]
     if not streams:
@@ -72,7 +73,7 @@ def measure_forms(level: str, run: Run, inputs: Mapping[str, object], params: Se
         return {}
     out: Forms = {}
     for param in params:
-        found = probe.find(param, streams)
+        found = probe.find(param, streams, names)
         if found is not None:
             stream, form = found
             out[param] = (stream.name, form)
@@ -87,8 +88,8 @@ def queries_of(level: str, stream: str) -> str:
 def assign(level: str, forms: Forms) -> dict[str, str]:
     """The level's mask keywords -> the measured parameters that carry them (see the module's docstring)."""
     out: dict[str, str] = {}
-    for stream, attn_kw, pad_kw in STREAMS.get(level, ()):
-        on = [(p, f) for p, (name, f) in forms.items() if name == stream.name]
+    for stream, attn_kw, pad_kw in STREAMS.get(level, ()):  # exact forms first, then the closest
+        on = sorted(((p, f) for p, (name, f) in forms.items() if name == stream.name), key=lambda pf: not pf[1].exact)
         padding_only = [p for p, f in on if f.capability == "padding"]
         rows = [p for p, f in on if f.capability != "padding"]
         full = [p for p, f in on if f.capability == "full"]
@@ -116,12 +117,16 @@ def pair_by_name(level: str, params: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def resolve(level: str, params: Sequence[str], forms: Forms, is_causal: bool) -> tuple[dict[str, str], bool, bool]:
-    """(the level's mask keywords -> the target's parameters, whether an attention's padding is merged by name
-    into its one mask, whether the target is always causal): measured parameters by ``assign``; the others by
-    name; an attention taking one mask by name carries the padding too; a GPT (or an attention drawn causal)
-    that takes no attention mask applies the causal mask itself."""
+def resolve(level: str, params: Sequence[str], forms: Forms,
+            is_causal: bool) -> tuple[dict[str, str], Forms, bool, bool]:
+    """(the level's mask keywords -> the target's parameters, the forms used, whether an attention's padding is
+    merged by name into its one mask, whether the target is always causal): measured parameters by ``assign``;
+    the others (and a closest form that carries nothing) by name; an attention taking one mask by name carries
+    the padding too; a GPT (or an attention drawn causal) that takes no attention mask applies the causal mask
+    itself."""
     masks = assign(level, forms)
+    unused = [p for p, (_, f) in forms.items() if not f.exact and p not in masks.values()]
+    forms = {p: v for p, v in forms.items() if p not in unused}  # a closest form that carries nothing: by name
     for name, param in pair_by_name(level, [p for p in params if p not in forms]).items():
         masks.setdefault(name, param)  # a mask parameter no probe explained: torch's masks, by its name
     merge = level == "attention" and "attn_mask" in masks and masks["attn_mask"] not in forms and \
@@ -130,4 +135,4 @@ def resolve(level: str, params: Sequence[str], forms: Forms, is_causal: bool) ->
         masks["key_padding_mask"] = masks["attn_mask"]
     causal_level = level == "decoder_only" or (level == "attention" and is_causal)
     always_causal = causal_level and ("mask" if level == "decoder_only" else "attn_mask") not in masks
-    return masks, merge, always_causal
+    return masks, forms, merge, always_causal

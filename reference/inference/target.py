@@ -5,17 +5,14 @@ the engine's candidates, one per drawn case (reference/infer does the inference)
 
 1. **configuration by measurement** (``discover``, once): the options the constructor does not take
    (``norm_first``, ``activation``, ``bias``, ``layer_norm_eps``, a final norm) are fixed by the code; the
-   built-in configuration it implements is found by trying them until the inferred weight map verifies,
-   and said in words ("equals nn.TransformerEncoder(norm_first=True, activation='gelu') with a causal mask");
-2. **drawn cases adapted to the target**, not filtered: those options set to the values found, the sizes
-   it is not given (an instance's, a factory's, a fixed feed-forward width) read from the built model and
-   the number of heads found by measurement (reference/inference/sizes.py), masks it takes no argument for
-   left out, and all of it noted;
-3. the **weight map** and the **calling convention**, inferred and verified against the built-in once per
-   configuration shape and re-verified on each case (reference/inference/cache.py), and the gradients
-   gathered back under the built-in's names, so they are judged too.
+   configuration it implements is found by trying them until the weight map verifies, and said in words;
+   the calling convention (binding, layout, mask forms) is found on the first and kept;
+2. **drawn cases adapted to the target**, not filtered: those options set as found, the sizes it is not
+   given read from the built model, the number of heads measured (reference/inference/sizes.py), masks it takes
+   no argument for left out, and all of it noted;
+3. the **weight map**, inferred once per configuration shape (reference/inference/cache.py) and used as is;
+   the gradients gathered back under the built-in's names, so they are judged too.
 """
-
 from __future__ import annotations
 
 import dataclasses
@@ -31,7 +28,7 @@ from reference.builtin.config import Config
 from reference.builtin.weights import WeightMapError
 from reference.inference.auto import Inference, infer_target
 from reference.inference.cache import FLOAT64_AGREEMENT, disagreement, shape_key
-from reference.inference.calling import Convention, infer_calling
+from reference.inference.calling import CallError, Convention, infer_calling
 from reference.inference.candidate import InferredCandidate
 from reference.inference.construct import ConstructionError, Plan, build
 from reference.inference.copying import copy_model
@@ -43,13 +40,37 @@ from reference.inference.options import (
     attention_shapes,
     grid,
     hidden_by,
+    measurable,
     shown,
+    size_notes,
 )
 from reference.inference.options import sentence as configuration_sentence
 from reference.inference.weightmap import MapMismatchError
 from reference.levels.registry import LEVELS, Level
 from reference.targets.contract import NotSupportedError, Target, TargetError
 from reference.verdict.assertions import record_note
+
+
+@dataclass(kw_only=True)
+class _Search:
+    """Discovery's state over the configurations it tries."""
+
+    base: Any
+    plan: Plan
+    defaults: dict[str, Any]
+    heads_unknown: bool
+    tried: list[str] = field(default_factory=list)
+    paired: dict[str, MapMismatchError] = field(default_factory=dict)  # options but activation and eps (they
+    unpaired: dict[str, str] = field(default_factory=dict)  # change no parameter) -> the map that paired, or why not
+    deferred: list[tuple[float, dict[str, Any], Any, nn.Module, Any]] = field(default_factory=list)  # heads unknown:
+    # mismatched at the drawn heads
+    differed: list[dict[str, Any]] = field(default_factory=list)  # call shapes that ran and differed
+    closest: tuple[float, dict[str, Any], Any, nn.Module, Any, dict[int, int]] | None = None
+
+    def keep_closest(self, difference: float, fixed: dict[str, Any], case: Any, model: nn.Module, mismatch: Any,
+                     heads: dict[int, int]) -> None:
+        if self.closest is None or difference < self.closest[0]:
+            self.closest = (difference, fixed, case, model, mismatch, heads)
 
 
 @dataclass(kw_only=True)
@@ -64,6 +85,7 @@ class InferredTarget:
     _maps: dict[Hashable, Inference] = field(default_factory=dict)  # per configuration shape
     _mask_forms: dict[Any, Any] = field(default_factory=dict)  # measured once per pairing of the inputs
     _conventions: dict[Hashable, Convention] = field(default_factory=dict)  # while discovering, per call
+    _layout_option: bool = False  # its constructor takes batch_first: its layout follows the configuration
     layout: bool | None = None  # when values cannot decide (diagnosis measures it): True = the case's own layout
     _failed: TargetError | None = None  # discovery's failure, kept: it does not depend on the drawn case
 
@@ -80,6 +102,7 @@ class InferredTarget:
             raise TargetError(f"{self.target.spec}: {exc}") from exc
         except NotImplementedError as exc:
             raise NotSupportedError(f"{self.target.spec} does not support {case.options()}: {exc}") from exc
+        self._layout_option = self._layout_option or "batch_first" in built.plan.taken
         wanted = fixed_sizes.not_given(self.level, built.not_taken)
         case = case.with_options(fixed_sizes.read_sizes(built.model, self.level, wanted, case.width))
         if "nhead" in wanted:
@@ -138,6 +161,8 @@ class InferredTarget:
         shape = tuple(getattr(case, k, None) for k in ("self_attention", "key_is_value", "equal_lengths",
                                                         "is_causal"))  # an attention's call shape
         known = found.convention if found is not None else self._conventions.get(shape)
+        if self._layout_option:  # its layout is an option it is built with: measured again for each configuration
+            known = None
         try:
             result = infer_target(builtin, sample, self.level, entry.call, inputs, kwargs,
                                         batch_first=case.batch_first, override=self.target.weight_map,
@@ -190,68 +215,93 @@ class InferredTarget:
         and the number of heads it has)."""
         if self._discovery is not None:
             return self._discovery
-        if self._failed is not None:  # it failed once: every case would fail the same way, so say it at once
-            raise TargetError(str(self._failed))
-        try:
-            return self._discover()
-        except (TargetError, NotSupportedError) as exc:
-            if isinstance(exc, TargetError):
+        if self._failed is None:
+            try:
+                return self._discover()
+            except TargetError as exc:
                 self._failed = exc
-            raise
+        # it failed: every case fails the same way, said at once, from one place (a replay sees the same failure)
+        raise TargetError(str(self._failed))
 
     def _discover(self) -> Discovery:
         base = self.entry.pinned[0][0] if self.entry.pinned else self.entry.from_config(Config())
         base, plan = accepted(self._sample, base.unmasked())
-        if "nhead" in fixed_sizes.not_given(self.level, plan.not_taken):
-            base = base.long_enough()  # with one key, every number of heads computes the same
+        heads_unknown = "nhead" in fixed_sizes.not_given(self.level, plan.not_taken)
+        base = measurable(base, plan.taken, heads_unknown)
         defaults = {k: v for k, v in DEFAULTS.items() if k in plan.not_taken}
-        base = base.with_options(dict(defaults))
-        tried: list[str] = []
-        closest: tuple[float, dict[str, Any], Any, nn.Module, Any, dict[int, int]] | None = None
+        search = _Search(base=base.with_options(dict(defaults)), plan=plan, defaults=defaults,
+                         heads_unknown=heads_unknown)
         shapes = attention_shapes(self.target.obj) if self.level == "attention" else ({},)
-        measured = "nhead" in fixed_sizes.not_given(self.level, plan.not_taken)
-        deferred: list[tuple[float, dict[str, Any], Any, nn.Module, Any]] = []  # mismatched at the drawn heads
-        differed: list[dict[str, Any]] = []  # call shapes that ran and differed: fewer distinct inputs would hide it
-        for shape, combo in ((shape, combo) for shape in shapes for combo in grid(self.level, plan.not_taken)):
-            if hidden_by(shape, differed):
-                continue
-            fixed = {**shape, **combo}
-            case, model, _ = self._sample(base.with_options(dict(fixed)))
+        start = search.base.options()
+        for shape, combo in ((shape, combo) for shape in shapes for combo in grid(self.level, plan.not_taken, start)):
+            if not hidden_by(shape, search.differed):
+                found = self._try(search, shape, {**shape, **combo})
+                if found is not None:
+                    return found
+        found = self._try_other_heads(search)
+        if found is not None:
+            return found
+        if search.closest is not None:  # it pairs with the built-in but equals none: check it where it is closest
+            difference, fixed, case, model, mismatch, self._heads = search.closest
+            note = (f"matches no {self.entry.builtin} configuration tried; closest (outputs differ by "
+                    f"{difference:.3g}): {shown(fixed)}; run parity diagnose to see where it differs")
+            return self._found(search.base, defaults, fixed, self._mismatched(mismatch, case, model), plan, note,
+                               case)
+        raise TargetError(
+            f"{self.target.spec} cannot be paired with {self.entry.builtin} in any configuration tried:\n  "
+            + "\n  ".join(search.tried)
+            + "\nwrite an override or an adapter (docs/plugins.md), or run parity diagnose")
+
+    def _try(self, search: _Search, shape: dict[str, Any], fixed: dict[str, Any]) -> Discovery | None:
+        """One configuration of the search: its Discovery when it verifies, else None (what it showed kept)."""
+        case, model, _ = self._sample(search.base.with_options(dict(fixed)))
+        group = repr(sorted((k, v) for k, v in fixed.items() if k not in ("activation", "layer_norm_eps")))
+        if not search.heads_unknown and group in search.unpaired:
+            search.tried.append(f"{shown(fixed)}: {search.unpaired[group]}")
+            return None
+        mismatch = None if search.heads_unknown else search.paired.get(group)  # that map, run, says how far
+        difference = disagreement(self._mismatched(mismatch, case, model), self.entry, case, model) \
+            if mismatch is not None else None
+        if difference is None or difference <= FLOAT64_AGREEMENT:
             try:
                 found = self._infer(case, model)
             except MapMismatchError as exc:  # paired one to one, but the outputs differ
-                tried.append(f"{shown(fixed)}: outputs differ by {exc.difference:.3g}")
-                deferred.append((exc.difference, fixed, case, model, exc))
-                differed.append(shape)
-                if closest is None or exc.difference < closest[0]:
-                    closest = (exc.difference, fixed, case, model, exc, dict(self._heads))
-                continue
+                search.paired[group] = mismatch = exc
+                if search.heads_unknown:  # other numbers of heads are tried once every configuration has been
+                    search.deferred.append((exc.difference, fixed, case, model, exc))
+                    difference = exc.difference
+                else:  # ranked by one measure with the others of its group: the same case's run
+                    difference = disagreement(self._mismatched(exc, case, model), self.entry, case, model)
             except (WeightMapError, NotSupportedError) as exc:
-                tried.append(f"{shown(fixed)}: {' '.join(str(exc).splitlines()[:3])}")
-                continue
-            if measured:  # the first count tried verified
-                self._heads[case.width] = case.heads
-                self._tried_heads[case.width] = [case.heads]
-            return self._found(base, defaults, fixed, found, plan, "", case)
-        for _, fixed, case, model, mismatch in sorted(deferred, key=lambda d: d[0]) if measured else ():
+                if isinstance(exc, CallError) and self.level != "attention":  # calling does not depend
+                    raise TargetError(f"{self.target.spec} at {self.level}: {exc}") from exc  # on options
+                search.unpaired[group] = " ".join(str(exc).splitlines()[:3])
+                search.tried.append(f"{shown(fixed)}: {search.unpaired[group]}")
+                return None
+            else:
+                if search.heads_unknown:  # the first count tried verified
+                    self._heads[case.width] = case.heads
+                    self._tried_heads[case.width] = [case.heads]
+                return self._found(search.base, search.defaults, fixed, found, search.plan, "", case)
+        search.differed.append(shape)
+        search.tried.append(f"{shown(fixed)}: outputs differ by {difference:.3g}")
+        search.keep_closest(difference, fixed, case, model, mismatch, dict(self._heads))
+        return None
+
+    def _try_other_heads(self, search: _Search) -> Discovery | None:
+        """Configurations that paired at the drawn number of heads and differed, closest first, at the others."""
+        for _, fixed, case, model, mismatch in sorted(search.deferred, key=lambda d: d[0]):
             heads, difference = self._other_heads(case, model, mismatch)  # another number of heads, closest first
             self._heads[case.width] = heads
             if difference == 0.0:
-                case, model, _ = self._sample(base.with_options(dict(fixed)))
-                return self._found(base, defaults, fixed, self._infer(case, model), plan, "", case)
-            if closest is None or difference < closest[0]:
-                case, model, _ = self._sample(base.with_options(dict(fixed)))
-                closest = (difference, fixed, case, model, mismatch, dict(self._heads))
+                case, model, _ = self._sample(search.base.with_options(dict(fixed)))
+                return self._found(search.base, search.defaults, fixed, self._infer(case, model), search.plan, "",
+                                   case)
+            if search.closest is None or difference < search.closest[0]:
+                case, model, _ = self._sample(search.base.with_options(dict(fixed)))
+                search.keep_closest(difference, fixed, case, model, mismatch, dict(self._heads))
             self._heads.pop(case.width, None)  # none verified: the next one starts from the drawn count
-        if closest is not None:  # it pairs with the built-in but equals none: check it where it is closest
-            difference, fixed, case, model, mismatch, self._heads = closest
-            found = self._mismatched(mismatch, case, model)
-            note = (f"matches no {self.entry.builtin} configuration tried; closest (outputs differ by "
-                    f"{difference:.3g}): {shown(fixed)}; run parity diagnose to see where it differs")
-            return self._found(base, defaults, fixed, found, plan, note, case)
-        raise TargetError(
-            f"{self.target.spec} cannot be paired with {self.entry.builtin} in any configuration tried:\n  "
-            + "\n  ".join(tried) + "\nwrite an override or an adapter (docs/plugins.md), or run parity diagnose")
+        return None
 
     def _found(self, base: Any, defaults: dict[str, Any], fixed: dict[str, Any], found: Inference,
                plan: Plan, note: str, case: Any) -> Discovery:
@@ -269,17 +319,7 @@ class InferredTarget:
         if apart and not note:
             notes.append("found on self-attention (query = key = value): with distinct keys and values it paired "
                          "with no configuration; it takes them apart, so cross-attention is checked too")
-        if sizes and plan.kind in ("instance", "factory"):
-            notes.append(f"sizes fixed by the object: {fixed_sizes.describe(sizes)}; every drawn case is checked "
-                         "at these sizes")
-        elif wanted:
-            notes.append(f"sizes the constructor does not take, read from the built model: {', '.join(wanted)}")
-        if "nhead" in wanted:
-            width = case.width
-            tried = ", ".join(map(str, dict.fromkeys(self._tried_heads.get(width, []))))
-            notes.append(f"nhead={case.heads} found by measurement: of the divisors of {width} (tried {tried}), "
-                         + ("the closest: none verifies" if note else "the one whose outputs verify against the "
-                            "built-in"))
+        notes += size_notes(plan, wanted, sizes, case, self._tried_heads.get(case.width, []), bool(note))
         self._discovery = Discovery(fixed={**defaults, **fixed}, masks=tuple(found.convention.masks),
                                     returns_weights=returns, unbatched=False, one_layer_count=one,
                                     sentence=sentence, notes=notes, inference=found,

@@ -192,6 +192,14 @@ def test_calling_and_masks_are_inferred_once_not_per_example(monkeypatch: pytest
     assert calls["calling"] == after_discovery["calling"], calls  # no calling search per example
 
 
+def test_a_call_the_harness_cannot_make_is_said_at_once_with_the_call_tried(capsys: pytest.CaptureFixture[str]) -> None:
+    """Calling does not depend on the configuration: discovery stops at the first, naming the call it made."""
+    assert check_main([f"{M}:NeedsPositions", "--as", "encoder_layer", "--show-map"]) == 1
+    err = capsys.readouterr().err
+    assert "cannot be called at this level: forward(x=<src>, positions=None)" in err, err
+    assert "in any configuration tried" not in err and "Traceback" not in err, err
+
+
 # -- through the command line, as a user runs it --------------------------------------------------------------------
 
 @pytest.mark.slow

@@ -384,3 +384,19 @@ class BatchMaskGPT(nn.Module):
 
 class BatchMaskGPTBug(BatchMaskGPT):
     block = _GPTBlockBug
+
+
+# -- a call the harness cannot make -------------------------------------------------------------------------------
+
+
+class NeedsPositions(nn.Module):
+    """``forward(x, positions)``: the positions index a table, and no level input gives them: it cannot be
+    called, and the check must say so at once, naming the call it tried."""
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+        self.table = nn.Embedding(64, d_model)
+        self.mix = nn.Linear(d_model, d_model)
+
+    def forward(self, x: Tensor, positions: Tensor) -> Tensor:
+        return self.mix(x + self.table(positions))
