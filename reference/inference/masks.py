@@ -129,7 +129,8 @@ def encode(form: MaskForm, mask: Tensor, name: str) -> Tensor:
     """The (N, 1|H, L, S) additive ``mask`` (``logical``) written in ``form`` for the target's ``name``."""
     N, heads, L, S = mask.shape
     layout = form.layout
-    if heads > 1:
+    batch_varies = not bool((mask == mask[:1]).all())  # one head: a per-head form carries per-batch masks too
+    if heads > 1 or (layout in ATTENTION and batch_varies and form.head_layout is not None):
         if form.head_layout is None:
             raise NotSupportedError(f"the target's {name} takes one {LAYOUT_WORDS[layout]} mask for every head: "
                                     "per-head masks cannot be expressed")
@@ -137,7 +138,7 @@ def encode(form: MaskForm, mask: Tensor, name: str) -> Tensor:
     elif layout in PADDING and not bool((mask == mask[:, :, :1]).all()):
         raise NotSupportedError(f"the target's {name} takes a padding mask {LAYOUT_WORDS[layout]}: a mask that "
                                 "differs between queries cannot be expressed")
-    elif layout in ATTENTION and not bool((mask == mask[:1]).all()):
+    elif layout in ATTENTION and batch_varies:
         raise NotSupportedError(f"the target's {name} takes one {LAYOUT_WORDS[layout]} mask for the whole batch: "
                                 "a mask that differs between batch elements (padding) cannot be expressed")
     blocked = torch.isneginf(mask)

@@ -141,19 +141,20 @@ def test_the_command_takes_a_level(capsys):
     assert not math.isnan(data["causes"][0]["place_before"])
 
 
-def test_what_check_calls_not_supported_diagnose_calls_not_supported_next_to_the_numeric_diagnosis():
+def test_a_target_that_crashes_under_masks_is_reported_as_check_reports_it_next_to_the_numeric_diagnosis():
     """Cross-attention on the target stream: wrong values without masks, shape errors with memory masks
-    (S != T), which check's resolution declines ("cannot be called"): diagnose says "not supported" with check's
-    reason, never CRASHES; the layout (sequence-first inside, shapes allow both) is measured, not guessed."""
+    (S != T). Its mask arguments carry torch's names, so check passes them and fails those cases (the crash
+    is the bug showing); diagnose agrees (the masked families crash, never "equivalent" or "not supported")
+    and still names the cause where it runs; the layout (sequence-first inside, shapes allow both) is measured."""
     d = run(f"{TARGETS}:CrossAttendsTarget", families=("default", "bool"))
     assert [c.key for c in d.causes] == ["cross_attention_reads_decoder"] and d.explained
     assert d.causes[0].place == "decoder.layers.0.multihead_attn"
     assert any(n.startswith("layout measured: sequence-first") for n in d.notes), d.notes
     masked = {f.name: f for f in d.families if f.group == "masks"}
     assert set(masked) == {"bool attention masks", "bool key padding masks"}
-    assert all(f.verdict == "not supported" and "as check says" in f.detail and "RuntimeError" in f.detail
-               for f in masked.values()), [(f.verdict, f.detail) for f in masked.values()]
-    assert not d.crashes
+    assert all(f.verdict == "crashes" and "RuntimeError" in f.detail for f in masked.values()), \
+        [(f.verdict, f.detail) for f in masked.values()]
+    assert d.verdict != "equivalent"
 
 
 def test_the_evidence_rule_keeps_only_findings_that_halve_an_error_above_the_tolerance():

@@ -73,4 +73,4 @@ def test_pytest_runs_nothing_for_a_target_it_cannot_resolve_and_its_report_says_
     assert int(code) == 1
     assert found["tests"] == [] and found["verdicts"] == [], found["tests"][:3]
     assert [u["level"] for u in found["unresolved"]] == ["transformer"], found["unresolved"]
-    assert "tokenizer" in found["unresolved"][0]["reason"], found["unresolved"][0]["reason"]
+    assert "checkpoint" in found["unresolved"][0]["reason"], found["unresolved"][0]["reason"]
