@@ -151,7 +151,8 @@ def refit_options(target: Target, level: str, d: Diagnosis, history: Refits | No
         return None
     history = Refits() if history is None else history
     exact = [OPTION_OF[c.key] for c in d.causes if c.key in OPTION_OF and c.place_explains]
-    guessed = [*d.families[0].closest.split(" + "), *(OPTION_OF.get(c.key, "") for c in d.causes)]
+    # a family's closest configuration is a whole-output guess like discovery's own: it never overrides it
+    guessed = [OPTION_OF.get(c.key, "") for c in d.causes]
     measured = {part.partition("=")[0] for part in exact}
     said = [*exact, *(part for part in guessed if part.partition("=")[0] not in measured | history.settled)]
     changes: dict[str, object] = {}

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 import reference.inference.binding as binding
 from reference.builtin.config import randomize_
 from reference.inference.binding import FLAGS
+from reference.inference.byname import one_mask_only
 from reference.inference.convention import Convention
 from reference.inference.copying import copy_model
 from reference.inference.mask_probe import keeps_batch_apart
@@ -171,7 +172,18 @@ def _with_masks(conv: Convention, model: nn.Module, sample: Mapping[str, Tensor]
             if cache is not None:
                 cache[key] = forms
     masks, forms, merge, always_causal = resolve(level, mask_params, forms, bool(kwargs.get("is_causal")))
-    return replace(conv, masks=masks, forms=forms, merge_padding=merge, always_causal=always_causal)
+    conv = replace(conv, masks=masks, forms=forms, merge_padding=merge, always_causal=always_causal)
+    by_name = {k: p for k, p in masks.items() if p not in forms and "padding" not in k
+               and (level != "attention" or p == "attn_mask")}  # merged or renamed: written as (N, 1|H, L, S)
+    if conv.keep_mask or not by_name or conv.batch_first is None:
+        return conv
+    probe_model = _probe_model(model)
+
+    def run_with(raw: Mapping[str, Tensor]) -> Tensor:
+        return conv.invoke(probe_model, inputs, raw, batch_first=True)["output"]
+
+    inputs = _probe_inputs(conv, sample, batch_first)
+    return replace(conv, one_mask_only=one_mask_only(level, run_with, inputs, by_name, heads))
 
 
 def _notes(conv: Convention, layouts: list[bool], batched: bool, measured: bool) -> list[str]:
@@ -190,6 +202,9 @@ def _notes(conv: Convention, layouts: list[bool], batched: bool, measured: bool)
         notes.append(f"{', '.join(by_name)} passed as keep-masks (True = may attend), as declared" if conv.keep_mask
                      else f"{', '.join(by_name)} passed as torch's masks (True or -inf = blocked), by name: no "
                      "probe showed what it blocks")
+    if conv.one_mask_only:
+        notes.append(f"{', '.join(conv.one_mask_only)} take(s) one (L, S) mask for every head: it raised with a zero "
+                     "(N*H, L, S) one, so per-head masks are not supported")
     if conv.merge_padding:
         notes.append(f"key_padding_mask merged into {conv.masks['attn_mask']} as one (N, 1|H, L, S) mask")
     if conv.always_causal:

@@ -43,6 +43,7 @@ class Convention:
     params: tuple[Param, ...] = ()  # the target's forward parameters
     forms: Forms = field(default_factory=dict)  # measured: how each mask parameter is written
     bindings: tuple[tuple[Pairs, tuple[bool, ...]], ...] = ()  # other pairings that run, with their layouts
+    one_mask_only: tuple[str, ...] = ()  # by name, measured to take no per-head masks (reference/inference/byname.py)
 
     def describe(self) -> str:
         return "; ".join(self.assumptions)
@@ -147,4 +148,8 @@ class Convention:
         elif self.level == "attention" and self.masks.get("attn_mask", "attn_mask") != "attn_mask" \
                 and "attn_mask" in masks:
             masks["attn_mask"] = merged(masks["attn_mask"], None, given, batch_first)
+        for name, mask in masks.items():
+            if self.masks[name] in self.one_mask_only and mask.dim() == 3 and "padding" not in name:
+                raise NotSupportedError(f"the target's {self.masks[name]} takes one (L, S) mask for every head "
+                                        "(it raised with a zero (N*H, L, S) one): per-head masks cannot be expressed")
         return {self.masks[name]: keep(mask) if self.keep_mask else mask for name, mask in masks.items()}
