@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import ast
 import math
 from dataclasses import dataclass, field
 
@@ -25,10 +24,11 @@ from reference.targets.contract import NotSupportedError, Target
 from reference.verdict.engine import outputs
 
 # Causes that amount to an option a target's code may fix (found at the place: a fit or the catalogue there)
-OPTION_OF = {"gelu_tanh_approximation": "activation=tanh_gelu", "always_gelu": "activation='gelu'",
-             "always_relu": "activation='relu'", "pre_norm": "norm_first=True", "post_norm": "norm_first=False",
-             "layer_norm_eps_1e-5": "layer_norm_eps=1e-05", "layer_norm_eps_1e-6": "layer_norm_eps=1e-06",
-             "layer_norm_eps_1e-12": "layer_norm_eps=1e-12"}
+OPTION_OF: dict[str, tuple[str, object]] = {
+    "gelu_tanh_approximation": ("activation", tanh_gelu), "always_gelu": ("activation", "gelu"),
+    "always_relu": ("activation", "relu"), "pre_norm": ("norm_first", True), "post_norm": ("norm_first", False),
+    "layer_norm_eps_1e-5": ("layer_norm_eps", 1e-5), "layer_norm_eps_1e-6": ("layer_norm_eps", 1e-6),
+    "layer_norm_eps_1e-12": ("layer_norm_eps", 1e-12)}
 
 
 def measure_layout(target: Target, level: str, base: object, device: torch.device | str) -> str | None:
@@ -125,7 +125,7 @@ def may_refit(target: Target, level: str, kind: str) -> bool:
     if not kind.startswith("inferred"):
         return False
     try:
-        return "matches no" in inferred(target, level).discover().sentence
+        return inferred(target, level).discover().closest
     except Exception:  # it cannot be resolved at all: the families say so
         return False
 
@@ -147,21 +147,16 @@ def refit_options(target: Target, level: str, d: Diagnosis, history: Refits | No
     if not d.kind.startswith("inferred") or not d.families or any(c.probe == "twice in eval" for c in d.causes):
         return None  # random outputs (dropout in eval) say nothing about the options
     found = inferred(target, level).discover()
-    if "matches no" not in found.sentence and MEASURED not in found.sentence:
+    if not found.closest and not found.measured:
         return None
     history = Refits() if history is None else history
     exact = [OPTION_OF[c.key] for c in d.causes if c.key in OPTION_OF and c.place_explains]
     # a family's closest configuration is a whole-output guess like discovery's own: it never overrides it
-    guessed = [OPTION_OF.get(c.key, "") for c in d.causes]
-    measured = {part.partition("=")[0] for part in exact}
-    said = [*exact, *(part for part in guessed if part.partition("=")[0] not in measured | history.settled)]
+    guessed = [OPTION_OF[c.key] for c in d.causes if c.key in OPTION_OF]
+    measured = {key for key, _ in exact}
+    said = [*exact, *((key, value) for key, value in guessed if key not in measured | history.settled)]
     changes: dict[str, object] = {}
-    for part in filter(None, said):
-        key, _, text = part.partition("=")
-        try:
-            value = tanh_gelu if text == "tanh_gelu" else ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            continue
+    for key, value in said:
         if key in found.fixed and found.fixed[key] != value and key not in changes \
                 and value not in history.tried.get(key, []):
             changes[key] = value
@@ -173,5 +168,6 @@ def refit_options(target: Target, level: str, d: Diagnosis, history: Refits | No
     before = {k: getattr(found.fixed[k], "__name__", found.fixed[k]) for k in changes}
     found.fixed.update(changes)
     found.sentence = f"follows {', '.join(f'{k}={v!r}' for k, v in found.fixed.items())} {MEASURED}"
+    found.measured = True
     return (f"the options its code fixes, measured: {', '.join(f'{k}={v!r}' for k, v in changes.items())}; the "
             f"closest whole output had suggested {before}, but the difference there comes from the causes below")

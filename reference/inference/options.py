@@ -124,6 +124,8 @@ class Discovery:
     notes: list[str] = field(default_factory=list)
     inference: Inference | None = field(default=None, repr=False)  # on the case it was measured on
     sizes: dict[str, Any] = field(default_factory=dict)  # sizes fixed by the object itself (instance, factory)
+    closest: bool = False  # it matched no configuration: ``fixed`` is the closest one (a bug hid which)
+    measured: bool = False  # ``fixed`` corrected by diagnosis from causes measured at their places
 
 
 def accepted(sample: Callable[[Any], tuple[Any, nn.Module, Any]], base: Any) -> tuple[Any, Any]:

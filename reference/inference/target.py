@@ -323,7 +323,8 @@ class InferredTarget:
         self._discovery = Discovery(fixed={**defaults, **fixed}, masks=tuple(found.convention.masks),
                                     returns_weights=returns, unbatched=False, one_layer_count=one,
                                     sentence=sentence, notes=notes, inference=found,
-                                    sizes=sizes if plan.kind in ("instance", "factory") else {})
+                                    sizes=sizes if plan.kind in ("instance", "factory") else {},
+                                    closest=bool(note))
         self._discovery.unbatched = self._takes_unbatched(base.with_options(dict(fixed)))
         return self._discovery
 
