@@ -3,8 +3,9 @@
 - ``prepare``    any target -> the engine's candidate for a case: an adapter or drop-in as it is, anything
                  else through an ``InferredTarget``;
 - ``target``     an inferred target at any level: discovery of the configuration it implements, then one
-                 candidate per drawn case (``candidate``), each case resolved by ``resolver`` with what was
-                 inferred kept per configuration shape (``cache``), the options user code may fix (``options``) and the sizes it really has (``sizes``);
+                 candidate per drawn case (``candidate``); ``resolver`` resolves each case, with what was
+                 inferred kept per configuration shape (``cache``), the options user code may fix
+                 (``options``) and the sizes it really has (``sizes``);
 - ``construct``  build the user's class through its own signature: ``roles`` (what a parameter stands for),
                  ``configs`` (an instance of the user's own config class, or a namespace), ``source`` (what its
                  source reads from a config), ``stacks`` (stacks that take a layer);

@@ -154,7 +154,14 @@ class Resolver:
         except MapMismatchError as exc:  # paired by order and shape, but the outputs differ: the code
             found = self._mismatched(exc, case, model)  # differs, judged on the verdicts
         except WeightMapError as exc:
-            raise TargetError(f"{self.target.spec}: {exc}") from exc
+            if self._discovery is None:
+                raise TargetError(f"{self.target.spec}: {exc}") from exc
+            # discovery paired it: a configuration whose tensors do not pair one to one is not one it implements
+            # (a ``bias`` argument that drops only some biases), which is said, not failed
+            why = "; ".join(line.strip() for line in str(exc).splitlines()[1:3])
+            flags = ", ".join(f"{k}={v!r}" for k, v in case.options().items() if isinstance(v, bool))
+            raise NotSupportedError(f"built with {flags}, the target's tensors do not pair with the built-in's one "
+                                    f"to one: {why}") from exc
         self._maps[key] = found
         return found
 

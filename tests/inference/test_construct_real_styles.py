@@ -251,3 +251,17 @@ def test_its_one_bug_twin_fails_with_the_divergence_shown(spec: str, level: str)
     message = report.failures[0]["message"]
     assert "max abs err" in message or "differ" in message, message
     assert not any("cannot be paired" in (f["message"] or "") for f in report.failures), report  # it ran
+
+
+@pytest.mark.slow
+def test_a_bias_flag_that_drops_some_biases_only_is_not_supported_there_not_failed() -> None:
+    """With its flag off the target keeps its output bias: that configuration does not pair with the built-in's
+    bias=False one to one, so it is declined with the reason (never a failure of correct code); the rest is
+    judged, and the bug twin fails there."""
+    spec = "tests.targets.construct_targets:SwitchedInputBias"
+    report = api.check(spec, level="attention", profile="ci", device="cpu", pytest_args=("-k", "float64"))
+    assert report.passed, report
+    reasons = {r["reason"] for r in report.report["not_supported"]}
+    assert any("bias=False" in r and "do not pair" in r and "proj.bias" in r for r in reasons), reasons
+    bug = api.check(f"{spec}Bug", level="attention", profile="ci", device="cpu", pytest_args=("-k", "float64"))
+    assert not bug.passed and bug.failures, bug

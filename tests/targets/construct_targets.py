@@ -22,6 +22,8 @@
   masks, merged into additive (N, 1, 1, S) masks. Bug: the memory's padding mask is ignored.
 - ``SpecDecoder(spec: DecoderSpec)``: a decoder stack configured by a dataclass with a field no level sets and no
   default (``embedding_dropout``). Bug: the self-attention ignores ``tgt_mask``.
+- ``SwitchedInputBias(width, heads, use_bias)``: a bias flag that switches the q/k/v biases only (the output
+  projection keeps its own). Bug: scores scaled by 1/head_dim.
 """
 
 from __future__ import annotations
@@ -313,3 +315,32 @@ FF_INSTANCE_BUG = Expand(24, 56, exact=False)  # the bug: GELU's sigmoid approxi
 
 
 PACKED_INSTANCE = HeadPacked(24, 4, 40, dropout=0.0)  # an instance: its number of heads is measured
+
+
+# -- a ``bias`` argument that switches some biases only ----------------------------------------------------------
+
+
+class SwitchedInputBias(nn.Module):
+    """``use_bias`` switches the q/k/v biases only; the output projection always has one, so with biases off
+    it is nn.MultiheadAttention(bias=True) with in_proj_bias at 0, not bias=False. Functional style: one
+    packed (3E, E) parameter for q, k and v, split by ``chunk`` after one matrix product."""
+
+    def __init__(self, width: int, heads: int, use_bias: bool = True, scale_power: float = 0.5) -> None:
+        super().__init__()
+        self.heads, self.scale_power = heads, scale_power
+        self.qkv = nn.Parameter(torch.randn(3 * width, width) / math.sqrt(width))
+        self.qkv_b = nn.Parameter(torch.zeros(3 * width)) if use_bias else None
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor) -> Tensor:  # batch-first
+        w, b = self.qkv.chunk(3), (None, None, None) if self.qkv_b is None else self.qkv_b.chunk(3)
+        q, k, v = (F.linear(x, w[i], b[i]) for i, x in enumerate((query, key, value)))
+        split = lambda t: t.unflatten(-1, (self.heads, -1)).transpose(1, 2)  # noqa: E731
+        q, k, v = split(q), split(k), split(v)
+        scores = q @ k.transpose(-1, -2) / q.shape[-1] ** self.scale_power
+        return self.proj((scores.softmax(-1) @ v).transpose(1, 2).flatten(-2))
+
+
+class SwitchedInputBiasBug(SwitchedInputBias):
+    def __init__(self, width: int, heads: int, use_bias: bool = True) -> None:
+        super().__init__(width, heads, use_bias, scale_power=1.0)  # the bug: scores scaled by 1/head_dim
