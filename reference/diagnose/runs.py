@@ -22,7 +22,7 @@ from reference.inference.prepare import fastpath, prepare
 from reference.levels.registry import LEVELS, Level
 from reference.targets.contract import NotSupportedError, Target, TargetError
 from reference.verdict.engine import Candidate, outputs
-from reference.verdict.tolerance import floor
+from reference.verdict.tolerance import judge
 
 
 @contextmanager
@@ -104,17 +104,16 @@ class Observation:
 
 
 def max_err(a: Tensor, b: Tensor) -> float:
-    """max |a - b|: both NaN counts as equal, NaN on one side as inf, other shapes as inf."""
-    if a.shape != b.shape:
-        return math.inf
-    diff = (a.to(torch.float64) - b.to(torch.float64)).abs()
-    diff = torch.where(a.isnan() & b.isnan(), torch.zeros_like(diff), diff)
-    return float(diff.nan_to_num(nan=math.inf).max()) if diff.numel() else 0.0
+    """max |a - b|, as the engine's comparison measures it (tolerance.judge): both NaN counts as equal, NaN on
+    one side as inf, other shapes as inf."""
+    return judge("diagnosis", a, b).max_abs
 
 
 def bound_for(expected: Tensor) -> float:
-    """The float64 tolerance for a tensor the built-in computed (tolerance.py's floor)."""
-    return floor(torch.float64, float(expected.abs().nan_to_num().max()) if expected.numel() else 0.0)
+    """The tolerance the engine's comparison gives a float64 CPU output the built-in computed (tolerance.judge:
+    the float64 floor, PyTorch's own error being 0 there)."""
+    reference = expected.detach().to("cpu", torch.float64)
+    return judge("diagnosis", reference, reference).bound
 
 
 def ratio_of(a: Tensor, b: Tensor) -> float:
