@@ -105,6 +105,7 @@ ACTIVATIONS: tuple[tuple[str, str | None, Callable[[Tensor], Tensor]], ...] = (
     ("relu", "always_relu", F.relu), ("gelu (exact, erf): F.gelu(x)", "always_gelu", F.gelu),
     ("gelu, tanh approximation: F.gelu(x, approximate='tanh')", "gelu_tanh_approximation",
      lambda x: F.gelu(x, approximate="tanh")),
+    ("gelu, sigmoid approximation: x * sigmoid(1.702 x)", None, lambda x: x * torch.sigmoid(1.702 * x)),
     ("silu / swish: x * sigmoid(x)", None, F.silu), ("identity (no activation)", None, lambda x: x),
     *((name, None, f) for name, f in (("elu", F.elu), ("tanh", torch.tanh), ("sigmoid", torch.sigmoid),
                                      ("softplus", F.softplus), ("mish", F.mish))),
