@@ -131,7 +131,9 @@ def merge(d: Diagnosis, findings: list[Finding], family: str, random: bool = Fal
     row = isolated.first
     if row is None:
         return
-    if not any(f.place == row.name and f.explains for f in findings):
+    inside = [r.name for r in isolated.rows if r.name.startswith(f"{row.name}.") and r.passed and not r.fed_passed]
+    if not any(f.explains and (f.place == row.name or (not row.passed and inside and f.place == inside[0]))
+               for f in findings):  # a layer's own code is the sums between its parts: the first fed one says it
         before = [r.name for r in isolated.rows[:isolated.rows.index(row)] if r.name.rsplit(".", 1)[0]
                   == row.name.rsplit(".", 1)[0]]
         between = f" (the code between {before[-1]} and it: residuals, norm placement, activation)" if before else ""

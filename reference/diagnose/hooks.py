@@ -76,6 +76,10 @@ class _Recorder:
                 self._slot(span.entry, (name, None))
                 self._slot(span.exit, (None, name))
         self.count: dict[int, int] = {}
+        # per module, the calls before its slots: a module the target calls more often than the built-in calls
+        # the site's module (``norm(x)`` once more on the residual) has its last calls stand for the site, the
+        # ones whose outputs go on to the output (``extra_calls`` measures them on a first run)
+        self.skip: dict[int, int] = {}
         self.stack: dict[int, list[str | None]] = {}
         self.calls: dict[str, tuple[tuple, dict]] = {}
         self.inputs: dict[str, list[Tensor]] = {}
@@ -93,8 +97,8 @@ class _Recorder:
     def _pre(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         k = self.count.get(id(module), 0)
         self.count[id(module)] = k + 1
-        calls = self.slots[id(module)]
-        name, exit_name = calls[k] if k < len(calls) else (None, None)
+        calls, k = self.slots[id(module)], k - self.skip.get(id(module), 0)
+        name, exit_name = calls[k] if 0 <= k < len(calls) else (None, None)
         self.stack.setdefault(id(module), []).append(exit_name)
         if name is None:
             return None
@@ -135,6 +139,10 @@ class _Recorder:
         if layout is None:
             return None
         return _replace_first(output, layout[0](self.replace[name]).to(out.device, out.dtype, copy=True))
+
+    def extra_calls(self) -> dict[int, int]:
+        """After a run: per module, how many more calls it got than it has slots."""
+        return {m: n - len(self.slots[m]) for m, n in self.count.items() if n > len(self.slots[m])}
 
     def attach(self) -> list:
         handles = []

@@ -132,8 +132,11 @@ def localize(obs: Observation) -> tuple[list[Localization], str, Replay | None]:
             h.remove()
         order = {n: i for i, n in enumerate(ref_rec.order)}
         results, replay = [], None
+        counter = _Recorder(mapping, order)
+        extra = counter.extra_calls() if _run(obs, counter) is None else {}
         for mode in ("propagated", "isolated"):
             rec = _Recorder(mapping, order)
+            rec.skip = extra
             if mode == "isolated":
                 rec.feed, rec.replace = ref_rec.inputs, ref_rec.outputs
             error = _run(obs, rec)

@@ -50,17 +50,31 @@ def _first(args: tuple) -> Tensor | None:
 
 def _terms(layer: str, calls: dict[str, tuple[tuple, dict]], expected: dict[str, Tensor]) -> dict[str, Tensor]:
     """Every tensor the built-in recorded inside ``layer``: each submodule's first input, and its output."""
-    inside = lambda n: n == layer or n.startswith(f"{layer}.")  # noqa: E731
+    inside = lambda n: not layer or n == layer or n.startswith(f"{layer}.")  # noqa: E731  ("": the module itself)
     out = {f"the input of {n}": t for n, (args, _) in calls.items() if inside(n) and (t := _first(args)) is not None}
-    out |= {f"{n}'s output": t for n, t in expected.items() if n.startswith(f"{layer}.")}
+    out |= {f"{n}'s output": t for n, t in expected.items() if n and n != layer and inside(n)}
     return out
 
 
-def residual(place: str, builtin: str, reference: Tensor, observed: Tensor, calls: dict[str, tuple[tuple, dict]],
-             expected: dict[str, Tensor], bound: float) -> list[Measured]:
-    """The residual sum at ``place``: which wrong sum the target gives there (``observed``), if one is exact."""
+def _norms(model: nn.Module | None, layer: str) -> dict[str, nn.Module]:
+    """The built-in's LayerNorms inside ``layer`` (the layer itself when it is one), by their short names."""
+    if model is None:
+        return {}
+    try:
+        inside = model.get_submodule(layer) if layer else model
+    except AttributeError:
+        return {}
+    return {(n or layer).rpartition(".")[2]: m for n, m in inside.named_modules() if isinstance(m, nn.LayerNorm)}
+
+
+def residual(place: str, builtin: str, reference: Tensor, observed: Tensor,  # noqa: PLR0913
+             calls: dict[str, tuple[tuple, dict]], expected: dict[str, Tensor], bound: float,
+             model: nn.Module | None = None) -> list[Measured]:
+    """The residual sum at ``place``: which wrong sum the target gives there (``observed``), if one is exact.
+    ``model`` (the built-in) lends its norms inside the layer: a residual carrying norm(x) instead of x."""
     layer = place if LAYER.search(place) else place.rpartition(".")[0]
     terms = _terms(layer, calls, expected)
+    norms = _norms(model, layer)
     scale = max(1.0, float(reference.abs().nan_to_num().max()))
     before = _err(observed, reference)
     for f_name, f in terms.items():
@@ -82,6 +96,10 @@ def residual(place: str, builtin: str, reference: Tensor, observed: Tensor, call
                 (f"{short}'s output is never added: it passes on x alone, where {builtin} has x + {short}(x)", x,
                  f"add the sublayer's output: x + {short}(x)"),
             ]
+            with torch.no_grad():
+                sums += [(f"the residual around {short} carries the normalized input: {n}(x) + {short}(x), where "
+                          f"{builtin} has x + {short}(x)", norm(x) + f,
+                          f"add the un-normalized input: x + {short}(x)") for n, norm in norms.items()]
             found = [Measured(what=what, key=None, cause=RESIDUAL, fix=fix, before=before, after=_err(observed,
                                                                                                       value)) for what,
                                                                                                       value,
