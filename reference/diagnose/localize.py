@@ -131,6 +131,13 @@ def localize(obs: Observation) -> tuple[list[Localization], str, Replay | None]:
         for h in handles:
             h.remove()
         order = {n: i for i, n in enumerate(ref_rec.order)}
+        unmapped = [n for n in names if n not in mapping and GROUP not in n]  # the sums between sites read these
+        whole = _Recorder(builtin_spans(obs, unmapped), {})
+        handles = whole.attach() if unmapped else []
+        if unmapped:
+            obs.entry.call(obs.builtin, **obs.inputs, **obs.kwargs)
+        for h in handles:
+            h.remove()
         results, replay = [], None
         counter = _Recorder(mapping, order)
         extra = counter.extra_calls() if _run(obs, counter) is None else {}
@@ -152,6 +159,7 @@ def localize(obs: Observation) -> tuple[list[Localization], str, Replay | None]:
             results.append(table)
             if mode == "isolated":
                 replay = _replay(ref_rec, rec, obs.builtin)
+                replay.calls, replay.expected = {**whole.calls, **replay.calls}, {**whole.outputs, **replay.expected}
     return results, "", replay
 
 

@@ -171,6 +171,17 @@ def _residual(obs: Observation, row: SubmoduleError, replay: Replay, fed: bool) 
     return _measured(row, found, bound)
 
 
+def _placement(obs: Observation, row: SubmoduleError, replay: Replay) -> list[Finding]:
+    """A norm fed x + f(x) where the built-in (pre-norm) feeds it x: the target normalizes after the residual."""
+    reference = sums._first(replay.calls[row.name][0]) if row.name in replay.calls else None
+    observed = replay.fed.get(row.name)
+    if reference is None or observed is None or reference.shape != observed.shape:
+        return []
+    bound = bound_for(reference)
+    return _measured(row, sums.placement(row.name, obs.builtin, reference, observed, replay.calls, replay.expected,
+                                         bound), bound)
+
+
 def _group(obs: Observation, row: SubmoduleError, replay: Replay) -> list[Finding]:
     """A site standing for linear1 and linear2 together: the activation between them."""
     parts = members(row.name)
@@ -192,7 +203,8 @@ def probe_places(obs: Observation, tables: list[Localization], replay: Replay | 
     findings: list[Finding] = []
     own = [r for r in isolated.rows if not r.passed and r.name in replay.got][:limit]
     fed = [r for r in isolated.rows if r.passed and not r.fed_passed][:limit]
-    fed_found = [f for row in fed for f in _activation(row, replay) + _residual(obs, row, replay, fed=True)]
+    fed_found = [f for row in fed for f in _activation(row, replay) + _placement(obs, row, replay)
+                 + _residual(obs, row, replay, fed=True)]
     for row in own:
         if GROUP in row.name:
             found = _group(obs, row, replay)

@@ -56,6 +56,18 @@ def _terms(layer: str, calls: dict[str, tuple[tuple, dict]], expected: dict[str,
     return out
 
 
+def _distinct(terms: dict[str, Tensor], bound: float) -> dict[str, Tensor]:
+    """One entry per distinct tensor, named by every name it has ("norm1's output = the input of multihead_attn")."""
+    out: dict[str, Tensor] = {}
+    for name, t in terms.items():
+        same = next((n for n, u in out.items() if _err(u, t) <= bound), None)
+        if same is None:
+            out[name] = t
+        else:
+            out[f"{same} = {name}"] = out.pop(same)
+    return out
+
+
 def _norms(model: nn.Module | None, layer: str) -> dict[str, nn.Module]:
     """The built-in's LayerNorms inside ``layer`` (the layer itself when it is one), by their short names."""
     if model is None:
@@ -100,12 +112,52 @@ def residual(place: str, builtin: str, reference: Tensor, observed: Tensor,  # n
                 sums += [(f"the residual around {short} carries the normalized input: {n}(x) + {short}(x), where "
                           f"{builtin} has x + {short}(x)", norm(x) + f,
                           f"add the un-normalized input: x + {short}(x)") for n, norm in norms.items()]
+                others = _distinct({n: y for n, y in terms.items() if n != f_name and y.shape == x.shape
+                                    and _err(y, x) > bound}, bound)
+                sums += [(f"the residual around {short} skips part of the layer: it adds {y_name} where {builtin} "
+                          f"adds x, {short}'s input (y + {short}(x) for x + {short}(x))", y + f,
+                          f"add the sublayer's own input: x + {short}(x)") for y_name, y in others.items()]
             found = [Measured(what=what, key=None, cause=RESIDUAL, fix=fix, before=before, after=_err(observed,
                                                                                                       value)) for what,
                                                                                                       value,
                                                                                                       fix in sums]
             return [m for m in found if before > bound >= m.after]
     return []
+
+
+def placement(place: str, builtin: nn.Module, reference: Tensor, observed: Tensor,
+              calls: dict[str, tuple[tuple, dict]], expected: dict[str, Tensor], bound: float) -> list[Measured]:
+    """A pre-norm built-in's norm fed x + f(x): the target normalizes after the residual (post-norm). ``f`` is the
+    built-in's own sublayer that the norm feeds, called as it was with the norm's output replaced by x."""
+    normed = expected.get(place)
+    if normed is None or not isinstance(_module(builtin, place), nn.LayerNorm):
+        return []
+    layer, before = place.rpartition(".")[0], _err(observed, reference)
+    for sub, (args, kwargs) in calls.items():
+        module = _module(builtin, sub)
+        if module is None or sub.rpartition(".")[0] != layer or not SUBLAYER.search(sub) or \
+                not any(isinstance(a, Tensor) and a.shape == normed.shape and bool((a == normed).all()) for a in args):
+            continue
+        swap = tuple(reference if isinstance(a, Tensor) and a.shape == normed.shape and bool((a == normed).all())
+                     else a for a in args)
+        with torch.no_grad():
+            out = module(*swap, **kwargs)
+        f = out[0] if isinstance(out, tuple) else out
+        short = sub.rpartition(".")[2]
+        after = _err(observed, reference + f)
+        if before > bound >= after:
+            return [Measured(what=f"it normalizes after the residual: norm(x + {short}(x)) (post-norm), where the "
+                             f"built-in normalizes before the sublayer: x + {short}(norm(x))", key="post_norm",
+                             cause="pre/post-norm placement", fix="normalize before the sublayer: x + f(norm(x))",
+                             before=before, after=after)]
+    return []
+
+
+def _module(model: nn.Module, name: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return None
 
 
 def feed_forward(linear1: nn.Module, linear2: nn.Module, x: Tensor, expected: Tensor, got: Tensor,
