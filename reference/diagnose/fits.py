@@ -73,13 +73,14 @@ def _keep(fits: list[Fit]) -> list[Fit]:  # best first, only the fits that at le
 # --- nn.LayerNorm ----------------------------------------------------------------------------------------------
 
 def _layer_norm(m: nn.LayerNorm, x: Tensor, eps: float, *, unbiased: bool = False, at_std: bool = False,
-                center: bool = True, weight: bool = True, bias: bool = True, dims: tuple[int, ...] = (-1,)) -> Tensor:
+                center: bool = True, weight: bool = True, bias: bool = True, dims: tuple[int, ...] = (-1,),
+                shift: float = 1.0) -> Tensor:
     c = x - x.mean(dim=dims, keepdim=True) if center else x
     n = math.prod(x.size(d) for d in dims)
     var = c.square().sum(dim=dims, keepdim=True) / (n - 1 if unbiased else n)
     y = c / (var.sqrt() + eps) if at_std else c * torch.rsqrt(var + eps)
     y = y * m.weight if weight and m.weight is not None else y
-    return y + m.bias if bias and m.bias is not None else y
+    return y + shift * m.bias if bias and m.bias is not None else y
 
 
 def _eps_fit(m: nn.LayerNorm, x: Tensor, got: Tensor, before: float) -> Fit:
@@ -109,7 +110,7 @@ def _norm_fits(m: nn.LayerNorm, x: Tensor, got: Tensor, expected: Tensor, before
         ("RMSNorm: x / sqrt(mean(x²) + eps), no centering", None, {"center": False}),
         *[("weight and bias not applied" if b else "weight not applied", None, {"weight": False, "bias": False})] * w,
         *[("weight not applied (bias is)", None, {"weight": False}), ("bias not applied (weight is)", None,
-          {"bias": False}), ("RMSNorm without bias: weight * x / sqrt(mean(x²) + eps)", None,
+          {"bias": False}), ("bias subtracted instead of added: x̂ * weight - bias", None, {"shift": -1.0}), ("RMSNorm without bias: weight * x / sqrt(mean(x²) + eps)", None,
           {"center": False, "bias": False})] * (w and b),
         *((f"normalizes over dim {d} (size {x.size(d)}) instead of the last (features)", None, {"dims": (d,)})
           for d in range(x.dim() - 1) if x.size(d) > 1),

@@ -80,6 +80,7 @@ class _Recorder:
         # the site's module (``norm(x)`` once more on the residual) has its last calls stand for the site, the
         # ones whose outputs go on to the output (``extra_calls`` measures them on a first run)
         self.skip: dict[int, int] = {}
+        self.result: object = None  # what the whole model returned on the run these hooks watched
         self.stack: dict[int, list[str | None]] = {}
         self.calls: dict[str, tuple[tuple, dict]] = {}
         self.inputs: dict[str, list[Tensor]] = {}
