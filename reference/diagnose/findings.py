@@ -169,3 +169,23 @@ def best_match(families: list[fam.Family]) -> str:
         return f"matches {asked.closest}, not the configuration asked for ({asked.name})"
     return (f"matches no configuration asked for; closest configuration: {asked.closest} "
             f"(the other causes below account for the rest)")
+
+
+LAYOUT_SLOTS = frozenset({"qkv.rows", "heads.split"})  # deviations claiming only these read weights in another order
+
+
+def weight_layouts(d: Diagnosis) -> None:
+    """An inferred target's weight map is measured, not given: a deviation that only reads the weights in another
+    order (the packed q/k/v rows, the features of each head) is a layout its own weights may have, which a bug kept
+    the map from verifying: a note, never a cause (a per-head packed q/k/v projection is valid code)."""
+    def layout(c: Cause) -> bool:
+        dev = BY_KEY.get(c.key)
+        return dev is not None and bool(dev.claims) and all(slot in LAYOUT_SLOTS for slot, _ in dev.claims)
+
+    moved = [c for c in d.causes if layout(c)]
+    if d.explanation is not None:
+        d.explanation.causes = [c for c in d.explanation.causes if not layout(c)]
+    d.extra_causes = [c for c in d.extra_causes if not layout(c)]
+    d.notes += [f"its weights are laid out so that it {c.does} (measured as a whole-model variant); the weight map "
+                "could not verify that layout, since the difference below hid it: a layout of its weights, not a "
+                "cause" for c in moved]
