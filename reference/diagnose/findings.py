@@ -171,7 +171,11 @@ def best_match(families: list[fam.Family]) -> str:
             f"(the other causes below account for the rest)")
 
 
-LAYOUT_SLOTS = frozenset({"qkv.rows", "heads.split"})  # deviations claiming only these read weights in another order
+# Claims of deviations that only read the weights in another order (a permutation of rows, the same on the way out):
+# the packed q/k/v rows in any order, each head's features by a stride. (A split without the transpose mixes
+# positions: a bug whatever the weights.)
+def _reorders(slot: str, value: object) -> bool:
+    return slot == "qkv.rows" or (slot, value) == ("heads.split", "interleaved")
 
 
 def weight_layouts(d: Diagnosis) -> None:
@@ -180,7 +184,7 @@ def weight_layouts(d: Diagnosis) -> None:
     the map from verifying: a note, never a cause (a per-head packed q/k/v projection is valid code)."""
     def layout(c: Cause) -> bool:
         dev = BY_KEY.get(c.key)
-        return dev is not None and bool(dev.claims) and all(slot in LAYOUT_SLOTS for slot, _ in dev.claims)
+        return dev is not None and bool(dev.claims) and all(_reorders(slot, value) for slot, value in dev.claims)
 
     moved = [c for c in d.causes if layout(c)]
     if d.explanation is not None:
