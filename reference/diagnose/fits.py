@@ -223,21 +223,29 @@ def _attention_fits(m: nn.MultiheadAttention, args: tuple, kwargs: dict, got: Te
     equal = [(n, s, key) for n, s, key in named if err(scale=s) <= 2 * after + ROUNDING * _scale(got)]
     uses = f"nn.MultiheadAttention uses 1/sqrt(head_dim) = {hd**-0.5:.4g}"
     n, s, key = equal[0] if equal else ("", 10.0**log_s, None)
-    fits = [Fit(f"scores scaled by {s:.4g} {f'= {n}' if n else '(fitted)'}, {uses}", key, before, err(scale=s)),
-        fit("softmax over the queries (dim -2) instead of the keys", "softmax_over_queries", softmax_dim=-2),
-        fit("heads merged by reshape(L, N, E) of (N, H, L, head_dim) data, without a permute",
-            "head_merge_without_transpose", merge="seq"),
-        fit("heads merged by reshape(N, L, E) of (N, H, L, head_dim) data, without transpose(1, 2)",
-            "head_merge_without_transpose", merge="batch"),  # the same bug in a batch-first layout
-        fit("heads split by reshape(N, H, L, head_dim) of (L, N, E) data, without transposing",
-            "head_split_without_transpose", split="seq"),
-        fit("heads split by view(N, H, L, head_dim) of (N, L, E) data, without view(N, L, H, head_dim).transpose(1, 2)",
-            "head_split_without_transpose", split="batch"),  # the same bug in a batch-first layout
-        fit("out_proj not applied after concatenating the heads", "output_projection_missing", out=False),
-        *(fit(f"reads the packed in_proj rows as {', '.join(o)} where nn.MultiheadAttention has q, k, v"
-              + (" (q and k swapped)" if o == "kqv" else ""), f"qkv_as_{o}", order=o)
+    specs: list[tuple[str, str | None, dict[str, Any]]] = [
+        ("softmax over the queries (dim -2) instead of the keys", "softmax_over_queries", {"softmax_dim": -2}),
+        ("heads merged by reshape(L, N, E) of (N, H, L, head_dim) data, without a permute",
+         "head_merge_without_transpose", {"merge": "seq"}),
+        ("heads merged by reshape(N, L, E) of (N, H, L, head_dim) data, without transpose(1, 2)",
+         "head_merge_without_transpose", {"merge": "batch"}),  # the same bug in a batch-first layout
+        ("heads split by reshape(N, H, L, head_dim) of (L, N, E) data, without transposing",
+         "head_split_without_transpose", {"split": "seq"}),
+        ("heads split by view(N, H, L, head_dim) of (N, L, E) data, without view(N, L, H, head_dim).transpose(1, 2)",
+         "head_split_without_transpose", {"split": "batch"}),  # the same bug in a batch-first layout
+        ("out_proj not applied after concatenating the heads", "output_projection_missing", {"out": False}),
+        *((f"reads the packed in_proj rows as {', '.join(o)} where nn.MultiheadAttention has q, k, v"
+           + (" (q and k swapped)" if o == "kqv" else ""), f"qkv_as_{o}", {"order": o})
           for o in ("kqv", "qvk", "vkq", "kvq", "vqk")),
     ]
+    scaled = f"scores scaled by {s:.4g} {f'= {n}' if n else '(fitted)'}, {uses}"
+    fits = [Fit(scaled, key, before, err(scale=s)), *(fit(what, name, **kw) for what, name, kw in specs)]
+    if mask is not None and (causal or _is_causal_mask(mask)):  # a causal mask the target may not apply at all
+        nn_, s_, key_ = min(named, key=lambda t: err(scale=t[1], attn_mask=None))  # (a target taking none was
+        for what, name, kw in [(f"scores scaled by {s_:.4g} = {nn_}, {uses}", key_, {"scale": s_}), *specs]:  # guessed)
+            after = err(**{**kw, "attn_mask": None})
+            fits += [Fit(f"{what}; and no causal mask applied", name, before, after),
+                     Fit(f"attn_mask ignored: no causal mask applied (and {what})", "masks_ignored", before, after)]
     if mask is not None:
         fits.append(fit("attn_mask ignored", "masks_ignored", attn_mask=None))
     if kpm is not None:
