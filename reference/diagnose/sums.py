@@ -117,10 +117,12 @@ def residual(place: str, builtin: str, reference: Tensor, observed: Tensor,  # n
                 sums += [(f"the residual around {short} skips part of the layer: it adds {y_name} where {builtin} "
                           f"adds x, {short}'s input (y + {short}(x) for x + {short}(x))", y + f,
                           f"add the sublayer's own input: x + {short}(x)") for y_name, y in others.items()]
-            found = [Measured(what=what, key=None, cause=RESIDUAL, fix=fix, before=before, after=_err(observed,
-                                                                                                      value)) for what,
-                                                                                                      value,
-                                                                                                      fix in sums]
+            kept: list[tuple[str, Tensor, str]] = []
+            for what, value, fix in sums:  # one wording per sum: y + f(x) with y = norm1(x) is said once
+                if not any(_err(value, v) <= bound for _, v, _ in kept):
+                    kept.append((what, value, fix))
+            found = [Measured(what=what, key=None, cause=RESIDUAL, fix=fix, before=before,
+                              after=_err(observed, value)) for what, value, fix in kept]
             return [m for m in found if before > bound >= m.after]
     return []
 
