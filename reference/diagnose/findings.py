@@ -21,7 +21,8 @@ import torch
 
 import reference.diagnose.families as fam
 from reference.catalogue import BY_KEY
-from reference.diagnose.localize import localize
+from reference.diagnose.gradients import gradient_table, norm_fits
+from reference.diagnose.localize import Localization, Replay, localize
 from reference.diagnose.place import Finding, probe_places
 from reference.diagnose.plot import maps_of
 from reference.diagnose.probes import Cause, dropout_in_eval, varies
@@ -95,8 +96,28 @@ def localize_some(d: Diagnosis, by_name: dict[str, Observation], random: set[str
         if reasons:
             d.notes.append("localized on " + family.name + ", where the map reaches; not on " + "; ".join(reasons))
         merge(d, probe_places(obs, tables, replay), family.name, family.name in random)
+        if replay is not None and family.verdict == "divergent":
+            _gradients_only(d, tables, replay, family.name)
         return
     d.not_localized = "no family tried could be localized: " + "; ".join(reasons)
+
+
+def _gradients_only(d: Diagnosis, tables: list[Localization], replay: Replay, family: str) -> None:
+    """Every mapped submodule's output agrees: the place is where the input gradients first differ."""
+    isolated = next((t for t in tables if t.mode == "isolated" and t.rows), None)
+    if isolated is None or isolated.first is not None:
+        return
+    table, grads = gradient_table(replay, isolated)
+    d.localization.append(table)
+    row = table.first
+    if row is None:
+        return
+    findings = norm_fits(replay, row, grads[row.name])
+    merge(d, findings, family)
+    if not findings:
+        d.unexplained = (f"{row.name or 'the module itself'} (the target's {row.target_module}): its input gradient "
+                         f"differs by {row.max_abs:.3g} (tolerance {row.bound:.3g}) on {family}, its output does not; "
+                         "no fit accounts for it")
 
 
 def merge(d: Diagnosis, findings: list[Finding], family: str, random: bool = False) -> None:

@@ -73,14 +73,13 @@ def _keep(fits: list[Fit]) -> list[Fit]:  # best first, only the fits that at le
 # --- nn.LayerNorm ----------------------------------------------------------------------------------------------
 
 def _layer_norm(m: nn.LayerNorm, x: Tensor, eps: float, *, unbiased: bool = False, at_std: bool = False,
-                center: bool = True, weight: bool = True, bias: bool = True, dims: tuple[int, ...] = (-1,),
-                shift: float = 1.0) -> Tensor:
+                center: bool = True, weight: bool = True, bias: float = 1.0, dims: tuple[int, ...] = (-1,)) -> Tensor:
     c = x - x.mean(dim=dims, keepdim=True) if center else x
     n = math.prod(x.size(d) for d in dims)
     var = c.square().sum(dim=dims, keepdim=True) / (n - 1 if unbiased else n)
     y = c / (var.sqrt() + eps) if at_std else c * torch.rsqrt(var + eps)
     y = y * m.weight if weight and m.weight is not None else y
-    return y + shift * m.bias if bias and m.bias is not None else y
+    return y + bias * m.bias if bias and m.bias is not None else y  # bias -1: subtracted
 
 
 def _eps_fit(m: nn.LayerNorm, x: Tensor, got: Tensor, before: float) -> Fit:
@@ -109,8 +108,9 @@ def _norm_fits(m: nn.LayerNorm, x: Tensor, got: Tensor, expected: Tensor, before
          "layer_norm_eps_outside_sqrt", {"at_std": True}),
         ("RMSNorm: x / sqrt(mean(x²) + eps), no centering", None, {"center": False}),
         *[("weight and bias not applied" if b else "weight not applied", None, {"weight": False, "bias": False})] * w,
+        *[("bias subtracted instead of added: x̂ * weight - bias", None, {"bias": -1.0})] * b,
         *[("weight not applied (bias is)", None, {"weight": False}), ("bias not applied (weight is)", None,
-          {"bias": False}), ("bias subtracted instead of added: x̂ * weight - bias", None, {"shift": -1.0}), ("RMSNorm without bias: weight * x / sqrt(mean(x²) + eps)", None,
+          {"bias": False}), ("RMSNorm without bias: weight * x / sqrt(mean(x²) + eps)", None,
           {"center": False, "bias": False})] * (w and b),
         *((f"normalizes over dim {d} (size {x.size(d)}) instead of the last (features)", None, {"dims": (d,)})
           for d in range(x.dim() - 1) if x.size(d) > 1),
@@ -240,12 +240,7 @@ def _attention_fits(m: nn.MultiheadAttention, args: tuple, kwargs: dict, got: Te
     ]
     scaled = f"scores scaled by {s:.4g} {f'= {n}' if n else '(fitted)'}, {uses}"
     fits = [Fit(scaled, key, before, err(scale=s)), *(fit(what, name, **kw) for what, name, kw in specs)]
-    if mask is not None and (causal or _is_causal_mask(mask)):  # a causal mask the target may not apply at all
-        nn_, s_, key_ = min(named, key=lambda t: err(scale=t[1], attn_mask=None))  # (a target taking none was
-        for what, name, kw in [(f"scores scaled by {s_:.4g} = {nn_}, {uses}", key_, {"scale": s_}), *specs]:  # guessed)
-            after = err(**{**kw, "attn_mask": None})
-            fits += [Fit(f"{what}; and no causal mask applied", name, before, after),
-                     Fit(f"attn_mask ignored: no causal mask applied (and {what})", "masks_ignored", before, after)]
+    fits += _unmasked(err, named, specs, uses, before) if causal or _is_causal_mask(mask) else []
     if mask is not None:
         fits.append(fit("attn_mask ignored", "masks_ignored", attn_mask=None))
     if kpm is not None:
@@ -264,6 +259,19 @@ def _attention_fits(m: nn.MultiheadAttention, args: tuple, kwargs: dict, got: Te
                  fit("the causal mask is off by one (triu(diagonal=2)): position t also sees t + 1",
                      "causal_off_by_one", attn_mask=ones.triu(2))]
     return fits
+
+
+def _unmasked(err: Callable[..., float], named: list[tuple[str, float, str | None]],
+              specs: list[tuple[str, str | None, dict[str, Any]]], uses: str, before: float) -> list[Fit]:
+    """Each fit with the causal mask dropped too (a target taking no mask, guessed always causal, may apply none):
+    both named, each carrying the error of the two together."""
+    n, s, key = min(named, key=lambda t: err(scale=t[1], attn_mask=None))
+    out = []
+    for what, name, kw in [(f"scores scaled by {s:.4g} = {n}, {uses}", key, {"scale": s}), *specs]:
+        after = err(**{**kw, "attn_mask": None})
+        out += [Fit(f"{what}; and no causal mask applied", name, before, after),
+                Fit(f"attn_mask ignored: no causal mask applied (and {what})", "masks_ignored", before, after)]
+    return out
 
 
 def _linear_fits(m: nn.Linear, x: Tensor, got: Tensor, expected: Tensor, before: float) -> list[Fit]:

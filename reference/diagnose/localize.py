@@ -85,6 +85,8 @@ class Replay:
     got: dict[str, Tensor]  # the target module's output fed the built-in's input, in the built-in's layout
     fed: dict[str, Tensor]  # the first tensor input the target itself gave it, in the built-in's layout
     modules: dict[str, nn.Module]  # built-in name -> the built-in's submodule
+    targets: dict[str, nn.Module] = field(default_factory=dict)  # built-in name -> the one target module for it
+    target_calls: dict[str, tuple[tuple, dict]] = field(default_factory=dict)  # its own call (before feeding)
 
 
 def _run(obs: Observation, recorder: _Recorder | None) -> Exception | None:
@@ -163,6 +165,8 @@ def localize(obs: Observation) -> tuple[list[Localization], str, Replay | None]:
             if mode == "isolated":
                 replay = _replay(ref_rec, rec, obs.builtin)
                 replay.calls, replay.expected = {**whole.calls, **replay.calls}, {**whole.outputs, **replay.expected}
+                replay.targets = {n: s.entry for n, s in mapping.items() if s.entry is s.exit and GROUP not in n}
+                replay.target_calls = dict(rec.calls)
     return results, "", replay
 
 

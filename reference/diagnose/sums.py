@@ -79,7 +79,7 @@ def _norms(model: nn.Module | None, layer: str) -> dict[str, nn.Module]:
     return {(n or layer).rpartition(".")[2]: m for n, m in inside.named_modules() if isinstance(m, nn.LayerNorm)}
 
 
-def residual(place: str, builtin: str, reference: Tensor, observed: Tensor,  # noqa: PLR0913
+def residual(place: str, builtin: str, reference: Tensor, observed: Tensor,
              calls: dict[str, tuple[tuple, dict]], expected: dict[str, Tensor], bound: float,
              model: nn.Module | None = None) -> list[Measured]:
     """The residual sum at ``place``: which wrong sum the target gives there (``observed``), if one is exact.
@@ -148,7 +148,8 @@ def placement(place: str, builtin: nn.Module, reference: Tensor, observed: Tenso
         short = sub.rpartition(".")[2]
         # the sublayer run on x (code no module stands for), or its recorded output (a mapped module, whose output
         # isolated mode replaces by the built-in's)
-        after = min(_err(observed, reference + f), _err(observed, reference + expected.get(sub, f)))
+        recorded = expected.get(sub)
+        after = min(_err(observed, reference + f), _err(observed, reference + (f if recorded is None else recorded)))
         if before > bound >= after:
             return [Measured(what=f"it normalizes after the residual: norm(x + {short}(x)) (post-norm), where the "
                              f"built-in normalizes before the sublayer: x + {short}(norm(x))", key="post_norm",
