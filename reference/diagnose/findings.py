@@ -176,7 +176,8 @@ def _drop_contradicted(d: Diagnosis, findings: list[Finding]) -> None:
     def contradicted(c: Cause) -> bool:
         return math.isnan(c.place_before) and c.key not in keys and any(
             (BY_KEY[f.key].cause if f.key in BY_KEY else f.cause) == c.cause
-            and any(re.search(site, f".{f.place}") for site in c.sites) for f in exact)  # sites: ".norm1$", ...
+            and any(re.search(site, f".{f.place}") or re.search(site, f.place) for site in c.sites)
+            for f in exact)  # sites: ".norm1$", ...; "^$" the module itself
 
     d.explanation.causes = [c for c in d.explanation.causes if not contradicted(c)]
 

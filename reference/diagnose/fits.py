@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from reference.diagnose.fits_inputs import input_fits, unmasked
 from reference.verdict.tolerance import FLOAT64_FLOOR
 
 # Every catalogue key a fit may name (tests/diagnose/test_fits.py checks each is in reference.catalogue.BY_KEY).
@@ -240,7 +241,11 @@ def _attention_fits(m: nn.MultiheadAttention, args: tuple, kwargs: dict, got: Te
     ]
     scaled = f"scores scaled by {s:.4g} {f'= {n}' if n else '(fitted)'}, {uses}"
     fits = [Fit(scaled, key, before, err(scale=s)), *(fit(what, name, **kw) for what, name, kw in specs)]
-    fits += _unmasked(err, named, specs, uses, before) if causal or _is_causal_mask(mask) else []
+    guessed = unmasked(err, named, specs, uses) if causal or _is_causal_mask(mask) else []
+    fits += [Fit(what, name, before, after) for what, name, after in guessed]
+    fits += [Fit(what, name, before, after) for what, name, after in input_fits(
+        lambda a, b, c, o: _err(got, _mha(m, a, b, c, mask, kpm, order=o, blocked=base)), q, k, v)
+        if after <= SAME * _scale(got)]  # exact only: a projection reads a tensor or it does not
     if mask is not None:
         fits.append(fit("attn_mask ignored", "masks_ignored", attn_mask=None))
     if kpm is not None:
@@ -259,19 +264,6 @@ def _attention_fits(m: nn.MultiheadAttention, args: tuple, kwargs: dict, got: Te
                  fit("the causal mask is off by one (triu(diagonal=2)): position t also sees t + 1",
                      "causal_off_by_one", attn_mask=ones.triu(2))]
     return fits
-
-
-def _unmasked(err: Callable[..., float], named: list[tuple[str, float, str | None]],
-              specs: list[tuple[str, str | None, dict[str, Any]]], uses: str, before: float) -> list[Fit]:
-    """Each fit with the causal mask dropped too (a target taking no mask, guessed always causal, may apply none):
-    both named, each carrying the error of the two together."""
-    n, s, key = min(named, key=lambda t: err(scale=t[1], attn_mask=None))
-    out = []
-    for what, name, kw in [(f"scores scaled by {s:.4g} = {n}, {uses}", key, {"scale": s}), *specs]:
-        after = err(**{**kw, "attn_mask": None})
-        out += [Fit(f"{what}; and no causal mask applied", name, before, after),
-                Fit(f"attn_mask ignored: no causal mask applied (and {what})", "masks_ignored", before, after)]
-    return out
 
 
 def _linear_fits(m: nn.Linear, x: Tensor, got: Tensor, expected: Tensor, before: float) -> list[Fit]:

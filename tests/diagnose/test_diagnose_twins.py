@@ -28,6 +28,7 @@ TWINS = [
     (f"{C}:ExtendedMaskEncoderLayer", "encoder_layer", "norm1", "layer_norm_eps_outside_sqrt"),
     (f"{C}:LSNMaskAttention", "attention", "", "softmax_over_queries"),
     (f"{C}:IntMaskEncoder", "encoder", "layers.1.self_attn", "padding_ignored"),  # the mask misses layer 1 on
+    (f"{C}:ArgOrderAttention", "attention", "", "query_as_key"),
     (f"{C}:BatchMaskGPT", "decoder_only", "layers.0", "residual around self_attn carries the normalized input"),
     (f"{K}:KeyedBlock", "decoder_only", "layers.0.self_attn", "causal_off_by_one"),
     (f"{K}:SettingsLayer", "encoder_layer", "self_attn", "softmax_over_queries"),
