@@ -144,10 +144,10 @@ def localize(obs: Observation) -> tuple[list[Localization], str, Replay | None]:
             h.remove()
         results, replay = [], None
         counter = _Recorder(mapping, order)
-        extra = counter.extra_calls() if _run(obs, counter) is None else {}
+        picks = counter.picks(order) if _run(obs, counter) is None else {}
         for mode in ("propagated", "isolated"):
             rec = _Recorder(mapping, order)
-            rec.skip = extra
+            rec.pick = picks
             if mode == "isolated":
                 rec.feed, rec.replace = ref_rec.inputs, ref_rec.outputs
             error = _run(obs, rec)
