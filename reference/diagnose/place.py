@@ -179,7 +179,7 @@ def _placement(obs: Observation, row: SubmoduleError, replay: Replay) -> list[Fi
         return []
     bound = bound_for(reference)
     return _measured(row, sums.placement(row.name, obs.builtin, reference, observed, replay.calls, replay.expected,
-                                         bound), bound)
+                                         bound, replay.fed), bound)
 
 
 def _group(obs: Observation, row: SubmoduleError, replay: Replay) -> list[Finding]:
@@ -203,8 +203,8 @@ def probe_places(obs: Observation, tables: list[Localization], replay: Replay | 
     findings: list[Finding] = []
     own = [r for r in isolated.rows if not r.passed and r.name in replay.got][:limit]
     fed = [r for r in isolated.rows if r.passed and not r.fed_passed][:limit]
-    fed_found = [f for row in fed for f in _activation(row, replay) + _placement(obs, row, replay)
-                 + _residual(obs, row, replay, fed=True)]
+    fed_found = [f for row in fed for f in _activation(row, replay)  # a placement found is not a residual bug too
+                 + (_placement(obs, row, replay) or _residual(obs, row, replay, fed=True))]
     for row in own:
         if GROUP in row.name:
             found = _group(obs, row, replay)

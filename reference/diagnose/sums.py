@@ -128,12 +128,42 @@ def residual(place: str, builtin: str, reference: Tensor, observed: Tensor,
 
 
 def placement(place: str, builtin: nn.Module, reference: Tensor, observed: Tensor,
-              calls: dict[str, tuple[tuple, dict]], expected: dict[str, Tensor], bound: float) -> list[Measured]:
-    """A pre-norm built-in's norm fed x + f(x): the target normalizes after the residual (post-norm). ``f`` is the
-    built-in's own sublayer that the norm feeds, called as it was with the norm's output replaced by x."""
-    normed = expected.get(place)
-    if normed is None or not isinstance(_module(builtin, place), nn.LayerNorm):
+              calls: dict[str, tuple[tuple, dict]], expected: dict[str, Tensor], bound: float,
+              fed: dict[str, Tensor]) -> list[Measured]:
+    """The norm placement a norm's input shows. A pre-norm built-in's norm fed x + f(x): the target normalizes
+    after the residual (post-norm); ``f`` is the built-in's own sublayer that the norm feeds, called as it was with
+    the norm's output replaced by x. A post-norm built-in's norm (fed x + f(x)) fed x, while the target feeds the
+    sublayer norm(x) (``fed``: what the target gave each site): it normalizes before the sublayer (pre-norm)."""
+    normed, norm = expected.get(place), _module(builtin, place)
+    if normed is None or not isinstance(norm, nn.LayerNorm):
         return []
+    return _post_norm(place, builtin, reference, observed, calls, expected, bound) or \
+        _pre_norm(place, norm, reference, observed, calls, expected, bound, fed)
+
+
+def _pre_norm(place: str, norm: nn.Module, reference: Tensor, observed: Tensor,
+              calls: dict[str, tuple[tuple, dict]], expected: dict[str, Tensor], bound: float,
+              fed: dict[str, Tensor]) -> list[Measured]:
+    layer, before = place.rpartition(".")[0], _err(observed, reference)
+    for sub, (args, _) in calls.items():
+        x, f, given = _first(args), expected.get(sub), fed.get(sub)
+        if sub.rpartition(".")[0] != layer or not SUBLAYER.search(sub) or x is None or f is None or given is None \
+                or x.shape != reference.shape or f.shape != reference.shape or _err(reference, x + f) > bound:
+            continue
+        with torch.no_grad():  # the sublayer reads this norm's output (isolated mode: the built-in's) or norm(x)
+            shown = max(_err(observed, x), min(_err(given, expected[place]), _err(given, norm(x))))
+        if before > bound >= shown:
+            short = sub.rpartition(".")[2]
+            return [Measured(what=f"it normalizes before the sublayer: x + {short}(norm(x)) (pre-norm), where the "
+                             f"built-in normalizes after the residual: norm(x + {short}(x))", key="pre_norm",
+                             cause="pre/post-norm placement", fix="normalize after the residual: norm(x + f(x))",
+                             before=before, after=shown)]
+    return []
+
+
+def _post_norm(place: str, builtin: nn.Module, reference: Tensor, observed: Tensor,
+               calls: dict[str, tuple[tuple, dict]], expected: dict[str, Tensor], bound: float) -> list[Measured]:
+    normed = expected[place]
     layer, before = place.rpartition(".")[0], _err(observed, reference)
     for sub, (args, kwargs) in calls.items():
         module = _module(builtin, sub)
