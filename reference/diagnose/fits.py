@@ -26,7 +26,8 @@ KEYS = frozenset({"layer_norm_eps_1e-5", "layer_norm_eps_1e-6", "layer_norm_eps_
                   "layer_norm_eps_outside_sqrt", "scale_missing", "scale_by_d_model", "scale_by_head_dim",
                   "softmax_over_queries", "head_merge_without_transpose", "head_split_without_transpose",
                   "masks_ignored", "bool_mask_inverted", "padding_ignored", "causal_off_by_one", "always_relu",
-                  "output_projection_missing", "always_gelu", "gelu_tanh_approximation",
+                  "output_projection_missing", "always_gelu", "gelu_tanh_approximation", "query_as_key",
+                  "key_value_swapped",
                   *(f"qkv_as_{o}" for o in ("kqv", "qvk", "vkq", "kvq", "vqk"))})
 ROUNDING = 1e-12  # relative: two outputs this close are the same formula
 SAME = 1e-9  # relative: the recomputed built-in must reproduce its output this closely, or no fit is tried
