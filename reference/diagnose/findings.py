@@ -21,7 +21,8 @@ import torch
 
 import reference.diagnose.families as fam
 from reference.catalogue import BY_KEY
-from reference.diagnose.localize import localize
+from reference.diagnose.gradients import gradient_table, norm_fits
+from reference.diagnose.localize import Localization, Replay, localize
 from reference.diagnose.place import Finding, probe_places
 from reference.diagnose.plot import maps_of
 from reference.diagnose.probes import Cause, dropout_in_eval, varies
@@ -95,8 +96,28 @@ def localize_some(d: Diagnosis, by_name: dict[str, Observation], random: set[str
         if reasons:
             d.notes.append("localized on " + family.name + ", where the map reaches; not on " + "; ".join(reasons))
         merge(d, probe_places(obs, tables, replay), family.name, family.name in random)
+        if replay is not None and family.verdict == "divergent":
+            _gradients_only(d, tables, replay, family.name)
         return
     d.not_localized = "no family tried could be localized: " + "; ".join(reasons)
+
+
+def _gradients_only(d: Diagnosis, tables: list[Localization], replay: Replay, family: str) -> None:
+    """Every mapped submodule's output agrees: the place is where the input gradients first differ."""
+    isolated = next((t for t in tables if t.mode == "isolated" and t.rows), None)
+    if isolated is None or isolated.first is not None:
+        return
+    table, grads = gradient_table(replay, isolated)
+    d.localization.append(table)
+    row = table.first
+    if row is None:
+        return
+    findings = norm_fits(replay, row, grads[row.name])
+    merge(d, findings, family)
+    if not findings:
+        d.unexplained = (f"{row.name or 'the module itself'} (the target's {row.target_module}): its input gradient "
+                         f"differs by {row.max_abs:.3g} (tolerance {row.bound:.3g}) on {family}, its output does not; "
+                         "no fit accounts for it")
 
 
 def merge(d: Diagnosis, findings: list[Finding], family: str, random: bool = False) -> None:
@@ -131,7 +152,9 @@ def merge(d: Diagnosis, findings: list[Finding], family: str, random: bool = Fal
     row = isolated.first
     if row is None:
         return
-    if not any(f.place == row.name and f.explains for f in findings):
+    inside = [r.name for r in isolated.rows if r.name.startswith(f"{row.name}.") and r.passed and not r.fed_passed]
+    if not any(f.explains and (f.place == row.name or (not row.passed and inside and f.place == inside[0]))
+               for f in findings):  # a layer's own code is the sums between its parts: the first fed one says it
         before = [r.name for r in isolated.rows[:isolated.rows.index(row)] if r.name.rsplit(".", 1)[0]
                   == row.name.rsplit(".", 1)[0]]
         between = f" (the code between {before[-1]} and it: residuals, norm placement, activation)" if before else ""
@@ -153,7 +176,8 @@ def _drop_contradicted(d: Diagnosis, findings: list[Finding]) -> None:
     def contradicted(c: Cause) -> bool:
         return math.isnan(c.place_before) and c.key not in keys and any(
             (BY_KEY[f.key].cause if f.key in BY_KEY else f.cause) == c.cause
-            and any(re.search(site, f".{f.place}") for site in c.sites) for f in exact)  # sites: ".norm1$", ...
+            and any(re.search(site, f".{f.place}") or re.search(site, f.place) for site in c.sites)
+            for f in exact)  # sites: ".norm1$", ...; "^$" the module itself
 
     d.explanation.causes = [c for c in d.explanation.causes if not contradicted(c)]
 
@@ -167,3 +191,27 @@ def best_match(families: list[fam.Family]) -> str:
         return f"matches {asked.closest}, not the configuration asked for ({asked.name})"
     return (f"matches no configuration asked for; closest configuration: {asked.closest} "
             f"(the other causes below account for the rest)")
+
+
+# Claims of deviations that only read the weights in another order (a permutation of rows, the same on the way out):
+# the packed q/k/v rows in any order, each head's features by a stride. (A split without the transpose mixes
+# positions: a bug whatever the weights.)
+def _reorders(slot: str, value: object) -> bool:
+    return slot == "qkv.rows" or (slot, value) == ("heads.split", "interleaved")
+
+
+def weight_layouts(d: Diagnosis) -> None:
+    """An inferred target's weight map is measured, not given: a deviation that only reads the weights in another
+    order (the packed q/k/v rows, the features of each head) is a layout its own weights may have, which a bug kept
+    the map from verifying: a note, never a cause (a per-head packed q/k/v projection is valid code)."""
+    def layout(c: Cause) -> bool:
+        dev = BY_KEY.get(c.key)
+        return dev is not None and bool(dev.claims) and all(_reorders(slot, value) for slot, value in dev.claims)
+
+    moved = [c for c in d.causes if layout(c)]
+    if d.explanation is not None:
+        d.explanation.causes = [c for c in d.explanation.causes if not layout(c)]
+    d.extra_causes = [c for c in d.extra_causes if not layout(c)]
+    d.notes += [f"its weights are laid out so that it {c.does} (measured as a whole-model variant); the weight map "
+                "could not verify that layout, since the difference below hid it: a layout of its weights, not a "
+                "cause" for c in moved]

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from reference.diagnose.fits_inputs import input_fits, unmasked
 from reference.verdict.tolerance import FLOAT64_FLOOR
 
 # Every catalogue key a fit may name (tests/diagnose/test_fits.py checks each is in reference.catalogue.BY_KEY).
@@ -25,7 +26,8 @@ KEYS = frozenset({"layer_norm_eps_1e-5", "layer_norm_eps_1e-6", "layer_norm_eps_
                   "layer_norm_eps_outside_sqrt", "scale_missing", "scale_by_d_model", "scale_by_head_dim",
                   "softmax_over_queries", "head_merge_without_transpose", "head_split_without_transpose",
                   "masks_ignored", "bool_mask_inverted", "padding_ignored", "causal_off_by_one", "always_relu",
-                  "output_projection_missing", "always_gelu", "gelu_tanh_approximation",
+                  "output_projection_missing", "always_gelu", "gelu_tanh_approximation", "query_as_key",
+                  "key_value_swapped",
                   *(f"qkv_as_{o}" for o in ("kqv", "qvk", "vkq", "kvq", "vqk"))})
 ROUNDING = 1e-12  # relative: two outputs this close are the same formula
 SAME = 1e-9  # relative: the recomputed built-in must reproduce its output this closely, or no fit is tried
@@ -73,13 +75,13 @@ def _keep(fits: list[Fit]) -> list[Fit]:  # best first, only the fits that at le
 # --- nn.LayerNorm ----------------------------------------------------------------------------------------------
 
 def _layer_norm(m: nn.LayerNorm, x: Tensor, eps: float, *, unbiased: bool = False, at_std: bool = False,
-                center: bool = True, weight: bool = True, bias: bool = True, dims: tuple[int, ...] = (-1,)) -> Tensor:
+                center: bool = True, weight: bool = True, bias: float = 1.0, dims: tuple[int, ...] = (-1,)) -> Tensor:
     c = x - x.mean(dim=dims, keepdim=True) if center else x
     n = math.prod(x.size(d) for d in dims)
     var = c.square().sum(dim=dims, keepdim=True) / (n - 1 if unbiased else n)
     y = c / (var.sqrt() + eps) if at_std else c * torch.rsqrt(var + eps)
     y = y * m.weight if weight and m.weight is not None else y
-    return y + m.bias if bias and m.bias is not None else y
+    return y + bias * m.bias if bias and m.bias is not None else y  # bias -1: subtracted
 
 
 def _eps_fit(m: nn.LayerNorm, x: Tensor, got: Tensor, before: float) -> Fit:
@@ -108,6 +110,7 @@ def _norm_fits(m: nn.LayerNorm, x: Tensor, got: Tensor, expected: Tensor, before
          "layer_norm_eps_outside_sqrt", {"at_std": True}),
         ("RMSNorm: x / sqrt(mean(x²) + eps), no centering", None, {"center": False}),
         *[("weight and bias not applied" if b else "weight not applied", None, {"weight": False, "bias": False})] * w,
+        *[("bias subtracted instead of added: x̂ * weight - bias", None, {"bias": -1.0})] * b,
         *[("weight not applied (bias is)", None, {"weight": False}), ("bias not applied (weight is)", None,
           {"bias": False}), ("RMSNorm without bias: weight * x / sqrt(mean(x²) + eps)", None,
           {"center": False, "bias": False})] * (w and b),
@@ -222,21 +225,28 @@ def _attention_fits(m: nn.MultiheadAttention, args: tuple, kwargs: dict, got: Te
     equal = [(n, s, key) for n, s, key in named if err(scale=s) <= 2 * after + ROUNDING * _scale(got)]
     uses = f"nn.MultiheadAttention uses 1/sqrt(head_dim) = {hd**-0.5:.4g}"
     n, s, key = equal[0] if equal else ("", 10.0**log_s, None)
-    fits = [Fit(f"scores scaled by {s:.4g} {f'= {n}' if n else '(fitted)'}, {uses}", key, before, err(scale=s)),
-        fit("softmax over the queries (dim -2) instead of the keys", "softmax_over_queries", softmax_dim=-2),
-        fit("heads merged by reshape(L, N, E) of (N, H, L, head_dim) data, without a permute",
-            "head_merge_without_transpose", merge="seq"),
-        fit("heads merged by reshape(N, L, E) of (N, H, L, head_dim) data, without transpose(1, 2)",
-            "head_merge_without_transpose", merge="batch"),  # the same bug in a batch-first layout
-        fit("heads split by reshape(N, H, L, head_dim) of (L, N, E) data, without transposing",
-            "head_split_without_transpose", split="seq"),
-        fit("heads split by view(N, H, L, head_dim) of (N, L, E) data, without view(N, L, H, head_dim).transpose(1, 2)",
-            "head_split_without_transpose", split="batch"),  # the same bug in a batch-first layout
-        fit("out_proj not applied after concatenating the heads", "output_projection_missing", out=False),
-        *(fit(f"reads the packed in_proj rows as {', '.join(o)} where nn.MultiheadAttention has q, k, v"
-              + (" (q and k swapped)" if o == "kqv" else ""), f"qkv_as_{o}", order=o)
+    specs: list[tuple[str, str | None, dict[str, Any]]] = [
+        ("softmax over the queries (dim -2) instead of the keys", "softmax_over_queries", {"softmax_dim": -2}),
+        ("heads merged by reshape(L, N, E) of (N, H, L, head_dim) data, without a permute",
+         "head_merge_without_transpose", {"merge": "seq"}),
+        ("heads merged by reshape(N, L, E) of (N, H, L, head_dim) data, without transpose(1, 2)",
+         "head_merge_without_transpose", {"merge": "batch"}),  # the same bug in a batch-first layout
+        ("heads split by reshape(N, H, L, head_dim) of (L, N, E) data, without transposing",
+         "head_split_without_transpose", {"split": "seq"}),
+        ("heads split by view(N, H, L, head_dim) of (N, L, E) data, without view(N, L, H, head_dim).transpose(1, 2)",
+         "head_split_without_transpose", {"split": "batch"}),  # the same bug in a batch-first layout
+        ("out_proj not applied after concatenating the heads", "output_projection_missing", {"out": False}),
+        *((f"reads the packed in_proj rows as {', '.join(o)} where nn.MultiheadAttention has q, k, v"
+           + (" (q and k swapped)" if o == "kqv" else ""), f"qkv_as_{o}", {"order": o})
           for o in ("kqv", "qvk", "vkq", "kvq", "vqk")),
     ]
+    scaled = f"scores scaled by {s:.4g} {f'= {n}' if n else '(fitted)'}, {uses}"
+    fits = [Fit(scaled, key, before, err(scale=s)), *(fit(what, name, **kw) for what, name, kw in specs)]
+    guessed = unmasked(err, named, specs, uses) if causal or _is_causal_mask(mask) else []
+    fits += [Fit(what, name, before, after) for what, name, after in guessed]
+    fits += [Fit(what, name, before, after) for what, name, after in input_fits(
+        lambda a, b, c, o: _err(got, _mha(m, a, b, c, mask, kpm, order=o, blocked=base)), q, k, v)
+        if after <= SAME * _scale(got)]  # exact only: a projection reads a tensor or it does not
     if mask is not None:
         fits.append(fit("attn_mask ignored", "masks_ignored", attn_mask=None))
     if kpm is not None:

@@ -76,7 +76,13 @@ class _Recorder:
                 self._slot(span.entry, (name, None))
                 self._slot(span.exit, (None, name))
         self.count: dict[int, int] = {}
-        self.stack: dict[int, list[str | None]] = {}
+        # per module, which of its calls are its slots, when the target calls it more often than the built-in
+        # calls the sites' modules (``picks``, measured on a first run): else its first calls are
+        self.pick: dict[int, list[int]] = {}
+        self.events: list[tuple[int, int]] = []  # (module, its call index) in the order the calls returned
+        self.done: dict[str, int] = {}  # site -> the index in ``events`` at which it returned
+        self.result: object = None  # what the whole model returned on the run these hooks watched
+        self.stack: dict[int, list[tuple[str | None, int]]] = {}
         self.calls: dict[str, tuple[tuple, dict]] = {}
         self.inputs: dict[str, list[Tensor]] = {}
         self.fed: dict[str, Any] = {}  # the input the target gave a module, against the built-in's (a Verdict)
@@ -93,9 +99,10 @@ class _Recorder:
     def _pre(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         k = self.count.get(id(module), 0)
         self.count[id(module)] = k + 1
-        calls = self.slots[id(module)]
-        name, exit_name = calls[k] if k < len(calls) else (None, None)
-        self.stack.setdefault(id(module), []).append(exit_name)
+        calls, pick = self.slots[id(module)], self.pick.get(id(module))
+        j = k if pick is None else pick.index(k) if k in pick else -1
+        name, exit_name = calls[j] if 0 <= j < len(calls) else (None, None)
+        self.stack.setdefault(id(module), []).append((exit_name, k))
         if name is None:
             return None
         self.calls[name] = _copy((args, dict(kwargs)))
@@ -123,7 +130,10 @@ class _Recorder:
         return tuple(new_args), new_kwargs
 
     def _post(self, module: nn.Module, args: tuple, kwargs: dict, output: object) -> object:
-        name = self.stack[id(module)].pop()
+        name, k = self.stack[id(module)].pop()
+        self.events.append((id(module), k))
+        if name is not None:
+            self.done[name] = len(self.events) - 1
         out = _first_tensor(output)
         if name is None or out is None:
             return None
@@ -135,6 +145,27 @@ class _Recorder:
         if layout is None:
             return None
         return _replace_first(output, layout[0](self.replace[name]).to(out.device, out.dtype, copy=True))
+
+    def picks(self, order: dict[str, int]) -> dict[int, list[int]]:
+        """After a run: for each module called more often than it has slots, the calls that are its slots, in
+        the built-in's order: each slot takes the module's first call returning after the site before it (in
+        ``order``, whose module is called as often as its slots) returned. ``norm(x)`` added on the residual
+        before the sublayer runs is not the norm after it; a self-attention called again as the cross-attention
+        is the self-attention first."""
+        extra = {m for m, n in self.count.items() if n > len(self.slots[m])}
+        plain = {n: i for n, i in self.done.items() if not any(n in slot for m in extra for slot in self.slots[m])}
+        when = {ev: i for i, ev in enumerate(self.events)}
+        picks: dict[int, list[int]] = {}
+        for m in extra:
+            chosen: list[int] = []
+            for entry, exit_name in self.slots[m]:
+                rank = order.get(exit_name or entry or "", 0)
+                after = max((i for n, i in plain.items() if order.get(n, 1 << 30) < rank), default=-1)
+                later = [k for k in range(self.count[m]) if k > (chosen[-1] if chosen else -1)
+                         and when.get((m, k), -1) > after]
+                chosen.append(later[0] if later else (chosen[-1] + 1 if chosen else 0))
+            picks[m] = chosen
+        return picks
 
     def attach(self) -> list:
         handles = []

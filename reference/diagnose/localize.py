@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from reference.diagnose.hooks import _layout, _Recorder
+from reference.diagnose.hooks import _first_tensor, _layout, _Recorder
 from reference.diagnose.mapping import GROUP, builtin_spans, target_map, tracked
 from reference.diagnose.runs import Observation, as_case
 from reference.inference.prepare import fastpath
@@ -85,6 +85,8 @@ class Replay:
     got: dict[str, Tensor]  # the target module's output fed the built-in's input, in the built-in's layout
     fed: dict[str, Tensor]  # the first tensor input the target itself gave it, in the built-in's layout
     modules: dict[str, nn.Module]  # built-in name -> the built-in's submodule
+    targets: dict[str, nn.Module] = field(default_factory=dict)  # built-in name -> the one target module for it
+    target_calls: dict[str, tuple[tuple, dict]] = field(default_factory=dict)  # its own call (before feeding)
 
 
 def _run(obs: Observation, recorder: _Recorder | None) -> Exception | None:
@@ -93,8 +95,10 @@ def _run(obs: Observation, recorder: _Recorder | None) -> Exception | None:
     handles = recorder.attach() if recorder is not None else []
     try:
         with torch.no_grad():  # copies: a target may change its inputs in place
-            obs.candidate.call(obs.model, obs.entry.call, {k: v.clone() for k, v in obs.inputs.items()},
-                               dict(obs.kwargs))
+            result = obs.candidate.call(obs.model, obs.entry.call, {k: v.clone() for k, v in obs.inputs.items()},
+                                        dict(obs.kwargs))
+        if recorder is not None:
+            recorder.result = result
     except Exception as exc:
         return exc
     finally:
@@ -127,13 +131,23 @@ def localize(obs: Observation) -> tuple[list[Localization], str, Replay | None]:
     with fastpath(False), torch.no_grad():
         ref_rec = _Recorder(builtin_spans(obs, mapping), {})
         handles = ref_rec.attach()
-        obs.entry.call(obs.builtin, **obs.inputs, **obs.kwargs)
+        ref_rec.result = obs.entry.call(obs.builtin, **obs.inputs, **obs.kwargs)
         for h in handles:
             h.remove()
         order = {n: i for i, n in enumerate(ref_rec.order)}
+        unmapped = [n for n in names if n not in mapping and GROUP not in n]  # the sums between sites read these
+        whole = _Recorder(builtin_spans(obs, unmapped), {})
+        handles = whole.attach() if unmapped else []
+        if unmapped:
+            obs.entry.call(obs.builtin, **obs.inputs, **obs.kwargs)
+        for h in handles:
+            h.remove()
         results, replay = [], None
+        counter = _Recorder(mapping, order)
+        picks = counter.picks(order) if _run(obs, counter) is None else {}
         for mode in ("propagated", "isolated"):
             rec = _Recorder(mapping, order)
+            rec.pick = picks
             if mode == "isolated":
                 rec.feed, rec.replace = ref_rec.inputs, ref_rec.outputs
             error = _run(obs, rec)
@@ -142,6 +156,7 @@ def localize(obs: Observation) -> tuple[list[Localization], str, Replay | None]:
                 results.append(Localization(mode=mode, case=_describe(obs.case), note=f"the target raised "
                                             f"{type(error).__name__}: {error}" + (f" ({where})" if where else "")))
                 continue
+            _last_site(ref_rec, rec)
             table = _table(mode, obs.case, ref_rec, rec, note)
             for row in table.rows:
                 span = mapping[row.name]
@@ -149,7 +164,27 @@ def localize(obs: Observation) -> tuple[list[Localization], str, Replay | None]:
             results.append(table)
             if mode == "isolated":
                 replay = _replay(ref_rec, rec, obs.builtin)
+                replay.calls, replay.expected = {**whole.calls, **replay.calls}, {**whole.outputs, **replay.expected}
+                replay.targets = {n: s.entry for n, s in mapping.items() if s.entry is s.exit and GROUP not in n}
+                replay.target_calls = dict(rec.calls)
     return results, "", replay
+
+
+def _output(result: object) -> Tensor | None:
+    out = result.get("output") if isinstance(result, dict) else result
+    return out if isinstance(out, Tensor) else _first_tensor(out)
+
+
+def _last_site(ref: _Recorder, mine: _Recorder) -> None:
+    """The site the built-in finishes last, when its output is the built-in's output and the target never calls
+    the module standing for it (a final norm computed by F.layer_norm from its parameters): the target's output
+    is that site's output, so the place can be the code after the last module it calls."""
+    last = ref.order[-1] if ref.order else None
+    builtin_out, out = _output(ref.result), _output(mine.result)
+    if last is None or last in mine.outputs or builtin_out is None or out is None:
+        return
+    if ref.outputs[last].shape == builtin_out.shape and bool((ref.outputs[last] == builtin_out).all()):
+        mine.outputs[last] = out.detach().clone()
 
 
 def _replay(ref: _Recorder, mine: _Recorder, builtin: nn.Module) -> Replay:

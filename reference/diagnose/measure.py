@@ -28,7 +28,10 @@ OPTION_OF: dict[str, tuple[str, object]] = {
     "gelu_tanh_approximation": ("activation", tanh_gelu), "always_gelu": ("activation", "gelu"),
     "always_relu": ("activation", "relu"), "pre_norm": ("norm_first", True), "post_norm": ("norm_first", False),
     "layer_norm_eps_1e-5": ("layer_norm_eps", 1e-5), "layer_norm_eps_1e-6": ("layer_norm_eps", 1e-6),
-    "layer_norm_eps_1e-12": ("layer_norm_eps", 1e-12)}
+    "layer_norm_eps_1e-12": ("layer_norm_eps", 1e-12),
+    "masks_ignored": ("is_causal", False)}  # said of a target taking no mask: it is not always causal
+# What else an option's new value takes with it: a target found not always causal gets no causal mask either
+COMPANIONS: dict[tuple[str, object], dict[str, object]] = {("is_causal", False): {"attn_mask": "none"}}
 
 
 def measure_layout(target: Target, level: str, base: object, device: torch.device | str) -> str | None:
@@ -160,6 +163,7 @@ def refit_options(target: Target, level: str, d: Diagnosis, history: Refits | No
         if key in found.fixed and found.fixed[key] != value and key not in changes \
                 and value not in history.tried.get(key, []):
             changes[key] = value
+            changes |= {k: v for k, v in COMPANIONS.get((key, value), {}).items() if k in found.fixed}
     if not changes:
         return None
     for key in changes:

@@ -137,6 +137,8 @@ def _diagnose(target: Target, device: torch.device | str, family_names: tuple[st
         d.extra_causes += crash_causes(d, by_name, target, device, level)
         d.best_match = found.best_match(d.families)
         found.localize_some(d, by_name, random)
+        if d.kind.startswith("inferred"):
+            found.weight_layouts(d)
         if not d.localization and not d.not_localized:
             d.not_localized = "no family could be localized, and no reason was recorded"  # never an empty section
     return d

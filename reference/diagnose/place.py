@@ -167,8 +167,19 @@ def _residual(obs: Observation, row: SubmoduleError, replay: Replay, fed: bool) 
         return []
     bound = bound_for(reference)
     found = sums.residual(row.name, obs.entry.builtin.split(" with ")[0], reference, observed, replay.calls,
-                          replay.expected, bound)
+                          replay.expected, bound, obs.builtin)
     return _measured(row, found, bound)
+
+
+def _placement(obs: Observation, row: SubmoduleError, replay: Replay) -> list[Finding]:
+    """A norm fed x + f(x) where the built-in (pre-norm) feeds it x: the target normalizes after the residual."""
+    reference = sums._first(replay.calls[row.name][0]) if row.name in replay.calls else None
+    observed = replay.fed.get(row.name)
+    if reference is None or observed is None or reference.shape != observed.shape:
+        return []
+    bound = bound_for(reference)
+    return _measured(row, sums.placement(row.name, obs.builtin, reference, observed, replay.calls, replay.expected,
+                                         bound, replay.fed), bound)
 
 
 def _group(obs: Observation, row: SubmoduleError, replay: Replay) -> list[Finding]:
@@ -191,15 +202,20 @@ def probe_places(obs: Observation, tables: list[Localization], replay: Replay | 
         return []
     findings: list[Finding] = []
     own = [r for r in isolated.rows if not r.passed and r.name in replay.got][:limit]
+    fed = [r for r in isolated.rows if r.passed and not r.fed_passed][:limit]
+    fed_found = [f for row in fed for f in _activation(row, replay)  # a placement found is not a residual bug too
+                 + (_placement(obs, row, replay) or _residual(obs, row, replay, fed=True))]
     for row in own:
         if GROUP in row.name:
             found = _group(obs, row, replay)
         else:
             found = _catalogue(obs, row, replay) + _fits(row, replay) + _residual(obs, row, replay, fed=False)
-        findings += _best(sorted(found, key=lambda f: (f.after, f.probe != "catalogue at the place")))
-    for row in [r for r in isolated.rows if r.passed and not r.fed_passed][:limit]:
-        findings += _activation(row, replay) + _residual(obs, row, replay, fed=True)
-    return _dedupe(findings)
+        found = _best(sorted(found, key=lambda f: (f.after, f.probe != "catalogue at the place")))
+        inside = next((r.name for r in fed if r.name.startswith(f"{row.name}.")), None)
+        if any(f.explains and f.place == inside for f in fed_found):  # a layer's own code: the sums between its
+            found = [f for f in found if f.explains]  # parts, which the first fed place inside it measures
+        findings += found
+    return _dedupe(findings + fed_found)
 
 
 def _best(findings: list[Finding]) -> list[Finding]:

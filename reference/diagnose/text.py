@@ -126,7 +126,9 @@ def _where_section(d: Diagnosis, b: str) -> list[str]:
         lines.append(f"   Not localized: {d.not_localized}")
     for loc in d.localization:
         title = {"propagated": "propagated (each model runs on its own activations)",
-                 "isolated": f"isolated (each submodule is fed {b}'s input: its own error only)"}[loc.mode]
+                 "isolated": f"isolated (each submodule is fed {b}'s input: its own error only)",
+                 "gradients": f"gradients (each submodule fed {b}'s input and one output gradient: its input "
+                              "gradient)"}[loc.mode]
         lines.append(f"   {title}")
         if loc.note:
             lines.append(f"     note: {loc.note}")

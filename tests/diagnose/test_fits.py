@@ -98,13 +98,15 @@ def test_layer_norm_affine(norm: tuple[nn.LayerNorm, Tensor], w: bool, b: bool, 
 
 def attend(m: nn.MultiheadAttention, query: Tensor, kv: Tensor, *, add: Tensor | None = None,
            scale: float | None = None, dim: int = -1, order: str = "qkv", proj: bool = True,
-           merge: Callable[[Tensor], Tensor] | None = None, split: Callable[[Tensor], Tensor] | None = None) -> Tensor:
-    """(N, L, E) in, (N, L, E) out; add: an additive (N, H, L, S) mask."""
+           merge: Callable[[Tensor], Tensor] | None = None, split: Callable[[Tensor], Tensor] | None = None,
+           keys: Tensor | None = None) -> Tensor:
+    """(N, L, E) in, (N, L, E) out; add: an additive (N, H, L, S) mask; keys: what the keys are projected from
+    (else kv)."""
     w = dict(zip(order, m.in_proj_weight.view(3, H, E // H, E), strict=True))
     b = dict(zip(order, m.in_proj_bias.view(3, H, E // H), strict=True))
     if split is None:
-        q, k, v = (torch.einsum("nle,hde->nhld", x, w[c]) + b[c][:, None] for x, c in ((query, "q"), (kv, "k"),
-                                                                                       (kv, "v")))
+        q, k, v = (torch.einsum("nle,hde->nhld", x, w[c]) + b[c][:, None]
+                   for x, c in ((query, "q"), (kv if keys is None else keys, "k"), (kv, "v")))
     else:
         q, k, v = (split(F.linear(x, w[c].reshape(E, E), b[c].reshape(E))) for x, c in ((query, "q"), (kv, "k"),
                                                                                          (kv, "v")))
@@ -225,6 +227,7 @@ ACTIVATIONS: dict[str, tuple[Callable[[Tensor], Tensor], str | None, str]] = {
     "gelu": (lambda x: x * 0.5 * (1 + torch.erf(x / math.sqrt(2))), "always_gelu", "gelu (exact"),
     "gelu tanh": (lambda x: 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3))),
                   "gelu_tanh_approximation", "tanh approximation"),
+    "gelu sigmoid": (lambda x: x / (1 + torch.exp(-1.702 * x)), None, "sigmoid approximation"),
     "silu": (lambda x: x / (1 + torch.exp(-x)), None, "silu"),
     "identity": (lambda x: x.clone(), None, "identity"),
     "leaky 0.2": (lambda x: torch.where(x > 0, x, 0.2 * x), None, "negative slope 0.2"),
@@ -260,3 +263,47 @@ def test_correct_and_unrelated_get_no_fit(norm: tuple[nn.LayerNorm, Tensor], mha
     for post in (F.relu(pre) * 1.01, F.gelu(pre) + 1e-3 * pre, torch.where(pre > 0, pre, 0.5 * pre**2)):
         assert sums.fit_activation(pre, post) == []
     assert fits.fit_component(nn.Dropout(), (x,), {}, x, x * 2) == []
+
+
+# --- the norm's bias subtracted; what an attention reads from; a norm fitted by its gradient ------------------
+
+def test_layer_norm_bias_subtracted(norm: tuple[nn.LayerNorm, Tensor]) -> None:
+    m, x = norm
+    got = layer_norm(x, m.weight, None) - m.bias
+    assert_names(fits.fit_component(m, (x,), {}, m(x), got), None, "bias subtracted instead of added", got)
+
+
+@pytest.mark.parametrize(("reads", "key", "text"), [
+    ("qqv", "query_as_key", "the keys from the query input"),
+    ("qvk", "key_value_swapped", "the keys from the value input, the values from the key input"),
+])
+def test_attention_input_fits(mha: nn.MultiheadAttention, reads: str, key: str, text: str) -> None:
+    torch.manual_seed(3)
+    given = {"q": torch.randn(N, L, E, dtype=D), "k": torch.randn(N, L, E, dtype=D), "v": torch.randn(N, L, E, dtype=D)}
+    got = attend(mha, given[reads[0]], given[reads[2]], keys=given[reads[1]]).transpose(0, 1)
+    args = tuple(given[c].transpose(0, 1) for c in "qkv")
+    expected = mha(*args, need_weights=False)[0]
+    assert_names(fits.fit_component(mha, args, {"need_weights": False}, expected, got), key, text, got)
+    same = (args[0], args[0], args[0])  # one tensor for all three: no input fit can tell anything
+    assert not [f for f in fits.fit_component(mha, same, {"need_weights": False}, mha(*same)[0], mha(*same)[0] * 1.5)
+                if f.key in ("query_as_key", "key_value_swapped")]
+
+
+def test_a_norm_differing_only_in_its_gradient_is_fitted_by_it() -> None:
+    from reference.diagnose.gradients import norm_fits
+    from reference.diagnose.localize import Replay, SubmoduleError
+
+    m = nn.LayerNorm(1, eps=1e-12, dtype=D)
+    x = torch.randn(3, 2, 1, dtype=D)  # one feature: zero variance, the output is the bias either way
+    x.requires_grad_(True)
+    dy = torch.randn(3, 2, 1, dtype=D, generator=torch.Generator().manual_seed(0))
+    c = x - x.mean(-1, keepdim=True)
+    (got,) = torch.autograd.grad(c / (c.square().mean(-1, keepdim=True).sqrt() + 1e-12), x, dy)
+    assert bool(torch.isnan(got).all())
+    replay = Replay(calls={"norm1": ((x.detach(),), {})}, expected={"norm1": m(x).detach()}, got={}, fed={},
+                    modules={"norm1": m})
+    row = SubmoduleError(name="norm1", passed=False, max_abs=math.inf, bound=1e-12, worst={}, candidate=0.0,
+                         oracle=0.0)
+    found = norm_fits(replay, row, got)
+    assert [f.key for f in found] == ["layer_norm_eps_outside_sqrt"], found
+    assert norm_fits(replay, row, torch.zeros_like(got)) == []  # the built-in's own gradient: no formula differs
