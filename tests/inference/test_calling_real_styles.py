@@ -24,7 +24,7 @@ from reference.check import main as check_main
 from reference.inference.auto import infer_target
 from reference.inference.binding import arguments, forward_params
 from reference.inference.construct import build
-from reference.inference.prepare import inferred
+from reference.inference.target import InferredTarget
 from reference.inference.weightmap import MapMismatchError
 from reference.levels.registry import level
 from reference.targets.contract import NotSupportedError, load_target
@@ -180,7 +180,8 @@ def test_calling_and_masks_are_inferred_once_not_per_example(monkeypatch: pytest
 
     monkeypatch.setattr(infer.auto, "infer_calling", counted_calling)
     monkeypatch.setattr(calling, "measure_forms", counted_measure)
-    target = inferred(load_target(f"{M}:KeywordOnlyEncoderLayer"), "encoder_layer")
+    # a fresh one: ``inferred`` keeps one per target for the process, which another test may have discovered
+    target = InferredTarget(target=load_target(f"{M}:KeywordOnlyEncoderLayer"), level="encoder_layer")
     target.discover()
     after_discovery = dict(calls)
     for seed, d_model in enumerate((8, 12, 16, 8)):
