@@ -29,7 +29,7 @@ class WeightMapError(ValueError):
 
 
 @dataclass(frozen=True)
-class Link:
+class TensorCopy:
     """handmade tensor ``handmade_key`` is chunk ``chunk`` (of 3, by rows) of torch's ``torch_key``; None = whole."""
 
     torch_key: str
@@ -46,7 +46,7 @@ def handmade_keys(torch_key: str) -> list[tuple[str, int | None]]:
     return [(base + SEPARATE.get(leaf, leaf), None)]
 
 
-def plan(torch_model: nn.Module, handmade_model: nn.Module) -> list[Link]:
+def copy_plan(torch_model: nn.Module, handmade_model: nn.Module) -> list[TensorCopy]:
     """Pair every tensor of both models exactly once, checking shapes; raise WeightMapError otherwise."""
     t_state, h_state = torch_model.state_dict(), handmade_model.state_dict()
     links, problems, used = [], [], set()
@@ -64,7 +64,7 @@ def plan(torch_model: nn.Module, handmade_model: nn.Module) -> list[Link]:
                     f"torch {t_key}{'' if chunk is None else f' chunk {chunk}'} has shape {tuple(expected)}, "
                     f"handmade {h_key} has shape {tuple(h_state[h_key].shape)}"
                 )
-            links.append(Link(t_key, h_key, chunk))
+            links.append(TensorCopy(t_key, h_key, chunk))
     problems += [f"handmade {k} has no torch counterpart" for k in h_state if k not in used]
     if problems:
         raise WeightMapError(
@@ -78,7 +78,7 @@ def plan(torch_model: nn.Module, handmade_model: nn.Module) -> list[Link]:
 def copy_torch_to_handmade(torch_model: nn.Module, handmade_model: nn.Module) -> None:
     """Load the built-in model's weights into the hand-written one (q/k/v split from the packed tensors)."""
     t_state, h_state = torch_model.state_dict(), handmade_model.state_dict()
-    for link in plan(torch_model, handmade_model):
+    for link in copy_plan(torch_model, handmade_model):
         value = t_state[link.torch_key]
         h_state[link.handmade_key].copy_(value if link.chunk is None else value.chunk(3)[link.chunk])
 
@@ -87,7 +87,7 @@ def copy_torch_to_handmade(torch_model: nn.Module, handmade_model: nn.Module) ->
 def copy_handmade_to_torch(handmade_model: nn.Module, torch_model: nn.Module) -> None:
     """Load the hand-written model's weights into the built-in one (q/k/v packed back together)."""
     t_state, h_state = torch_model.state_dict(), handmade_model.state_dict()
-    for link in plan(torch_model, handmade_model):
+    for link in copy_plan(torch_model, handmade_model):
         target = t_state[link.torch_key]
         target = target if link.chunk is None else target.chunk(3)[link.chunk]
         target.copy_(h_state[link.handmade_key])

@@ -39,7 +39,7 @@ HINTS = {  # a dropped mask's hint goes too
 _CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(Config))
 
 
-def attn_mask(
+def draw_attn_mask(
     kind: str, L: int, S: int, batch: int | None, nhead: int, dtype: torch.dtype, g: torch.Generator
 ) -> Tensor | None:
     """An attention mask of ``kind`` for queries of length L over keys of length S."""
@@ -61,7 +61,7 @@ def attn_mask(
     raise ValueError(f"attention mask kind must be one of {ATTN_MASKS}, got {kind!r}")
 
 
-def padding_mask(kind: str, batch: int | None, S: int, dtype: torch.dtype, g: torch.Generator) -> Tensor | None:
+def draw_padding_mask(kind: str, batch: int | None, S: int, dtype: torch.dtype, g: torch.Generator) -> Tensor | None:
     """A key padding mask of ``kind``: (N, S), or (S,) when unbatched; True / -inf / a penalty at pads."""
     if kind == "none":
         return None
@@ -201,12 +201,12 @@ class Case(SameByDefault):
 
         src, tgt = sequence(S), sequence(T)
         kwargs: dict[str, object] = {
-            "src_mask": attn_mask(self.src_mask, S, S, n, c.nhead, dtype, g),
-            "tgt_mask": attn_mask(self.tgt_mask, T, T, n, c.nhead, dtype, g),
-            "memory_mask": attn_mask(self.memory_mask, T, S, n, c.nhead, dtype, g),
-            "src_key_padding_mask": padding_mask(self.src_key_padding_mask, n, S, dtype, g),
-            "tgt_key_padding_mask": padding_mask(self.tgt_key_padding_mask, n, T, dtype, g),
-            "memory_key_padding_mask": padding_mask(self.memory_key_padding_mask, n, S, dtype, g),
+            "src_mask": draw_attn_mask(self.src_mask, S, S, n, c.nhead, dtype, g),
+            "tgt_mask": draw_attn_mask(self.tgt_mask, T, T, n, c.nhead, dtype, g),
+            "memory_mask": draw_attn_mask(self.memory_mask, T, S, n, c.nhead, dtype, g),
+            "src_key_padding_mask": draw_padding_mask(self.src_key_padding_mask, n, S, dtype, g),
+            "tgt_key_padding_mask": draw_padding_mask(self.tgt_key_padding_mask, n, T, dtype, g),
+            "memory_key_padding_mask": draw_padding_mask(self.memory_key_padding_mask, n, S, dtype, g),
             "src_is_causal": self.src_is_causal,
             "tgt_is_causal": self.tgt_is_causal,
             "memory_is_causal": self.memory_is_causal,

@@ -129,7 +129,7 @@ def _additive(mask: Tensor | None, like: Tensor) -> Tensor | float:
     return torch.zeros(mask.shape, dtype=like.dtype, device=like.device).masked_fill(mask, -math.inf)
 
 
-def _mha(m: nn.MultiheadAttention, query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None,  # noqa: PLR0913 (to split: issue 18's resolution rework)
+def _mha(m: nn.MultiheadAttention, query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None,  # noqa: PLR0913 (the formula's own inputs, then the knobs the fits turn, keyword-only)
          kpm: Tensor | None, *, scale: float | None = None, softmax_dim: int = -1, split: str = "", merge: str = "",
          order: str = "qkv", out: bool = True, blocked: str = "zero") -> Tensor:
     """nn.MultiheadAttention's formula from its weights (eval), with the knobs the fits turn."""
@@ -215,16 +215,8 @@ def _attention_fits(m: nn.MultiheadAttention, args: tuple, kwargs: dict, got: Te
             what += f"; a query with every key blocked gets {WHEN_BLOCKED[mode]}"
         return Fit(what, key, before, after)
 
-    E, hd = m.embed_dim, m.head_dim
-    log_s, after = _minimize(lambda t: err(scale=10.0**t), -5.0, 2.0, 0.05)
-    named = [("1 (no scale)", 1.0, "scale_missing"), (f"1/sqrt({E}) = 1/sqrt(embed_dim)", E**-0.5, "scale_by_d_model"),
-             (f"1/{hd} = 1/head_dim", 1.0 / hd, "scale_by_head_dim"), (f"1/{E} = 1/embed_dim", 1.0 / E, None),
-             (f"sqrt({hd}) = sqrt(head_dim)", hd**0.5, None), (f"sqrt({E}) = sqrt(embed_dim)", E**0.5, None)]
-    named += [(f"{n}, rounded to float32 ({_f32(s)!r})", _f32(s), key if s != hd**-0.5 else None)
-              for n, s, key in [*named, (f"1/sqrt({hd}) = 1/sqrt(head_dim)", hd**-0.5, None)] if _f32(s) != s]
-    equal = [(n, s, key) for n, s, key in named if err(scale=s) <= 2 * after + ROUNDING * _scale(got)]
-    uses = f"nn.MultiheadAttention uses 1/sqrt(head_dim) = {hd**-0.5:.4g}"
-    n, s, key = equal[0] if equal else ("", 10.0**log_s, None)
+    (n, s, key), named = _scale_fit(err, m.embed_dim, m.head_dim, got)
+    uses = f"nn.MultiheadAttention uses 1/sqrt(head_dim) = {m.head_dim**-0.5:.4g}"
     specs: list[tuple[str, str | None, dict[str, Any]]] = [
         ("softmax over the queries (dim -2) instead of the keys", "softmax_over_queries", {"softmax_dim": -2}),
         ("heads merged by reshape(L, N, E) of (N, H, L, head_dim) data, without a permute",
@@ -247,6 +239,29 @@ def _attention_fits(m: nn.MultiheadAttention, args: tuple, kwargs: dict, got: Te
     fits += [Fit(what, name, before, after) for what, name, after in input_fits(
         lambda a, b, c, o: _err(got, _mha(m, a, b, c, mask, kpm, order=o, blocked=base)), q, k, v)
         if after <= SAME * _scale(got)]  # exact only: a projection reads a tensor or it does not
+    return fits + _mask_fits(fit, mask, kpm, causal)
+    return fits
+
+
+Scale = tuple[str, float, "str | None"]  # (how it is named, its value, its catalogue key)
+
+
+def _scale_fit(err: Callable[..., float], E: int, hd: int, got: Tensor) -> tuple[Scale, list[Scale]]:
+    """(the scale that fits best, named where a usual one fits as well; the usual ones, float32-rounded too)."""
+    log_s, after = _minimize(lambda t: err(scale=10.0**t), -5.0, 2.0, 0.05)
+    named: list[Scale] = [
+        ("1 (no scale)", 1.0, "scale_missing"), (f"1/sqrt({E}) = 1/sqrt(embed_dim)", E**-0.5, "scale_by_d_model"),
+        (f"1/{hd} = 1/head_dim", 1.0 / hd, "scale_by_head_dim"), (f"1/{E} = 1/embed_dim", 1.0 / E, None),
+        (f"sqrt({hd}) = sqrt(head_dim)", hd**0.5, None), (f"sqrt({E}) = sqrt(embed_dim)", E**0.5, None)]
+    named += [(f"{n}, rounded to float32 ({_f32(s)!r})", _f32(s), key if s != hd**-0.5 else None)
+              for n, s, key in [*named, (f"1/sqrt({hd}) = 1/sqrt(head_dim)", hd**-0.5, None)] if _f32(s) != s]
+    equal = [(n, s, key) for n, s, key in named if err(scale=s) <= 2 * after + ROUNDING * _scale(got)]
+    return (equal[0] if equal else ("", 10.0**log_s, None)), named
+
+
+def _mask_fits(fit: Callable[..., Fit], mask: Tensor | None, kpm: Tensor | None, causal: bool) -> list[Fit]:
+    """Masks ignored, read with inverted polarity, or causal off by one (either way)."""
+    fits = []
     if mask is not None:
         fits.append(fit("attn_mask ignored", "masks_ignored", attn_mask=None))
     if kpm is not None:
@@ -259,7 +274,7 @@ def _attention_fits(m: nn.MultiheadAttention, args: tuple, kwargs: dict, got: Te
         fits += [fit("bool attn_mask read with inverted polarity (True = may attend)", None, attn_mask=_invert(mask)),
                  fit("bool key_padding_mask read with inverted polarity (True = may attend)", None, kpm=_invert(kpm))]
     if causal or _is_causal_mask(mask):
-        ones = torch.ones(mask.shape, dtype=torch.bool, device=q.device)  # type: ignore[union-attr]
+        ones = torch.ones(mask.shape, dtype=torch.bool, device=mask.device)  # type: ignore[union-attr]
         fits += [fit("the causal mask also blocks the diagonal (triu(diagonal=0)): a position cannot see itself",
                      None, attn_mask=ones.triu(0)),
                  fit("the causal mask is off by one (triu(diagonal=2)): position t also sees t + 1",

@@ -44,7 +44,7 @@ class Inference:
         return f"calling: {self.convention.describe()}\n{self.weight_map.describe()}"
 
 
-def infer_target(builtin: nn.Module, model: nn.Module, level: str, call: Callable[..., Any],  # noqa: C901, PLR0913 (to split: issue 18's resolution rework)
+def infer_target(builtin: nn.Module, model: nn.Module, level: str, call: Callable[..., Any],  # noqa: PLR0913 (one standard call and how to search it, keyword-only)
                  inputs: Mapping[str, Tensor], kwargs: Mapping[str, Any], *, batch_first: bool,
                  override: str | Override | None = None, keep_mask: bool = False, check_masks: bool = True,
                  mask_cache: MutableMapping[Any, Any] | None = None, convention: Convention | None = None) -> Inference:
@@ -63,14 +63,10 @@ def infer_target(builtin: nn.Module, model: nn.Module, level: str, call: Callabl
     dtype = next((t.dtype for t in inputs.values() if t is not None and t.is_floating_point()), None)
     if dtype is not None:
         model.to(dtype)  # the inputs' dtype (float64 is best): a float32 build would not take them
-    if convention is None:
-        with torch.no_grad(), fastpath(False):
-            expected = call(builtin, **inputs, **kwargs)
-        heads = next((m.num_heads for m in builtin.modules() if isinstance(m, nn.MultiheadAttention)), 1)
-        conv = infer_calling(model, level, inputs, kwargs, batch_first=batch_first, expected=expected,
-                             keep_mask=keep_mask, heads=heads, mask_cache=mask_cache)
-    else:  # its layouts and pairings as found: those the values have not decided yet are tried again
-        conv = convention
+    # a convention found for the target already: its layouts and pairings as found (those the values have not
+    # decided yet are tried again)
+    conv = convention or _calling(builtin, model, level, call, inputs, kwargs, batch_first=batch_first,
+                                  keep_mask=keep_mask, mask_cache=mask_cache)
     # the map does not depend on masks: infer it on the unmasked call (a GPT's causal mask is its behaviour)
     # (a target that takes no mask is always masked so, when the built-in is given one: its behaviour too)
     bare = {k: v for k, v in kwargs.items() if level == "decoder_only" or not conv.masks or not _is_mask(k, v)}
@@ -110,14 +106,31 @@ def infer_target(builtin: nn.Module, model: nn.Module, level: str, call: Callabl
         if masked and check_masks:
             _check_masks(builtin, model, wm, call, trial, inputs, kwargs, batch_first)
         return Inference(wm, trial)
+    raise _telling(failures, conv)
+
+
+def _calling(builtin: nn.Module, model: nn.Module, level: str, call: Callable[..., Any],
+             inputs: Mapping[str, Tensor], kwargs: Mapping[str, Any], *, batch_first: bool, keep_mask: bool,
+             mask_cache: MutableMapping[Any, Any] | None) -> Convention:
+    """The target's calling convention, inferred against the built-in's output for the call."""
+    with torch.no_grad(), fastpath(False):
+        expected = call(builtin, **inputs, **kwargs)
+    heads = next((m.num_heads for m in builtin.modules() if isinstance(m, nn.MultiheadAttention)), 1)
+    return infer_calling(model, level, inputs, kwargs, batch_first=batch_first, expected=expected,
+                         keep_mask=keep_mask, heads=heads, mask_cache=mask_cache)
+
+
+def _telling(failures: list[Exception], conv: Convention) -> Exception:
+    """The failure that says most when no pairing and layout verified: an ambiguous map, else the closest
+    mismatch in the pairing found first, else the first failure."""
     ambiguous = [e for e in failures if isinstance(e, AmbiguousMapError)]
     if ambiguous:
-        raise ambiguous[0]
+        return ambiguous[0]
     mismatched = [e for e in failures if isinstance(e, MapMismatchError)]
     if not mismatched:
-        raise failures[0]
+        return failures[0]
     first = [e for e in mismatched if getattr(e, "convention", conv).inputs == conv.inputs] or mismatched
-    raise min(first, key=lambda e: e.difference if isinstance(e, MapMismatchError) else math.inf)  # closest
+    return min(first, key=lambda e: e.difference if isinstance(e, MapMismatchError) else math.inf)  # closest
 
 
 def _decided(trial: Convention, conv: Convention, pairs: Any, layout: bool | None) -> Convention:

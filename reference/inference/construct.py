@@ -107,25 +107,15 @@ def _config_object(cls: Any, kind: Any, fields: set[str], opts: dict[str, Any],
     return AliasNamespace(opts, source.defaulted_fields(cls)), {}, {}
 
 
-def plan(obj: Any, options: Mapping[str, Any], level: str) -> Plan:  # noqa: C901, PLR0912 (to split: issue 18's resolution rework)
+def plan(obj: Any, options: Mapping[str, Any], level: str) -> Plan:
     """How ``obj`` (a class, a zero-argument factory or an nn.Module instance) is constructed for ``options``.
 
     Raises ConstructionError when a required parameter has no value (naming it and the names tried) or
     when ``obj`` is none of the three kinds.
     """
     opts = canonical_options(options, level)
-    if isinstance(obj, nn.Module):
-        return Plan(kind="instance", not_taken=dict(opts))
     if not inspect.isclass(obj):
-        if not callable(obj):
-            raise ConstructionError(f"the target must be a class, a zero-argument factory or an nn.Module, "
-                                    f"got a {type(obj).__name__}")
-        needed = [p.name for p in _parameters(obj) if p.default is inspect.Parameter.empty
-                  and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-        if needed:
-            raise ConstructionError(f"a factory target is called with no arguments, but {_name(obj)} requires "
-                                    f"{', '.join(needed)}; pass the class itself or a functools.partial")
-        return Plan(kind="factory", not_taken=dict(opts))
+        return _built_already(obj, opts)
     all_params = _parameters(obj)
     params = [p for p in all_params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     given: dict[str, Any] = {}
@@ -164,6 +154,21 @@ def plan(obj: Any, options: Mapping[str, Any], level: str) -> Plan:  # noqa: C90
     return Plan(kind="config" if wanted_configs else "class", kwargs=values, config=first, taken=taken,
                 not_taken=_not_taken(opts, taken), trials=trials,
                 positional=positional)
+
+
+def _built_already(obj: Any, opts: dict[str, Any]) -> Plan:
+    """The plan for an nn.Module instance or a zero-argument factory: every option is the object's own."""
+    if isinstance(obj, nn.Module):
+        return Plan(kind="instance", not_taken=dict(opts))
+    if not callable(obj):
+        raise ConstructionError(f"the target must be a class, a zero-argument factory or an nn.Module, "
+                                f"got a {type(obj).__name__}")
+    needed = [p.name for p in _parameters(obj) if p.default is inspect.Parameter.empty
+              and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    if needed:
+        raise ConstructionError(f"a factory target is called with no arguments, but {_name(obj)} requires "
+                                f"{', '.join(needed)}; pass the class itself or a functools.partial")
+    return Plan(kind="factory", not_taken=dict(opts))
 
 
 def _missing(obj: Any, missing: list[str], names: Mapping[str, tuple[Any, Any, bool]], opts: dict[str, Any],

@@ -143,32 +143,44 @@ class Filled:
     missing: list[str]
 
 
-def options_for(names: Mapping[str, tuple[Any, Any, bool]], options: Mapping[str, Any], level: str) -> Filled:  # noqa: C901, PLR0912 (to split: issue 18's resolution rework)
+def options_for(names: Mapping[str, tuple[Any, Any, bool]], options: Mapping[str, Any], level: str) -> Filled:
     """Values for ``names`` ({name: (annotation, default, required)}) from the level's canonical ``options``;
     required names no option spells get trial values by role (``missing`` when none fits)."""
-    values: dict[str, Any] = {}
-    taken: dict[str, str] = {}
-    lower = {n.lower(): n for n in names}
     wanted = dict(options)
     if level == "transformer" and "num_layers" not in wanted:  # one layer count for both stacks, when equal
         counts = {wanted.get("num_encoder_layers"), wanted.get("num_decoder_layers")} - {None}
         if len(counts) == 1:
             wanted["num_layers"] = counts.pop()
+    values, taken = _by_name(names, wanted)
+    if "num_layers" in taken and level == "transformer":  # both counts went through the one layer count
+        for k in ("num_encoder_layers", "num_decoder_layers"):
+            taken.setdefault(k, taken["num_layers"])
+        del taken["num_layers"]
+    trials, missing = _by_role(names, values, taken, wanted)
+    return Filled(values, taken, trials, missing)
+
+
+def _by_name(names: Mapping[str, tuple[Any, Any, bool]], wanted: Mapping[str, Any]) -> tuple[dict[str, Any],
+                                                                                              dict[str, str]]:
+    """(values, taken): each option given to the parameters that spell it (case aside)."""
+    values: dict[str, Any] = {}
+    taken: dict[str, str] = {}
+    lower = {n.lower(): n for n in names}
     for option, value in wanted.items():
         for alias in aliases(option):
             name = alias if alias in names else lower.get(alias.lower())
             if name is None or name in values:
                 continue
-            if option == "normalized_shape" and name != "normalized_shape" and len(value) == 1:
-                value = value[0]
-            values[name] = value
+            values[name] = value[0] if option == "normalized_shape" and name != option and len(value) == 1 else value
             taken.setdefault(option, name)
             if option not in EVERY:
                 break
-    if "num_layers" in taken and level == "transformer":  # both counts went through the one layer count
-        for k in ("num_encoder_layers", "num_decoder_layers"):
-            taken.setdefault(k, taken["num_layers"])
-        del taken["num_layers"]
+    return values, taken
+
+
+def _by_role(names: Mapping[str, tuple[Any, Any, bool]], values: dict[str, Any], taken: dict[str, str],
+             wanted: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """(trials, missing): required parameters no option spells, given a value by their role (into ``values``)."""
     trials: dict[str, Any] = {}
     missing: list[str] = []
     sizes = [s for s in SIZES if s in wanted and s not in taken]
@@ -185,7 +197,7 @@ def options_for(names: Mapping[str, tuple[Any, Any, bool]], options: Mapping[str
             missing.append(name)
         else:
             values[name] = trials[name] = trial
-    return Filled(values, taken, trials, missing)
+    return trials, missing
 
 
 def trial_value(role: str, sizes: list[str]) -> Any:

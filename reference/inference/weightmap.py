@@ -73,7 +73,7 @@ class _Rows:
         return gaps + ([(at, n)] if at < n else [])
 
 
-def pair(builtin: nn.Module, model: nn.Module, builtin_rec: Recording, model_rec: Recording,  # noqa: C901, PLR0912, PLR0915 (to split: issue 18's resolution rework)
+def pair(builtin: nn.Module, model: nn.Module, builtin_rec: Recording, model_rec: Recording,
          override: Mapping[str, Any] | None = None) -> WeightMap:
     """Pair by order, shape, kind and name (no verification); UnpairedError/AmbiguousMapError when it cannot.
 
@@ -89,36 +89,9 @@ def pair(builtin: nn.Module, model: nn.Module, builtin_rec: Recording, model_rec
         for s in link.sources:
             rows.take(s.name, s.rows or (0, shapes[s.name][0] if shapes[s.name] else 1))
     fixed = {link.target for link in links} | set(ignored)
-    chosen: dict[str, Fit] = {}
+    chosen, unpaired, ties = _choose(model_rec, params, slots, shapes, partners, rows, fixed)
+    links += _chosen_links(chosen, shapes)
     notes: list[str] = []
-    unpaired: list[str] = []
-    ties: list[tuple[str, ...]] = []
-    for name in model_rec.ordered():
-        if name in fixed:
-            continue
-        use, shape = model_rec.uses[name], tuple(params[name].shape)
-        candidates = [f for s in slots if rows.free(s) and (f := fits(shape, use, s)) is not None]
-        role = role_of(name)
-        if role and any(f.slot.role == role for f in candidates):
-            candidates = [f for f in candidates if f.slot.role == role]
-        partner = chosen.get(use.partner) if use.partner is not None else None
-        twins = companion(partner.slot, slots, partners, shapes) if partner is not None else ()
-        if any(f.slot in twins for f in candidates):  # the bias of the projection its matrix holds
-            candidates = [f for f in candidates if f.slot in twins]
-        if not candidates:
-            unpaired.append(name)
-            continue
-        best = min(candidates, key=lambda f: (f.slot.order, f.slot.rows))
-        if role is None and any(_alike(name, g, params, model_rec) for g in use.group):
-            ties.append(use.group)
-        chosen[name] = best
-        rows.take(best.slot.name, best.slot.rows)
-    for name, fit in chosen.items():
-        slot = fit.slot
-        whole = (0, shapes[slot.name][0] if shapes[slot.name] else 1)
-        source = Source(slot.name, None if slot.rows == whole else slot.rows)
-        how = "order and shape" + (f", name says {slot.role}" if slot.role and role_of(name) == slot.role else "")
-        links.append(Link(name, (source,), fit.transpose, how + (", transposed" if fit.transpose else "")))
     idle = set(builtin_rec.unused)  # the level's call does not use them (feed_forward: the layer's attention)
     missing = {n: gaps for n, shape in shapes.items()
                if n not in idle and (gaps := rows.missing(n, shape[0] if shape else 1))}
@@ -149,6 +122,47 @@ def pair(builtin: nn.Module, model: nn.Module, builtin_rec: Recording, model_rec
                      ignored=tuple(ignored) + tuple(never), notes=tuple(notes), ties=tuple(dict.fromkeys(ties)),
                      held=held)
 
+
+
+def _choose(model_rec: Recording, params: dict[str, nn.Parameter], slots: list[Any], shapes: dict[str, Any],
+            partners: Any, rows: _Rows, fixed: set[str]) -> tuple[dict[str, Fit], list[str], list[tuple[str, ...]]]:
+    """Each target parameter's slot, in the order the forward pass uses them: (chosen, unpaired, ties)."""
+    chosen: dict[str, Fit] = {}
+    unpaired: list[str] = []
+    ties: list[tuple[str, ...]] = []
+    for name in model_rec.ordered():
+        if name in fixed:
+            continue
+        use, shape = model_rec.uses[name], tuple(params[name].shape)
+        candidates = [f for s in slots if rows.free(s) and (f := fits(shape, use, s)) is not None]
+        role = role_of(name)
+        if role and any(f.slot.role == role for f in candidates):
+            candidates = [f for f in candidates if f.slot.role == role]
+        partner = chosen.get(use.partner) if use.partner is not None else None
+        twins = companion(partner.slot, slots, partners, shapes) if partner is not None else ()
+        if any(f.slot in twins for f in candidates):  # the bias of the projection its matrix holds
+            candidates = [f for f in candidates if f.slot in twins]
+        if not candidates:
+            unpaired.append(name)
+            continue
+        best = min(candidates, key=lambda f: (f.slot.order, f.slot.rows))
+        if role is None and any(_alike(name, g, params, model_rec) for g in use.group):
+            ties.append(use.group)
+        chosen[name] = best
+        rows.take(best.slot.name, best.slot.rows)
+    return chosen, unpaired, ties
+
+
+def _chosen_links(chosen: dict[str, Fit], shapes: dict[str, Any]) -> list[Link]:
+    """The links the choice makes, each saying how it was paired."""
+    links = []
+    for name, fit in chosen.items():
+        slot = fit.slot
+        whole = (0, shapes[slot.name][0] if shapes[slot.name] else 1)
+        source = Source(slot.name, None if slot.rows == whole else slot.rows)
+        how = "order and shape" + (f", name says {slot.role}" if slot.role and role_of(name) == slot.role else "")
+        links.append(Link(name, (source,), fit.transpose, how + (", transposed" if fit.transpose else "")))
+    return links
 
 def _held(missing: Mapping[str, list[tuple[int, int]]], slots: list[Slot], shapes: Mapping[str, tuple[int, ...]],
           chosen: Mapping[str, Fit]) -> tuple[Source, ...]:

@@ -24,7 +24,7 @@ import handmade
 import reference.cases.pinned as pinned
 import reference.cases.strategies as strat
 from reference.builtin.config import Config, randomize_
-from reference.cases.case import Case, attn_mask, padding_mask
+from reference.cases.case import Case, draw_attn_mask, draw_padding_mask
 from reference.cases.kinds import AttentionCase, LayerNormCase, StackCase
 from reference.cases.strategies import DTYPES, is_smooth
 
@@ -96,8 +96,8 @@ def attention_inputs(c: AttentionCase, dtype: torch.dtype) -> Inputs:
         if not c.key_is_value:
             inputs["value"] = seq(keys, c.vdim or c.embed_dim)
     kwargs = {
-        "attn_mask": attn_mask(c.attn_mask, c.query_len, keys, c.batch, c.num_heads, dtype, g),
-        "key_padding_mask": padding_mask(c.key_padding_mask, c.batch, keys, dtype, g),
+        "attn_mask": draw_attn_mask(c.attn_mask, c.query_len, keys, c.batch, c.num_heads, dtype, g),
+        "key_padding_mask": draw_padding_mask(c.key_padding_mask, c.batch, keys, dtype, g),
         "need_weights": c.need_weights, "average_attn_weights": c.average_attn_weights, "is_causal": c.is_causal,
     }
     return inputs, kwargs

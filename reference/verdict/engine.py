@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from reference.builtin.weights import copy_torch_to_handmade, plan
+from reference.builtin.weights import copy_plan, copy_torch_to_handmade
 from reference.targets.contract import NotSupportedError, TargetError
 from reference.verdict.tolerance import Verdict, jittered, judge, with_jittered
 
@@ -70,7 +70,7 @@ def repacked_grads(model: nn.Module, builtin: nn.Module) -> dict[str, Tensor]:
     """A handmade model's parameter gradients under the built-in's names, q/k/v pieces concatenated."""
     grads = param_grads(model)
     pieces: dict[str, list[tuple[int, Tensor]]] = {}
-    for link in plan(builtin, model):
+    for link in copy_plan(builtin, model):
         if link.handmade_key in grads:
             pieces.setdefault(link.torch_key, []).append((link.chunk or 0, grads[link.handmade_key]))
     return {k: torch.cat([g for _, g in sorted(v, key=lambda p: p[0])]) for k, v in pieces.items()}

@@ -17,7 +17,7 @@ import handmade
 from handmade.embeddings import PositionalEncoding, sinusoidal_table
 from handmade.masks import generate_square_subsequent_mask, padding_mask, subsequent_mask
 from handmade.seq2seq import Seq2SeqTransformer
-from reference.builtin.weights import plan
+from reference.builtin.weights import copy_plan
 from reference.verdict.tolerance import judge
 
 PAIRS = ("Transformer", "TransformerEncoderLayer", "TransformerDecoderLayer", "TransformerEncoder",
@@ -90,7 +90,7 @@ def test_default_arguments_build_the_builtins_default_model():
     """Built on the meta device (no memory): every default shape, rate and eps equals nn.Transformer()'s."""
     theirs = nn.Transformer(device="meta")
     for ours in (handmade.Transformer(device="meta"), Seq2SeqTransformer(7, 9, device="meta").transformer):
-        plan(theirs, ours)  # strict: every parameter paired once with the same shape
+        copy_plan(theirs, ours)  # strict: every parameter paired once with the same shape
         for name, mod in ours.named_modules():
             if isinstance(mod, (handmade.TransformerEncoderLayer, handmade.TransformerDecoderLayer)):
                 assert mod.norm_first is False, name

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from reference.builtin.config import Config
-from reference.builtin.weights import Link, copy_torch_to_handmade, plan
+from reference.builtin.weights import TensorCopy, copy_plan, copy_torch_to_handmade
 from reference.cases.case import Case
 from reference.cases.strategies import cases, configs
 from reference.inference.prepare import fastpath, forward_kwargs
@@ -74,14 +74,14 @@ def linked(torch_model: nn.Module, handmade_model: nn.Module, what: str) -> list
     """(name, handmade tensor, torch tensor) for every parameter (``what`` = "param") or its gradient ("grad")."""
     t_params, h_params = dict(torch_model.named_parameters()), dict(handmade_model.named_parameters())
     out = []
-    for link in plan(torch_model, handmade_model):
+    for link in copy_plan(torch_model, handmade_model):
         t, h = t_params[link.torch_key], h_params[link.handmade_key]
         t, h = (t.grad, h.grad) if what == "grad" else (t.detach(), h.detach())
         out.append((link.handmade_key, h, torch_part(link, t)))
     return out
 
 
-def torch_part(link: Link, tensor: Tensor) -> Tensor:
+def torch_part(link: TensorCopy, tensor: Tensor) -> Tensor:
     """The part of a torch-side tensor that ``link`` maps: a packed q/k/v tensor's chunk, or all of it."""
     return tensor if link.chunk is None else tensor.chunk(3)[link.chunk]
 
@@ -169,7 +169,8 @@ def test_adam_steps_keep_both_models_equal_within_the_tolerance_policy(case, dty
     own = adam_steps(copy.deepcopy(start), case, dtype)[0] if dtype != F64 else None
     own_params = {} if own is None else {n: t for n, _, t in linked(own, candidate, "param")}
     scale = max(float(r.max()) for r in oracle_rms.values())
-    oracle_rms = {link.handmade_key: torch_part(link, oracle_rms[link.torch_key]) for link in plan(oracle, candidate)}
+    oracle_rms = {link.handmade_key: torch_part(link, oracle_rms[link.torch_key])
+                  for link in copy_plan(oracle, candidate)}
     verdicts: list[Verdict] = []
     for name, h, t in linked(oracle, candidate, "param"):
         if float(oracle_rms[name].max()) <= floor(F64, scale):

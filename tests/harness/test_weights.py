@@ -10,7 +10,7 @@ from torch import nn
 
 import handmade
 from reference.builtin.config import Config, randomize_
-from reference.builtin.weights import WeightMapError, copy_handmade_to_torch, copy_torch_to_handmade, plan
+from reference.builtin.weights import WeightMapError, copy_handmade_to_torch, copy_plan, copy_torch_to_handmade
 from reference.cases.strategies import configs, seeds
 from reference.levels.pairs import build_handmade, build_pair, build_torch
 from reference.levels.registry import COMPONENTS
@@ -30,7 +30,7 @@ def assert_same_state(a: nn.Module, b: nn.Module) -> None:
 @given(component=components, config=configs(), seed=seeds())
 def test_weight_map_uses_every_tensor_of_both_models_exactly_once(component, config, seed):
     reference, twin = build_pair(component, config, seed)
-    links = plan(reference, twin)
+    links = copy_plan(reference, twin)
     torch_keys = {link.torch_key for link in links}
     handmade_keys = [link.handmade_key for link in links]
     assert torch_keys == set(reference.state_dict()), "a torch tensor is not mapped"
@@ -73,7 +73,7 @@ def test_weight_map_reports_an_unmatched_handmade_tensor():
     reference = build_torch("attention", Config())
     twin = handmade.MultiheadAttention(16, 2, add_bias_kv=True, dtype=torch.float64)
     with pytest.raises(WeightMapError, match=r"handmade bias_k has no torch counterpart"):
-        plan(reference, twin)
+        copy_plan(reference, twin)
 
 
 def test_weight_map_reports_a_handmade_tensor_that_two_torch_tensors_map_to():
@@ -84,4 +84,4 @@ def test_weight_map_reports_a_handmade_tensor_that_two_torch_tensors_map_to():
     twin = nn.Module()
     twin.q_proj = nn.Linear(2, 2, bias=False)
     with pytest.raises(WeightMapError, match=r"handmade q_proj\.weight is the target of two torch tensors"):
-        plan(reference, twin)
+        copy_plan(reference, twin)
