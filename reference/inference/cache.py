@@ -5,21 +5,24 @@ the same *shape* (the options that change parameter shapes or the call: sizes, l
 options discovery fixed, the layout, which inputs are given, the call's flags; not the seed, the sequence
 lengths, the masks or their values, dropout, the activation or eps) pairs the same tensors. So a map is
 inferred once per shape and used as is on every case of that shape: the engine's comparison judges the
-outputs. ``disagreement`` measures how far a map is from the built-in on a case (the number of heads is
-measured with it, reference/inference/target.py).
+outputs. A case of the same structure at other sizes (``structure_key``: every integer option aside) starts
+from the map found there, its row ranges ``rescaled`` to the new sizes; it is used only when it reproduces the
+built-in on the case (``disagreement``), else the map is inferred afresh. ``disagreement`` measures how far a map
+is from the built-in on a case (the number of heads is measured with it, reference/inference/target.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Hashable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
 from reference.inference.auto import Inference
 from reference.inference.copying import copy_model
+from reference.inference.maps import Link, Source, WeightMap
 from reference.inference.weightmap import difference
 from reference.levels.registry import Level
 from reference.verdict.engine import fastpath
@@ -64,3 +67,52 @@ def disagreement(inference: Inference, entry: Level, case: Any, model: nn.Module
     except Exception:  # it cannot even be called so: inferred afresh, which says why
         return float("inf")
     return worst
+
+
+def structure_key(key: Hashable) -> Hashable:
+    """``shape_key``'s key with its integer options (sizes, layer counts) aside: what a map may be rescaled across
+    (a different layer count leaves tensors unpaired or missing, so the rescaled map is refused, not wrong)."""
+    options, given, flags = cast(tuple[Any, Any, Any], key)
+    sized = tuple((k, "int" if isinstance(v, int) and not isinstance(v, bool) else v) for k, v in options)
+    return sized, given, flags
+
+
+def rescaled(template: WeightMap, builtin: nn.Module, model: nn.Module) -> WeightMap | None:
+    """``template`` with its row ranges scaled to ``builtin``'s sizes, when every one scales exactly and fills its
+    target tensor; None otherwise (or when it holds rows at zero). Not verified: see ``disagreement``."""
+    shapes = {n: tuple(p.shape) for n, p in builtin.named_parameters()}
+    params = dict(model.named_parameters())
+    if template.held or any(n not in shapes for n in template.builtin_shapes) \
+            or set(params) != {link.target for link in template.links} | set(template.ignored):
+        return None  # rows held at zero, or tensors the template does not cover (another layer count)
+    links = []
+    for link in template.links:
+        sources = [_scaled(s, template.builtin_shapes, shapes) for s in link.sources]
+        target = params.get(link.target)
+        if target is None or any(s is None for s in sources):
+            return None
+        numel = sum(_numel(s, shapes) for s in sources if s is not None)
+        if numel != target.numel():
+            return None
+        links.append(Link(link.target, tuple(s for s in sources if s is not None), link.transpose, link.how))
+    return WeightMap(links=tuple(links), builtin_shapes={n: shapes[n] for n in template.builtin_shapes},
+                     ignored=template.ignored, notes=template.notes, ties=template.ties)
+
+
+def _scaled(source: Source, old: Mapping[str, tuple[int, ...]], new: Mapping[str, tuple[int, ...]]) -> Source | None:
+    if source.rows is None or source.name not in old:
+        return source if source.name in new else None
+    n_old, n_new = (old[source.name] or (1,))[0], (new[source.name] or (1,))[0]
+    a, b = source.rows
+    if (a * n_new) % n_old or (b * n_new) % n_old:
+        return None
+    return Source(source.name, (a * n_new // n_old, b * n_new // n_old))
+
+
+def _numel(source: Source, shapes: Mapping[str, tuple[int, ...]]) -> int:
+    shape = shapes[source.name]
+    rows = (shape or (1,))[0] if source.rows is None else source.rows[1] - source.rows[0]
+    inner = 1
+    for d in shape[1:]:
+        inner *= d
+    return rows * inner

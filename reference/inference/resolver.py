@@ -14,7 +14,7 @@ from torch import nn
 import reference.inference.sizes as fixed_sizes
 from reference.builtin.weights import WeightMapError
 from reference.inference.auto import Inference, infer_target
-from reference.inference.cache import FLOAT64_AGREEMENT, disagreement, shape_key
+from reference.inference.cache import FLOAT64_AGREEMENT, disagreement, rescaled, shape_key, structure_key
 from reference.inference.calling import Convention, infer_calling
 from reference.inference.construct import ConstructionError, build
 from reference.inference.copying import copy_model
@@ -39,6 +39,8 @@ class Resolver:
     _heads: dict[int, int] = field(default_factory=dict)  # width -> the number of heads measured
     _tried_heads: dict[int, list[int]] = field(default_factory=dict)
     _maps: dict[Hashable, Inference] = field(default_factory=dict)  # per configuration shape
+    _templates: dict[Hashable, list[Inference]] = field(default_factory=dict)  # verified, per structure (sizes
+    # aside): one per layer count or other integer option, each tried where it rescales
     _mask_forms: dict[Any, Any] = field(default_factory=dict)  # measured once per pairing of the inputs
     _conventions: dict[Hashable, Convention] = field(default_factory=dict)  # while discovering, per call
     _layout_option: bool = False  # its constructor takes batch_first: its layout follows the configuration
@@ -149,6 +151,10 @@ class Resolver:
         kept = self._maps.get(key)
         if kept is not None:
             return kept
+        found = self._from_template(structure_key(key), case, model)
+        if found is not None:
+            self._maps[key] = found
+            return found
         try:
             found = self._infer(case, model)
         except MapMismatchError as exc:  # paired by order and shape, but the outputs differ: the code
@@ -163,5 +169,22 @@ class Resolver:
             raise NotSupportedError(f"built with {flags}, the target's tensors do not pair with the built-in's one "
                                     f"to one: {why}") from exc
         self._maps[key] = found
+        if found.weight_map.verified:
+            self._templates.setdefault(structure_key(key), []).append(found)
+        return found
+
+    def _from_template(self, structure: Hashable, case: Any, model: nn.Module) -> Inference | None:
+        """The map verified on a case of the same structure, rescaled to this case's sizes, when it reproduces
+        the built-in here (one run of each: no recording, no pairing); else None."""
+        builtin = self.entry.seeded_builtin(case)
+        scaled = ((t, m) for t in self._templates.get(structure, []) if (m := rescaled(t.weight_map, builtin, model)))
+        template, weight_map = next(scaled, (None, None))
+        if template is None or weight_map is None:
+            return None
+        found = Inference(weight_map, template.convention)
+        difference = disagreement(found, self.entry, case.unmasked(), model)  # the map does not depend on masks
+        if difference > FLOAT64_AGREEMENT:
+            return None
+        weight_map.difference, weight_map.verified = difference, True
         return found
 

@@ -9,6 +9,7 @@ bias-like shift) and its role (q/k/v/kv). The target's side is read from its nam
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -125,6 +126,7 @@ def words(name: str) -> list[str]:
     return out
 
 
+@functools.lru_cache(maxsize=4096)
 def role_of(name: str) -> str | None:
     """q, k or v when the name says so (``W_q``, ``query``, ``to_k``, ``v_proj``), otherwise None."""
     found = {role for role, ws in ROLE_WORDS.items() for w in words(name)[:-1] if w in ws}

@@ -130,11 +130,15 @@ def _choose(model_rec: Recording, params: dict[str, nn.Parameter], slots: list[A
     chosen: dict[str, Fit] = {}
     unpaired: list[str] = []
     ties: list[tuple[str, ...]] = []
+    fitting: dict[tuple[Any, ...], list[Fit]] = {}  # the slots a shape and use can fill, in the slots' order
     for name in model_rec.ordered():
         if name in fixed:
             continue
         use, shape = model_rec.uses[name], tuple(params[name].shape)
-        candidates = [f for s in slots if rows.free(s) and (f := fits(shape, use, s)) is not None]
+        key = (shape, use.orientation, use.kind)
+        if key not in fitting:
+            fitting[key] = [f for s in slots if (f := fits(shape, use, s)) is not None]
+        candidates = [f for f in fitting[key] if rows.free(f.slot)]
         role = role_of(name)
         if role and any(f.slot.role == role for f in candidates):
             candidates = [f for f in candidates if f.slot.role == role]

@@ -219,3 +219,34 @@ def test_parity_check_passes_the_correct_one_and_shows_the_bug(obj: str, lvl: st
         assert "FAILED" in out and ("max abs err" in out or "differ" in out), out[-3000:]
     else:
         assert "what the harness inferred" in out and "FAILED" not in out, out[-3000:]
+
+
+def test_a_map_found_at_one_size_is_rescaled_and_verified_at_another_not_searched_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cases that differ only in sizes reuse the map verified on the first (its rows rescaled, checked by one
+    run of each model); a case whose map it cannot be (another number of heads for a per-head layout would
+    not verify) is inferred afresh."""
+    import reference.inference.auto as auto
+
+    searched = {"maps": 0}
+    real = auto.infer_weight_map
+
+    def counted(*a: Any, **k: Any) -> Any:
+        searched["maps"] += 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(auto, "infer_weight_map", counted)
+    target = InferredTarget(target=load_target(f"{M}:KeywordOnlyEncoderLayer"), level="encoder_layer")
+    target.discover()
+    before = searched["maps"]
+    worst = 0.0
+    for seed, (d_model, ff) in enumerate(((8, 12), (12, 24), (16, 8), (24, 48))):
+        case = LAYER.replace(config=dataclasses.replace(LAYER.config, d_model=d_model, dim_feedforward=ff),
+                             seed=seed)
+        adapted, candidate = target.prepare(case)
+        model = candidate.build("cpu", F64)
+        candidate.load(model, level("encoder_layer").seeded_builtin(adapted))
+        assert candidate.inference is not None and candidate.inference.weight_map.verified
+        worst = max(worst, agrees("encoder_layer", adapted, candidate.inference, model))
+    assert searched["maps"] - before <= 1, searched  # at most the first size not met in discovery
+    assert worst <= 1e-12, worst  # and every rescaled map gives the built-in's outputs
