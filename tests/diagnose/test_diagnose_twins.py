@@ -39,6 +39,7 @@ TWINS = [
     (f"{K}:HeadPacked", "encoder_layer", "self_attn", "scale_by_head_dim"),
     (f"{K}:GappedStack", "encoder", "norm", "bias subtracted instead of added"),
     (f"{K}:FF_INSTANCE", "feed_forward", "linear2", "gelu, sigmoid approximation"),
+    (f"{K}:SwitchedInputBias", "attention", "", "scale_by_head_dim"),  # checked with use_bias=True
     (f"{S}:SeqFirstSeq2Seq", "transformer", "decoder.layers.0.multihead_attn", "memory_padding_ignored"),
     (f"{S}:SpecDecoder", "decoder", "layers.0.self_attn", "tgt_mask_ignored"),
 ]
