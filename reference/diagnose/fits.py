@@ -99,16 +99,22 @@ def _eps_fit(m: nn.LayerNorm, x: Tensor, got: Tensor, before: float) -> Fit:
                err(-k))
 
 
+# the formulas a hand-written norm gets wrong (also fitted by their gradients, reference/diagnose/gradients.py)
+NORM_FORMULAS: tuple[tuple[str, str | None, dict[str, Any]], ...] = (
+    ("adds eps to the standard deviation instead of to the variance: (x - mean) / (std + eps)",
+     "layer_norm_eps_outside_sqrt", {"at_std": True}),
+    ("divides by the unbiased standard deviation (n - 1, as x.std() does)", "layer_norm_unbiased_variance",
+     {"unbiased": True}),
+    ("RMSNorm: x / sqrt(mean(x²) + eps), no centering", None, {"center": False}),
+)
+
+
 def _norm_fits(m: nn.LayerNorm, x: Tensor, got: Tensor, expected: Tensor, before: float) -> list[Fit]:
     if len(m.normalized_shape) != 1 or _err(expected, _layer_norm(m, x, m.eps)) > SAME * _scale(expected):
         return []  # the recomputation does not reproduce the built-in: nothing here can be trusted
     w, b = m.weight is not None, m.bias is not None
     variants: list[tuple[str, str | None, dict]] = [
-        ("divides by the unbiased standard deviation (n - 1, as x.std() does)", "layer_norm_unbiased_variance",
-         {"unbiased": True}),
-        ("adds eps to the standard deviation instead of to the variance: (x - mean) / (std + eps)",
-         "layer_norm_eps_outside_sqrt", {"at_std": True}),
-        ("RMSNorm: x / sqrt(mean(x²) + eps), no centering", None, {"center": False}),
+        *NORM_FORMULAS,
         *[("weight and bias not applied" if b else "weight not applied", None, {"weight": False, "bias": False})] * w,
         *[("bias subtracted instead of added: x̂ * weight - bias", None, {"bias": -1.0})] * b,
         *[("weight not applied (bias is)", None, {"weight": False}), ("bias not applied (weight is)", None,

@@ -17,20 +17,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from reference.diagnose.fits import _err, _layer_norm
+from reference.diagnose.fits import NORM_FORMULAS, _err, _layer_norm
 from reference.diagnose.hooks import _first_tensor, _layout
 from reference.diagnose.localize import Localization, Replay, SubmoduleError
 from reference.diagnose.place import Finding, kept
 from reference.verdict.tolerance import judge
 
 SEED = 0  # the output gradient is drawn from a seeded generator, never from the data
-NORM_FORMULAS: tuple[tuple[str, str | None, dict[str, Any]], ...] = (
-    ("adds eps to the standard deviation instead of to the variance: (x - mean) / (std + eps); the square root's "
-     "gradient at a zero variance is infinite", "layer_norm_eps_outside_sqrt", {"at_std": True}),
-    ("divides by the unbiased standard deviation (n - 1, as x.std() does)", "layer_norm_unbiased_variance",
-     {"unbiased": True}),
-    ("RMSNorm: x / sqrt(mean(x²) + eps), no centering", None, {"center": False}),
-)
+# what a formula's gradient shows that its output may not
+GRADIENT_NOTE = {"layer_norm_eps_outside_sqrt": "; the square root's gradient at a zero variance is infinite"}
 
 
 def _input_grad(fn: Any, x: Tensor, upstream: Any) -> Tensor | None:
@@ -109,7 +104,8 @@ def norm_fits(replay: Replay, row: SubmoduleError, got: Tensor) -> list[Finding]
         g = _input_grad(lambda t, kw=kw: _layer_norm(module, t, module.eps, **kw), x, lambda o: dy)
         after = math.inf if g is None else _err(got, g)
         if after <= row.bound and kept(before, after, row.bound):
-            found.append(Finding(place=row.name, target_module=row.target_module, what=f"it {what}", key=key, fix="",
-                                 before=before, after=after, bound=row.bound, probe="fit",
+            note = GRADIENT_NOTE.get(key or "", "")
+            found.append(Finding(place=row.name, target_module=row.target_module, what=f"it {what}{note}", key=key,
+                                 fix="", before=before, after=after, bound=row.bound, probe="fit",
                                  cause="layer-norm formula"))
     return found[:1]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,19 +74,22 @@ def forward_params(model: nn.Module) -> tuple[tuple[Param, ...], bool]:
     return named, varargs
 
 
-def _by_name(level_inputs: list[str], names: list[str]) -> dict[str, str]:
-    pairs: dict[str, str] = {}
-    for name in level_inputs:  # the name itself first, for every input, then the usual spellings
-        if name in names:
-            pairs[name] = name
-    for name in level_inputs:
-        if name in pairs:
+def by_name(keys: Sequence[str], names: Sequence[str], aliases: Mapping[str, tuple[str, ...]]) -> dict[str, str]:
+    """``keys`` -> the ``names`` that spell them: every key's own name first, then its usual spellings
+    (``aliases``), each name taken once."""
+    pairs = {key: key for key in keys if key in names}
+    for key in keys:
+        if key in pairs:
             continue
-        for alias in INPUT_ALIASES.get(name, (name,)):
+        for alias in aliases.get(key, (key,)):
             if alias in names and alias not in pairs.values():
-                pairs[name] = alias
+                pairs[key] = alias
                 break
     return pairs
+
+
+def _by_name(level_inputs: list[str], names: list[str]) -> dict[str, str]:
+    return by_name(level_inputs, names, INPUT_ALIASES)
 
 
 def pairings(level_inputs: list[str], params: tuple[Param, ...], varargs: bool) -> list[Pairs]:

@@ -48,11 +48,13 @@ def shape_key(case: Any, inputs: Mapping[str, Tensor | None], kwargs: Mapping[st
     return options, given, flags
 
 
-def disagreement(inference: Inference, entry: Level, case: Any, model: nn.Module) -> float:
+def disagreement(inference: Inference, entry: Level, case: Any, model: nn.Module,
+                 builtin: nn.Module | None = None) -> float:
     """How far ``inference`` is from reproducing the built-in on ``case``: the built-in's weights for the case
     loaded through the map into a float64 copy of ``model``, both called on the case's inputs and masks; the
-    largest relative output difference (inf when it cannot be called so), over the layouts the values decide."""
-    builtin = entry.seeded_builtin(case)
+    largest relative output difference (inf when it cannot be called so), over the layouts the values decide.
+    ``builtin``: the case's seeded built-in, when the caller has built it already."""
+    builtin = entry.seeded_builtin(case) if builtin is None else builtin
     inputs, kwargs = entry.inputs(case, torch.float64)
     sample = copy_model(model).to("cpu", torch.float64).eval()
     conv, worst = inference.convention, float("inf")

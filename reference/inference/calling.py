@@ -15,6 +15,7 @@ cannot take raises NotSupportedError.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import replace
 from typing import Any
@@ -153,37 +154,32 @@ def _probe_model(model: nn.Module) -> nn.Module:
 def _with_masks(conv: Convention, model: nn.Module, sample: Mapping[str, Tensor], kwargs: Mapping[str, Any],
                 batch_first: bool, heads: int, cache: MutableMapping[Any, Forms] | None) -> Convention:
     """``conv`` with the level's masks assigned to the target's parameters: measured, or by name if declared."""
-    level = conv.level
     mask_params = [p.name for p in conv.params if "mask" in p.name]
+    probe_model = functools.cache(lambda: _probe_model(model))  # built once, and only if a probe runs
+    inputs = _probe_inputs(conv, sample, batch_first)
     forms: Forms = {}
     if not conv.keep_mask and mask_params:
         key = (conv.inputs, conv.batch_first)  # a target's masks may be laid out as its inputs are
         if cache is not None and key in cache:
             forms = cache[key]
         else:
-            probe_model = _probe_model(model)
-            trial = replace(conv, batch_first=conv.batch_first)
-
             def run(given: Mapping[str, Tensor], raw: Mapping[str, Tensor]) -> Tensor:
-                return trial.invoke(probe_model, given, raw, batch_first=True)["output"]
+                return conv.invoke(probe_model(), given, raw, batch_first=True)["output"]
 
-            forms = measure_forms(level, run, _probe_inputs(conv, sample, batch_first), mask_params, heads,
-                                  self_stream=conv.self_attention_only)
+            forms = measure_forms(conv.level, run, inputs, mask_params, heads, self_stream=conv.self_attention_only)
             if cache is not None:
                 cache[key] = forms
-    masks, forms, merge, always_causal = resolve(level, mask_params, forms, bool(kwargs.get("is_causal")))
+    masks, forms, merge, always_causal = resolve(conv.level, mask_params, forms, bool(kwargs.get("is_causal")))
     conv = replace(conv, masks=masks, forms=forms, merge_padding=merge, always_causal=always_causal)
     by_name = {k: p for k, p in masks.items() if p not in forms and "padding" not in k
-               and (level != "attention" or p == "attn_mask")}  # merged or renamed: written as (N, 1|H, L, S)
+               and (conv.level != "attention" or p == "attn_mask")}  # merged or renamed: written (N, 1|H, L, S)
     if conv.keep_mask or not by_name or conv.batch_first is None:
         return conv
-    probe_model = _probe_model(model)
 
     def run_with(raw: Mapping[str, Tensor]) -> Tensor:
-        return conv.invoke(probe_model, inputs, raw, batch_first=True)["output"]
+        return conv.invoke(probe_model(), inputs, raw, batch_first=True)["output"]
 
-    inputs = _probe_inputs(conv, sample, batch_first)
-    return replace(conv, one_mask_only=one_mask_only(level, run_with, inputs, by_name, heads))
+    return replace(conv, one_mask_only=one_mask_only(conv.level, run_with, inputs, by_name, heads))
 
 
 def _notes(conv: Convention, layouts: list[bool], batched: bool, measured: bool) -> list[str]:

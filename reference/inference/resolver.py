@@ -176,13 +176,17 @@ class Resolver:
     def _from_template(self, structure: Hashable, case: Any, model: nn.Module) -> Inference | None:
         """The map verified on a case of the same structure, rescaled to this case's sizes, when it reproduces
         the built-in here (one run of each: no recording, no pairing); else None."""
+        templates = self._templates.get(structure)
+        if not templates:
+            return None
+        case = case.unmasked()  # the map does not depend on masks
         builtin = self.entry.seeded_builtin(case)
-        scaled = ((t, m) for t in self._templates.get(structure, []) if (m := rescaled(t.weight_map, builtin, model)))
+        scaled = ((t, m) for t in templates if (m := rescaled(t.weight_map, builtin, model)))
         template, weight_map = next(scaled, (None, None))
         if template is None or weight_map is None:
             return None
         found = Inference(weight_map, template.convention)
-        difference = disagreement(found, self.entry, case.unmasked(), model)  # the map does not depend on masks
+        difference = disagreement(found, self.entry, case, model, builtin)
         if difference > FLOAT64_AGREEMENT:
             return None
         weight_map.difference, weight_map.verified = difference, True

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from reference.inference.binding import by_name
 from reference.inference.mask_probe import Probe, Run, Stream
 from reference.inference.masks import MaskForm
 
@@ -105,16 +106,7 @@ def assign(level: str, forms: Forms) -> dict[str, str]:
 
 def pair_by_name(level: str, params: Sequence[str]) -> dict[str, str]:
     """The level's mask keywords -> ``params`` by name: exact names first, then the usual spellings."""
-    keys = LEVEL_MASKS.get(level, ())
-    out = {key: key for key in keys if key in params}
-    for key in keys:
-        if key in out:
-            continue
-        for alias in KWARG_ALIASES.get(key, (key,)):
-            if alias in params and alias not in out.values():
-                out[key] = alias
-                break
-    return out
+    return by_name(LEVEL_MASKS.get(level, ()), params, KWARG_ALIASES)
 
 
 def resolve(level: str, params: Sequence[str], forms: Forms,
