@@ -79,11 +79,71 @@ def structure_key(key: Hashable) -> Hashable:
     return sized, given, flags
 
 
+def _skeleton(name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """A dotted name split into its path with every list index replaced by ``#``, and those indices in order."""
+    parts = name.split(".")
+    return tuple("#" if p.isdigit() else p for p in parts), tuple(p for p in parts if p.isdigit())
+
+
+def _fill(skeleton: tuple[str, ...], indices: tuple[str, ...]) -> str:
+    it = iter(indices)
+    return ".".join(next(it) if p == "#" else p for p in skeleton)
+
+
+def restacked(template: WeightMap, builtin: nn.Module, model: nn.Module) -> WeightMap | None:
+    """``template`` carried to ``model``'s and ``builtin``'s number of layers: each link of layer ``i``
+    (``blocks.i.w <- layers.i.linear1.weight``: the built-in's indices lead the target's; a target may index
+    further, as a list of heads does) written for every layer the model has. None when a link's indices
+    differ between the two sides (a list with holes, a layer shared), when some target parameter follows no
+    pattern of the template, or a built-in tensor is left without a source. Its row ranges and
+    ``builtin_shapes`` stay at the template's sizes (``rescaled`` scales them). Not verified: see
+    ``disagreement``."""
+    links: dict[tuple[tuple[str, ...], int, tuple[str, ...]], tuple[Link, tuple[tuple[str, ...], ...]]] = {}
+    for link in template.links:
+        skeleton, indices = _skeleton(link.target)
+        named = [_skeleton(s.name) for s in link.sources]
+        lead = {len(i) for _, i in named}
+        if len(lead) != 1 or any(i != indices[:len(i)] for _, i in named):
+            return None
+        k = lead.pop()
+        links[(skeleton, k, indices[k:])] = (link, tuple(sk for sk, _ in named))
+    ignored = {_skeleton(n)[0] for n in template.ignored}
+    shapes = {n: tuple(p.shape) for n, p in builtin.named_parameters()}
+    sized = {_skeleton(n)[0]: shape for n, shape in template.builtin_shapes.items()}  # the template's sizes
+    out, skipped = [], []
+    for name, _ in model.named_parameters():
+        skeleton, indices = _skeleton(name)
+        if skeleton in ignored:
+            skipped.append(name)
+            continue
+        found = next(((links[key], key[1]) for k in range(len(indices) + 1)
+                      if (key := (skeleton, k, indices[k:])) in links), None)
+        if found is None:
+            return None
+        (link, source_skeletons), k = found
+        sources = tuple(Source(_fill(sk, indices[:k]), s.rows)
+                        for sk, s in zip(source_skeletons, link.sources, strict=True))
+        if any(s.name not in shapes for s in sources):
+            return None
+        out.append(Link(name, sources, link.transpose, link.how))
+    builtin_shapes = {n: sized[sk] for n in shapes if (sk := _skeleton(n)[0]) in sized}
+    if set(builtin_shapes) != {s.name for link in out for s in link.sources}:
+        return None  # a built-in layer the target has no counterpart for (or the other way round)
+    return WeightMap(links=tuple(out), builtin_shapes=builtin_shapes, ignored=tuple(skipped), notes=template.notes,
+                     ties=template.ties)
+
+
 def rescaled(template: WeightMap, builtin: nn.Module, model: nn.Module) -> WeightMap | None:
     """``template`` with its row ranges scaled to ``builtin``'s sizes, when every one scales exactly and fills its
-    target tensor; None otherwise (or when it holds rows at zero). Not verified: see ``disagreement``."""
+    target tensor; None otherwise (or when it holds rows at zero). Another number of layers is ``restacked``
+    first. Not verified: see ``disagreement``."""
     shapes = {n: tuple(p.shape) for n, p in builtin.named_parameters()}
     params = dict(model.named_parameters())
+    if not template.held and set(params) != {link.target for link in template.links} | set(template.ignored):
+        stretched = restacked(template, builtin, model)
+        if stretched is None:
+            return None
+        template = stretched  # still at the template's sizes: scaled below
     if template.held or any(n not in shapes for n in template.builtin_shapes) \
             or set(params) != {link.target for link in template.links} | set(template.ignored):
         return None  # rows held at zero, or tensors the template does not cover (another layer count)
