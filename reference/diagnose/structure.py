@@ -33,6 +33,7 @@ from reference.diagnose.report import Diagnosis
 from reference.diagnose.runs import bound_for
 from reference.inference.calling import infer_calling
 from reference.inference.construct import build
+from reference.inference.copying import copy_model
 from reference.levels.registry import LEVELS
 from reference.targets.contract import Target
 
@@ -70,7 +71,7 @@ def shared_heads(target: Target, case: Any) -> Structural | None:
     assert isinstance(builtin, nn.MultiheadAttention)
     inputs, kwargs = entry.inputs(case, torch.float64)
     try:
-        conv = infer_calling(copy.deepcopy(model), "attention", inputs, kwargs, batch_first=case.batch_first,
+        conv = infer_calling(copy_model(model), "attention", inputs, kwargs, batch_first=case.batch_first,
                              keep_mask=target.keep_masks)
     except Exception:
         return None

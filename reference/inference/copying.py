@@ -3,7 +3,9 @@
 ``copy.deepcopy`` copies modules but not functions: a forward that calls a lambda built in ``__init__`` over
 the model's own submodules (minGPT: ``self.mlpf = lambda x: m.dropout(m.c_proj(m.act(m.c_fc(x))))``) would run
 the original's weights, in the original's dtype, from the copy. Here such functions are rebuilt with their
-closure cells pointing at the copies.
+closure cells pointing at the copies. And ``copy.deepcopy`` refuses a tensor that is not a graph leaf: a forward
+that keeps its attention weights on the module (``self.attn = p_attn``) leaves one there after any call, so such
+tensors are copied detached.
 """
 
 from __future__ import annotations
@@ -12,14 +14,16 @@ import copy
 import types
 from typing import TypeVar
 
-from torch import nn
+from torch import Tensor, nn
 
 M = TypeVar("M", bound=nn.Module)
 
 
 def copy_model(model: M) -> M:
     """``copy.deepcopy(model)``, with every function stored on its modules re-bound to the copied modules."""
-    memo: dict[int, object] = {}
+    memo: dict[int, object] = {id(value): value.detach().clone() for module in model.modules()
+                               for value in vars(module).values()
+                               if isinstance(value, Tensor) and value.grad_fn is not None}
     new = copy.deepcopy(model, memo)
     for module in new.modules():
         for name, value in list(vars(module).items()):

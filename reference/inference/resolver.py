@@ -22,7 +22,7 @@ from reference.inference.layouts import alternatives
 from reference.inference.options import (
     Discovery,
 )
-from reference.inference.weightmap import MapMismatchError
+from reference.inference.weightmap import MapMismatchError, UnpairedError
 from reference.levels.registry import LEVELS, Level
 from reference.targets.contract import NotSupportedError, Target, TargetError
 
@@ -77,9 +77,26 @@ class Resolver:
             self._infer(case, model)
         except MapMismatchError as exc:
             return self._other_heads(case, model, exc)[0]
+        except UnpairedError:  # heads kept as separate modules pair only at their own count: the first that pairs
+            return self._pairing_heads(case, model)
         except (WeightMapError, NotSupportedError):  # the number of heads is not what is wrong
             pass
         return case.heads
+
+    def _pairing_heads(self, case: Any, model: nn.Module) -> int:
+        """The first other divisor of the width at which the target's tensors pair (and verify, when one does);
+        the drawn number when none pairs (pairing then says why)."""
+        paired = None
+        for heads in fixed_sizes.head_counts(case.width, case.heads)[1:]:
+            try:
+                self._infer(case.with_options({"nhead": heads}), model)
+            except MapMismatchError:
+                paired = paired or heads
+                continue
+            except (WeightMapError, NotSupportedError):
+                continue
+            return heads
+        return paired or case.heads
 
     def _other_heads(self, case: Any, model: nn.Module, mismatch: MapMismatchError) -> tuple[int, float]:
         """(heads, difference): the first other divisor of the width at which the map inferred on ``case``

@@ -81,13 +81,11 @@ def _accepts(model: nn.Module, width: int, dtype: torch.dtype) -> bool:
 
 
 def model_width(model: nn.Module) -> int:
-    """The commonest dimension of the parameters; of several as common, the one the module takes as input."""
+    """The dimension the module takes and returns, of its parameters' dimensions commonest first (a list of
+    heads has more per-head rows than rows of the width); the commonest when no one-input call tells."""
     params = list(model.parameters())
     counts = Counter(d for p in params for d in p.shape).most_common()
-    top = [d for d, n in counts if n == counts[0][1]]
-    if len(top) > 1:
-        return next((d for d in top if _accepts(model, d, params[0].dtype)), top[0])
-    return top[0]
+    return next((d for d, _ in counts if _accepts(model, d, params[0].dtype)), counts[0][0])
 
 
 def read_sizes(model: nn.Module, level: str, wanted: tuple[str, ...], width: int | None = None) -> dict[str, Any]:

@@ -41,7 +41,7 @@ from reference.inference.options import (
 )
 from reference.inference.options import sentence as configuration_sentence
 from reference.inference.resolver import Resolver
-from reference.inference.weightmap import MapMismatchError
+from reference.inference.weightmap import MapMismatchError, UnpairedError
 from reference.targets.contract import NotSupportedError, TargetError
 from reference.verdict.assertions import record_note
 
@@ -143,6 +143,11 @@ class InferredTarget(Resolver):
                 else:  # ranked by one measure with the others of its group: the same case's run
                     difference = disagreement(self._mismatched(exc, case, model), self.entry, case, model)
             except (WeightMapError, NotSupportedError) as exc:
+                if search.heads_unknown and isinstance(exc, UnpairedError) and case.width not in self._heads:
+                    heads = self._pairing_heads(case, model)  # heads kept as modules pair at their own count
+                    if heads != case.heads:
+                        self._heads[case.width] = heads
+                        return self._try(search, shape, fixed)
                 if isinstance(exc, CallError) and self.level != "attention":  # calling does not depend
                     raise TargetError(f"{self.target.spec} at {self.level}: {exc}") from exc  # on options
                 search.unpaired[group] = " ".join(str(exc).splitlines()[:3])

@@ -1,0 +1,42 @@
+"""Traits of real code the harness once could not take (issue 18), on targets of our own
+(tests/targets/lead_targets.py): a module that keeps a non-leaf tensor from its last call, and a fixed-size
+attention whose heads are separate modules, whose number of heads only pairing can tell."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tests.targets.lead_targets as T
+from reference.check import main as check_main
+from reference.inference.copying import copy_model
+
+M = "tests.targets.lead_targets"
+
+
+def test_a_module_keeping_a_tensor_of_its_last_call_is_copied() -> None:
+    model = T.KeepsProbabilities(8, 2)
+    x = torch.randn(2, 3, 8)
+    model(x, x, x)
+    assert model.probabilities is not None and model.probabilities.grad_fn is not None  # not a graph leaf
+    copy = copy_model(model)
+    assert copy.probabilities is not None and copy.probabilities.grad_fn is None
+    torch.testing.assert_close(copy.probabilities, model.probabilities.detach())
+    assert copy.w_out is not model.w_out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("obj", "lvl", "buggy"), [
+    ("KeepsProbabilities", "attention", False), ("KeepsProbabilitiesBug", "attention", True),
+    ("head_units", "attention", False), ("head_units_bug", "attention", True),
+])
+def test_parity_check_runs_them(obj: str, lvl: str, buggy: bool, capsys: pytest.CaptureFixture[str]) -> None:
+    code = check_main([f"{M}:{obj}", "--as", lvl, "--profile", "ci", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert code == (1 if buggy else 0), out[-3000:]
+    if buggy:
+        assert "max abs err" in out, out[-3000:]
+    else:
+        assert "what the harness inferred" in out and "FAILED" not in out, out[-3000:]
+        if obj == "head_units":
+            assert "nhead=5 found by measurement" in out, out[-3000:]

@@ -1,0 +1,77 @@
+"""Targets with traits real code has that the harness once could not take (issue 18), each correct and with one
+bug: an attention that keeps its last attention probabilities on itself (a tensor that is not a graph leaf, which
+``copy.deepcopy`` refuses), and a fixed-size attention whose heads are separate modules (the number of heads is
+only seen by pairing)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+class KeepsProbabilities(nn.Module):
+    """Projections in a list, a raw output matrix, keys and values apart, the probabilities of the last call kept
+    for inspection."""
+
+    softmax_dim = -1
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.project = nn.ModuleList(nn.Linear(width, width) for _ in range(3))
+        self.w_out = nn.Parameter(torch.empty(width, width))
+        self.b_out = nn.Parameter(torch.zeros(width))
+        nn.init.xavier_uniform_(self.w_out)
+        self.probabilities: Tensor | None = None
+
+    def _split(self, x: Tensor, i: int) -> Tensor:
+        b, t, _ = x.shape
+        return self.project[i](x).view(b, t, self.heads, -1).transpose(1, 2)
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor) -> Tensor:  # batch-first
+        q, k, v = (self._split(x, i) for i, x in enumerate((query, key, value)))
+        scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+        self.probabilities = scores.softmax(self.softmax_dim)
+        mixed = (self.probabilities @ v).transpose(1, 2).flatten(2)
+        return mixed @ self.w_out.T + self.b_out
+
+
+class KeepsProbabilitiesBug(KeepsProbabilities):
+    softmax_dim = -2  # the bug: normalized over the queries
+
+
+class _HeadUnit(nn.Module):
+    """One head: its own query, key and value projections (biased)."""
+
+    def __init__(self, width: int, size: int, scale: float) -> None:
+        super().__init__()
+        self.q, self.k, self.v = (nn.Linear(width, size) for _ in range(3))
+        self.scale = scale
+
+    def forward(self, x: Tensor) -> Tensor:  # (T, B, E), sequence-first
+        q, k, v = self.q(x), self.k(x), self.v(x)
+        w = torch.einsum("tbd,sbd->bts", q, k) * self.scale
+        return torch.einsum("bts,sbd->tbd", w.softmax(-1), v)
+
+
+class HeadUnits(nn.Module):
+    def __init__(self, width: int, heads: int, scale_by_width: bool = False) -> None:
+        super().__init__()
+        size = width // heads
+        scale = 1 / math.sqrt(width if scale_by_width else size)
+        self.units = nn.ModuleList(_HeadUnit(width, size, scale) for _ in range(heads))
+        self.merge = nn.Linear(width, width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.merge(torch.cat([u(x) for u in self.units], dim=-1))
+
+
+def head_units() -> HeadUnits:
+    """Fixed at 20 wide with 5 heads: the harness must find 5 by measurement."""
+    return HeadUnits(20, 5)
+
+
+def head_units_bug() -> HeadUnits:
+    return HeadUnits(20, 5, scale_by_width=True)  # the bug: scores scaled by the whole width
