@@ -8,6 +8,8 @@ from the harness's.
 from __future__ import annotations
 
 import inspect
+import os
+import traceback
 from dataclasses import dataclass
 from typing import Any
 
@@ -163,10 +165,26 @@ def unresolved(target: Target, level: str | None = None) -> list[tuple[str, str]
             continue
         except (TargetError, ValueError) as exc:  # WeightMapError and ConstructionError are ValueErrors
             out.append((name, str(exc)))
-        except Exception as exc:  # the harness itself failed on this code: say so, once, without a traceback
-            out.append((name, f"the harness failed while resolving {target.spec} (a harness bug: please report it): "
-                              f"{type(exc).__name__}: {exc}"))
+        except Exception as exc:  # said once, without a traceback: the target's own error, or the harness's
+            out.append((name, _raised(target, exc)))
     return out
+
+
+def _raised(target: Target, exc: Exception) -> str:
+    """Who raised ``exc`` while resolving ``target``: the last frame outside torch and the standard library is
+    the target's code (its file and line) or the harness's own (a harness bug)."""
+    harness = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    skipped = (os.path.dirname(torch.__file__), os.path.dirname(os.__file__))
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if not os.path.abspath(f.filename).startswith(skipped)]
+    last = frames[-1] if frames else None
+    what = f"{type(exc).__name__}: {exc}"
+    if last is None or os.path.abspath(last.filename).startswith(harness):
+        return f"the harness failed while resolving {target.spec} (a harness bug: please report it): {what}"
+    hint = (" (a name the code reads from its script's or notebook's globals: define it before the class is "
+            "used, or pass a factory that builds the model)" if isinstance(exc, NameError) else "")
+    return (f"{target.spec}'s own code raised {what}, at {last.filename}:{last.lineno} in {last.name}, while the "
+            f"harness built and called it{hint}")
 
 
 def takes_mask(target: Target, level: str, keyword: str) -> bool:

@@ -40,3 +40,13 @@ def test_parity_check_runs_them(obj: str, lvl: str, buggy: bool, capsys: pytest.
         assert "what the harness inferred" in out and "FAILED" not in out, out[-3000:]
         if obj == "head_units":
             assert "nhead=5 found by measurement" in out, out[-3000:]
+
+
+def test_an_error_in_the_targets_own_code_is_the_targets_not_a_harness_bug(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert check_main([f"{M}:ReadsScriptGlobals", "--as", "feed_forward", "--profile", "ci", "--device", "cpu"]) == 1
+    captured = capsys.readouterr()
+    said = captured.out + captured.err
+    assert "own code raised NameError: name 'HIDDEN' is not defined" in said, said[-3000:]
+    assert "lead_targets.py:" in said and "globals" in said, said[-3000:]
+    assert "harness bug" not in said and "Traceback" not in said, said[-3000:]

@@ -75,3 +75,15 @@ def head_units() -> HeadUnits:
 
 def head_units_bug() -> HeadUnits:
     return HeadUnits(20, 5, scale_by_width=True)  # the bug: scores scaled by the whole width
+
+
+class ReadsScriptGlobals(nn.Module):
+    """Pasted from a script whose sizes are globals defined only under ``if __name__ == "__main__"``."""
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+        self.up = nn.Linear(d_model, HIDDEN)  # noqa: F821 - the user's missing global, on purpose
+        self.down = nn.Linear(HIDDEN, d_model)  # noqa: F821
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down(self.up(x).relu())
