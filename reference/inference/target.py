@@ -61,6 +61,7 @@ class _Search:
     # mismatched at the drawn heads
     differed: list[dict[str, Any]] = field(default_factory=list)  # call shapes that ran and differed
     closest: tuple[float, dict[str, Any], Any, nn.Module, Any, dict[int, int]] | None = None
+    heads_paired: set[int] = field(default_factory=set)  # widths whose other numbers of heads were tried for pairing
 
     def keep_closest(self, difference: float, fixed: dict[str, Any], case: Any, model: nn.Module, mismatch: Any,
                      heads: dict[int, int]) -> None:
@@ -143,8 +144,10 @@ class InferredTarget(Resolver):
                 else:  # ranked by one measure with the others of its group: the same case's run
                     difference = disagreement(self._mismatched(exc, case, model), self.entry, case, model)
             except (WeightMapError, NotSupportedError) as exc:
-                if search.heads_unknown and isinstance(exc, UnpairedError) and case.width not in self._heads:
-                    heads = self._pairing_heads(case, model)  # heads kept as modules pair at their own count
+                if search.heads_unknown and isinstance(exc, UnpairedError) and case.width not in self._heads \
+                        and case.width not in search.heads_paired:  # once per width: heads kept as modules pair
+                    search.heads_paired.add(case.width)  # at their own count only
+                    heads = self._pairing_heads(case, model)
                     if heads != case.heads:
                         self._heads[case.width] = heads
                         return self._try(search, shape, fixed)
