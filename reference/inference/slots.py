@@ -146,7 +146,10 @@ class Fit:
 
 
 def fits(shape: tuple[int, ...], use: Use | None, slot: Slot) -> Fit | None:
-    """Whether a target tensor of ``shape``, used as ``use`` records, can fill ``slot``, and how."""
+    """Whether a target tensor of ``shape``, used as ``use`` records, can fill ``slot``, and how. A convolution
+    of kernel size 1 (``(out, in, 1)``) is a matrix in torch's (out, in) orientation."""
+    if len(shape) > 2 and slot.kind == "matrix" and all(d == 1 for d in shape[2:]):
+        return Fit(slot, False) if shape[:2] == slot.shape else None
     if len(shape) == 2 and slot.kind == "matrix" and len(shape) == len(slot.shape):
         orientation = use.orientation if use else None
         same, flipped = shape == slot.shape, shape == slot.shape[::-1]

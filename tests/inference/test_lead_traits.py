@@ -1,6 +1,7 @@
 """Traits of real code the harness once could not take (issue 18), on targets of our own
 (tests/targets/lead_targets.py): a module that keeps a non-leaf tensor from its last call, and a fixed-size
-attention whose heads are separate modules, whose number of heads only pairing can tell."""
+attention whose heads are separate modules, whose number of heads only pairing can tell, a feed-forward written
+as convolutions of kernel size 1, and code whose error is its own."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ def test_a_module_keeping_a_tensor_of_its_last_call_is_copied() -> None:
 @pytest.mark.parametrize(("obj", "lvl", "buggy"), [
     ("KeepsProbabilities", "attention", False), ("KeepsProbabilitiesBug", "attention", True),
     ("head_units", "attention", False), ("head_units_bug", "attention", True),
+    ("PointwiseConvFF", "feed_forward", False), ("PointwiseConvFFBug", "feed_forward", True),
 ])
 def test_parity_check_runs_them(obj: str, lvl: str, buggy: bool, capsys: pytest.CaptureFixture[str]) -> None:
     code = check_main([f"{M}:{obj}", "--as", lvl, "--profile", "ci", "--device", "cpu"])

@@ -87,3 +87,22 @@ class ReadsScriptGlobals(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.down(self.up(x).relu())
+
+
+class PointwiseConvFF(nn.Module):
+    """A position-wise feed-forward written as two convolutions of kernel size 1 over (batch, channels, time)."""
+
+    relu_after_contract = False
+
+    def __init__(self, d_model: int, dim_feedforward: int) -> None:
+        super().__init__()
+        self.expand = nn.Conv1d(d_model, dim_feedforward, kernel_size=1)
+        self.contract = nn.Conv1d(dim_feedforward, d_model, kernel_size=1)
+
+    def forward(self, x: Tensor) -> Tensor:  # (N, T, E)
+        y = self.contract(torch.relu(self.expand(x.transpose(1, 2))))
+        return (torch.relu(y) if self.relu_after_contract else y).transpose(1, 2)
+
+
+class PointwiseConvFFBug(PointwiseConvFF):
+    relu_after_contract = True  # the bug: the activation applied to the output too
