@@ -195,7 +195,8 @@ def compare_modules(
             named = candidate.param_grads(model, own) if grads else {}
         except (NotSupportedError, TargetError):  # a declined configuration; an already named failure
             raise
-        except Exception as exc:  # the candidate's crash is the candidate's failure, reported as such
+        except Exception as exc:  # the candidate's crash is the candidate's failure, reported as such, unless
+            _runs_in_float64(candidate, own, call, inputs, kwargs, dtype, exc)  # only this dtype makes it raise
             raise TargetError(f"{candidate.name} raised {type(exc).__name__}: {exc}") from exc
     cand.param_grads = {} if named is None else {f"grad {k}": g for k, g in named.items()}
     verdicts = []
@@ -210,6 +211,26 @@ def compare_modules(
     verdicts += [judge(f"{name} (the built-in returns none)", cand.outputs[name], torch.empty(0))
                  for name in set(cand.outputs) - set(ref.outputs)]
     return verdicts
+
+
+def _runs_in_float64(candidate: Candidate, builtin: nn.Module, call: Call, inputs: dict[str, Tensor],
+                     kwargs: dict[str, object], dtype: torch.dtype, exc: Exception) -> None:
+    """Raise NotSupportedError when the candidate, which raised ``exc`` at ``dtype``, runs on the same case in
+    float64 on the CPU: code that cannot run at a lower precision (a fill value of -1e9, which float16 cannot
+    hold) declines that precision; it is not a difference from the built-in (float64 judges the case)."""
+    if dtype == torch.float64:
+        return
+    try:
+        with torch.no_grad():
+            model = candidate.build("cpu", torch.float64)
+            candidate.load(model, copy.deepcopy(builtin).to("cpu", torch.float64))
+            model.eval()
+            candidate.call(model, call, {k: v.to("cpu", torch.float64) for k, v in inputs.items()},
+                           {k: _moved(v, "cpu", torch.float64) for k, v in kwargs.items()})
+    except Exception:  # it raises in float64 too: the crash is the candidate's failure
+        return
+    raise NotSupportedError(f"the target raises in {str(dtype).removeprefix('torch.')} "
+                            f"({type(exc).__name__}: {exc}) where it runs in float64") from exc
 
 
 def compare_pair(

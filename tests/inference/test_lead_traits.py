@@ -52,3 +52,13 @@ def test_an_error_in_the_targets_own_code_is_the_targets_not_a_harness_bug(
     assert "own code raised NameError: name 'HIDDEN' is not defined" in said, said[-3000:]
     assert "lead_targets.py:" in said and "globals" in said, said[-3000:]
     assert "harness bug" not in said and "Traceback" not in said, said[-3000:]
+
+
+@pytest.mark.slow
+def test_code_that_cannot_run_at_a_precision_declines_it(capsys: pytest.CaptureFixture[str]) -> None:
+    """A fill value float16 cannot hold raises there; it runs in float64, so float16's masked cases are "not
+    supported", with the error, and the check passes."""
+    code = check_main([f"{M}:HugeFillAttention", "--as", "attention", "--profile", "ci", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert code == 0, out[-3000:]
+    assert "the target raises in float16 (RuntimeError" in out and "where it runs in float64" in out, out[-3000:]

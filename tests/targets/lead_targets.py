@@ -106,3 +106,24 @@ class PointwiseConvFF(nn.Module):
 
 class PointwiseConvFFBug(PointwiseConvFF):
     relu_after_contract = True  # the bug: the activation applied to the output too
+
+
+class HugeFillAttention(nn.Module):
+    """Heads in a Python loop over column blocks; blocked scores filled with -1e10, which float16 cannot hold."""
+
+    def __init__(self, num_heads: int, model_dim: int) -> None:
+        super().__init__()
+        self.n = num_heads
+        self.wq, self.wk, self.wv, self.wo = (nn.Linear(model_dim, model_dim) for _ in range(4))
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:  # (N, T, E)
+        q, k, v = self.wq(q), self.wk(k), self.wv(v)
+        size = q.shape[-1] // self.n
+        outs = []
+        for h in range(self.n):
+            cols = slice(h * size, (h + 1) * size)
+            s = q[..., cols] @ k[..., cols].transpose(1, 2) / size ** 0.5
+            if mask is not None:
+                s = s.masked_fill(mask == 0, -1e10)
+            outs.append(s.softmax(-1) @ v[..., cols])
+        return self.wo(torch.cat(outs, -1))
