@@ -76,6 +76,16 @@ def _record(context: Context, verdicts: list[Verdict]) -> None:
     })
 
 
+def _record_crash(context: Context, reason: str) -> None:
+    """A failed example with no verdicts (the target raised, or returned nothing readable): counted as failed."""
+    records = _RECORDS.get()
+    if records is not None:
+        records.append({"kind": "verdict", "component": context.component,
+                        "dtype": str(context.dtype).replace("torch.", ""), "device": context.device,
+                        "max_abs": 0.0, "ratio": 0.0, "passed": False, "compared": 0,
+                        "worst": f"crashed: {reason}"})
+
+
 def record_not_supported(context: Context, reason: str) -> None:
     """Note that the target declined this configuration: reported, never dropped silently."""
     records = _RECORDS.get()
@@ -143,6 +153,7 @@ def check(level: Level, case: Any, prepare: Callable[[Any], tuple[Any, Candidate
         reject()
     except TargetError as exc:
         where = context or Context(level.name, dtype, device, case.describe())
+        _record_crash(where, str(exc))
         raise AssertionError(f"{where}: the target failed: {exc}") from exc
     assert_parity(verdicts, context)
     return verdicts

@@ -62,3 +62,12 @@ def test_code_that_cannot_run_at_a_precision_declines_it(capsys: pytest.CaptureF
     out = capsys.readouterr().out
     assert code == 0, out[-3000:]
     assert "the target raises in float16 (RuntimeError" in out and "where it runs in float64" in out, out[-3000:]
+
+
+def test_examples_where_the_target_raises_count_as_failed_in_the_table(capsys: pytest.CaptureFixture[str]) -> None:
+    code = check_main([f"{M}:RaisesOnOnePosition", "--as", "feed_forward", "--profile", "ci", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert code == 1, out[-3000:]
+    rows = [line.split() for line in out.splitlines() if line.startswith("feed_forward ")]
+    assert rows and all(int(r[-2]) > 0 for r in rows), out[-3000:]  # the "failed" column
+    assert "raised IndexError: no previous position" in out, out[-3000:]

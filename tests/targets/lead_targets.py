@@ -127,3 +127,16 @@ class HugeFillAttention(nn.Module):
                 s = s.masked_fill(mask == 0, -1e10)
             outs.append(s.softmax(-1) @ v[..., cols])
         return self.wo(torch.cat(outs, -1))
+
+
+class RaisesOnOnePosition(nn.Module):
+    """A feed-forward that raises on a sequence of one position (its bug), whatever the precision."""
+
+    def __init__(self, d_model: int, dim_feedforward: int) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(d_model, dim_feedforward), nn.Linear(dim_feedforward, d_model)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-2] == 1:
+            raise IndexError("no previous position")
+        return self.b(torch.relu(self.a(x)))
