@@ -139,6 +139,7 @@ def _where_section(d: Diagnosis, b: str) -> list[str]:
             lines.append(f"     first: {_place(first.name, first.target_module)}  {_row(first)}")
         if loc.mode == "isolated" and loc.diverging:
             lines += _isolated_summary(loc, b)
+        lines += [f"     set aside: {name}: {why}" for name, why in loc.set_aside.items()]
         if loc.not_called:
             lines.append(f"     mapped but never called as a module (compared through its parts): "
                          f"{', '.join(loc.not_called)}")
