@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from reference.diagnose.fits_heads import merge_order
 from reference.diagnose.fits_inputs import input_fits, unmasked
 from reference.verdict.tolerance import FLOAT64_FLOOR
 
@@ -42,6 +43,7 @@ class Fit:
     key: str | None    # the bug-catalogue key it equals, or None for a measured cause outside it
     before: float      # max |got - expected|
     after: float       # max |got - fitted formula's output|
+    fix: str = ""      # what to change, where no catalogue entry says it
 
 
 def _err(a: Tensor, b: Tensor) -> float:
@@ -245,8 +247,9 @@ def _attention_fits(m: nn.MultiheadAttention, args: tuple, kwargs: dict, got: Te
     fits += [Fit(what, name, before, after) for what, name, after in input_fits(
         lambda a, b, c, o: _err(got, _mha(m, a, b, c, mask, kpm, order=o, blocked=base)), q, k, v)
         if after <= SAME * _scale(got)]  # exact only: a projection reads a tensor or it does not
+    merged = merge_order(m, _mha(m, q, k, v, mask, kpm, blocked=base, out=False), got)
+    fits += [Fit(merged[0], None, before, merged[2], merged[1])] if merged and merged[2] <= SAME * _scale(got) else []
     return fits + _mask_fits(fit, mask, kpm, causal)
-    return fits
 
 
 Scale = tuple[str, float, "str | None"]  # (how it is named, its value, its catalogue key)

@@ -114,7 +114,7 @@ def _fits(row: SubmoduleError, replay: Replay) -> list[Finding]:
     except Exception:  # a fit that cannot run on this module's call says nothing: the other probes still do
         return []
     module = replay.modules[row.name]
-    return [Finding(place=row.name, target_module=row.target_module, what=f.what, key=f.key, fix="", before=f.before,
+    return [Finding(place=row.name, target_module=row.target_module, what=f.what, key=f.key, fix=f.fix, before=f.before,
                     after=f.after, bound=bound, probe="fit", cause=_kind(module, f))
             for f in found if kept(f.before, f.after, bound)]
 
@@ -126,6 +126,8 @@ def _kind(module: torch.nn.Module, fit: fits.Fit) -> str:
     if isinstance(module, torch.nn.LayerNorm):
         return "layer-norm formula"
     if isinstance(module, torch.nn.MultiheadAttention):
+        if fit.what.startswith("heads"):
+            return "head merge order"
         return "attention scale" if fit.what.startswith("scores scaled") else "attention formula"
     return "linear layer" if isinstance(module, torch.nn.Linear) else ""
 
