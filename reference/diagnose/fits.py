@@ -35,6 +35,11 @@ SAME = 1e-9  # relative: the recomputed built-in must reproduce its output this 
 # What a query with every key blocked gets: NaN (softmax of -inf), output 0, or a -1e9 fill (uniform weights).
 WHEN_BLOCKED = {"nan": "NaN", "zero": "0", "uniform": "uniform weights (blocked scores filled with -1e9)"}
 MODES = tuple(WHEN_BLOCKED)
+# The fix of a head split/merge fit, in the layout its data was measured in (seq: (L, N, E); batch: (N, L, E)).
+LAYOUT_FIX = {("merge", "seq"): "permute(2, 0, 1, 3) to (L, N, H, D) before reshape(L, N, E)",
+              ("merge", "batch"): "transpose(1, 2) to (N, L, H, D) before reshape(N, L, E)",
+              ("split", "seq"): "view(L, N, H, D), then permute(1, 2, 0, 3) to (N, H, L, D)",
+              ("split", "batch"): "view(N, L, H, D), then transpose(1, 2) to (N, H, L, D)"}
 
 
 @dataclass(frozen=True)
@@ -221,7 +226,8 @@ def _attention_fits(m: nn.MultiheadAttention, args: tuple, kwargs: dict, got: Te
         after = err(mode, **kw)
         if mode != base and after < err(**kw):
             what += f"; a query with every key blocked gets {WHEN_BLOCKED[mode]}"
-        return Fit(what, key, before, after)
+        fix = next((LAYOUT_FIX[k, v] for k, v in kw.items() if (k, v) in LAYOUT_FIX), "")
+        return Fit(what, key, before, after, fix)
 
     (n, s, key), named = _scale_fit(err, m.embed_dim, m.head_dim, got)
     uses = f"nn.MultiheadAttention uses 1/sqrt(head_dim) = {m.head_dim**-0.5:.4g}"

@@ -85,3 +85,15 @@ class LoopResidualsMergeBug(LoopResiduals):
     """Bug: heads merged in (d h) order before the output map; the residuals are right."""
 
     mixer = _DHMixer
+
+
+class GatedPerceptron(nn.Module):
+    """Unresolvable at feed_forward: a learned per-feature gate no built-in tensor pairs with."""
+
+    def __init__(self, d_model: int, dim_feedforward: int) -> None:
+        super().__init__()
+        self.up, self.down = nn.Linear(d_model, dim_feedforward), nn.Linear(dim_feedforward, d_model)
+        self.gate = nn.Parameter(torch.ones(3, d_model))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down(F.relu(self.up(x))) * self.gate.mean(0)
