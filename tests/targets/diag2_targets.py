@@ -97,3 +97,46 @@ class GatedPerceptron(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.down(F.relu(self.up(x))) * self.gate.mean(0)
+
+
+class SquashedPerceptron(nn.Module):
+    """Bug at feed_forward: a parameterless LayerNorm squashes the input before the first matrix."""
+
+    def __init__(self, d_model: int, dim_feedforward: int) -> None:
+        super().__init__()
+        self.squash = nn.LayerNorm(d_model, elementwise_affine=False)
+        self.w_in, self.w_out = nn.Linear(d_model, dim_feedforward), nn.Linear(dim_feedforward, d_model)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.w_out(torch.relu(self.w_in(self.squash(x))))
+
+
+class _PostNormBlock(nn.Module):
+    """Post-norm layer around nn.MultiheadAttention; ``ff_input`` says what its feed-forward reads."""
+
+    def __init__(self, d_model: int, nhead: int, dim_feedforward: int) -> None:
+        super().__init__()
+        self.attend = nn.MultiheadAttention(d_model, nhead)
+        self.n_a, self.n_f = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
+        self.up, self.down = nn.Linear(d_model, dim_feedforward), nn.Linear(dim_feedforward, d_model)
+
+    def ff_input(self, src: Tensor, h: Tensor) -> Tensor:
+        return h
+
+    def forward(self, src: Tensor) -> Tensor:
+        h = self.n_a(src + self.attend(src, src, src, need_weights=False)[0])
+        return self.n_f(h + self.down(torch.relu(self.up(self.ff_input(src, h)))))
+
+
+class BlockFFReadsSource(_PostNormBlock):
+    """Bug: the feed-forward reads the layer's input, skipping the attention's normalized sum."""
+
+    def ff_input(self, src: Tensor, h: Tensor) -> Tensor:
+        return src
+
+
+class BlockFFReadsBlend(_PostNormBlock):
+    """Bug: the feed-forward reads a blend the built-in never computes (no source can be named)."""
+
+    def ff_input(self, src: Tensor, h: Tensor) -> Tensor:
+        return 0.5 * (src + h)
