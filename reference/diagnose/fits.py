@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from reference.diagnose.fits_heads import merge_order
+from reference.diagnose.fits_heads import LAYOUT_FIX, merge_order
 from reference.diagnose.fits_inputs import input_fits, unmasked
 from reference.verdict.tolerance import FLOAT64_FLOOR
 
@@ -35,11 +35,6 @@ SAME = 1e-9  # relative: the recomputed built-in must reproduce its output this 
 # What a query with every key blocked gets: NaN (softmax of -inf), output 0, or a -1e9 fill (uniform weights).
 WHEN_BLOCKED = {"nan": "NaN", "zero": "0", "uniform": "uniform weights (blocked scores filled with -1e9)"}
 MODES = tuple(WHEN_BLOCKED)
-# The fix of a head split/merge fit, in the layout its data was measured in (seq: (L, N, E); batch: (N, L, E)).
-LAYOUT_FIX = {("merge", "seq"): "permute(2, 0, 1, 3) to (L, N, H, D) before reshape(L, N, E)",
-              ("merge", "batch"): "transpose(1, 2) to (N, L, H, D) before reshape(N, L, E)",
-              ("split", "seq"): "view(L, N, H, D), then permute(1, 2, 0, 3) to (N, H, L, D)",
-              ("split", "batch"): "view(N, L, H, D), then transpose(1, 2) to (N, H, L, D)"}
 
 
 @dataclass(frozen=True)
