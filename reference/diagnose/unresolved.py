@@ -4,28 +4,23 @@ Inference builds the target, pairs its weights with the built-in's and finds how
 runs against the built-in. When that fails for every configuration (no map pairs, no constructor call works,
 no call convention runs), every family fails with the resolver's message, which is not the target's own
 failure: the target never ran against the built-in. So diagnosis asks the resolver itself (its discovery is
-measured once and kept) and, when it fails, says so with its reason instead of listing crashes.
+measured once and kept; ``prepare.unresolved``, which check asks too, so both say the same) and, when it
+fails, says so with its reason instead of listing crashes.
 """
 
 from __future__ import annotations
 
 from reference.diagnose.report import Diagnosis
-from reference.inference.prepare import inferred
-from reference.targets.contract import Target, TargetError
+from reference.inference.prepare import unresolved
+from reference.targets.contract import Target
 
 
 def resolver_failure(d: Diagnosis, target: Target, level: str) -> str:
-    """The resolver's reason when every family that ran crashed and discovery itself fails; else ""."""
+    """The resolver's reason when every family that ran crashed and the resolver itself fails; else ""."""
     verdicts = {f.verdict for f in d.families}
     if not d.kind.startswith("inferred") or "crashes" not in verdicts or not verdicts <= {"crashes", "not supported"}:
         return ""
-    try:
-        inferred(target, level).discover()
-    except TargetError as exc:
-        return str(exc)
-    except Exception:  # discovery failing another way is not the resolver's reason: the crashes stand
-        return ""
-    return ""
+    return "; ".join(why for _, why in unresolved(target, level))
 
 
 def mark_unresolved(d: Diagnosis, target: Target, level: str) -> bool:
