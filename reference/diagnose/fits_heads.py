@@ -19,8 +19,8 @@ from torch import Tensor, nn
 # The fix of a head split/merge fit, in the layout its data was measured in (seq: (L, N, E); batch: (N, L, E)).
 LAYOUT_FIX = {("merge", "seq"): "permute(2, 0, 1, 3) to (L, N, H, D) before reshape(L, N, E)",
               ("merge", "batch"): "transpose(1, 2) to (N, L, H, D) before reshape(N, L, E)",
-              ("split", "seq"): "view(L, N, H, D), then permute(1, 2, 0, 3) to (N, H, L, D)",
-              ("split", "batch"): "view(N, L, H, D), then transpose(1, 2) to (N, H, L, D)"}
+              ("split", "seq"): "view(L, N, H, D) and then permute(1, 2, 0, 3) to (N, H, L, D)",
+              ("split", "batch"): "view(N, L, H, D) and then transpose(1, 2) to (N, H, L, D)"}
 MATCH = 1e-6  # relative: a recovered feature is taken for a built-in one this close (the forward check decides)
 
 
