@@ -127,6 +127,7 @@ def merge(d: Diagnosis, findings: list[Finding], family: str, random: bool = Fal
     for f in findings:
         cause = by_key.get(f.key or f.what)
         if cause is not None:
+            cause.fix = f.fix or cause.fix  # measured at the place, in the layout its data had there
             if not cause.place_module and math.isnan(cause.place_before):
                 cause.place, cause.place_module, cause.place_before, cause.place_after = (
                     f.place, f.target_module, f.before, f.after)

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from reference.diagnose.fits_heads import LAYOUT_FIX, merge_order
 from reference.diagnose.fits_inputs import input_fits, unmasked
 from reference.verdict.tolerance import FLOAT64_FLOOR
 
@@ -39,9 +40,11 @@ MODES = tuple(WHEN_BLOCKED)
 @dataclass(frozen=True)
 class Fit:
     what: str          # one line a learner understands, with the fitted numbers
+    _: KW_ONLY
     key: str | None    # the bug-catalogue key it equals, or None for a measured cause outside it
     before: float      # max |got - expected|
     after: float       # max |got - fitted formula's output|
+    fix: str = ""      # what to change, where no catalogue entry says it
 
 
 def _err(a: Tensor, b: Tensor) -> float:
@@ -91,12 +94,13 @@ def _eps_fit(m: nn.LayerNorm, x: Tensor, got: Tensor, before: float) -> Fit:
     log_eps, after = _minimize(err, -14.0, 0.0, 0.25)
     equal = [k for k in range(15) if err(-k) <= 2 * after + ROUNDING * _scale(got)]
     if not equal:
-        return Fit(f"eps = {10.0**log_eps:.3g} (fitted; nn.LayerNorm's is {m.eps:g})", None, before, after)
+        return Fit(f"eps = {10.0**log_eps:.3g} (fitted; nn.LayerNorm's is {m.eps:g})", key=None, before=before,
+                   after=after)
     k = min(equal, key=lambda k: abs(k + log_eps))
     spread = f"; the output cannot tell 1e-{max(equal)} from 1e-{min(equal)}" if len(equal) > 1 else ""
     key = f"layer_norm_eps_1e-{k}"
-    return Fit(f"eps = {10.0**-k:g} (nn.LayerNorm's is {m.eps:g}){spread}", key if key in KEYS else None, before,
-               err(-k))
+    return Fit(f"eps = {10.0**-k:g} (nn.LayerNorm's is {m.eps:g}){spread}", key=key if key in KEYS else None,
+               before=before, after=err(-k))
 
 
 # the formulas a hand-written norm gets wrong (also fitted by their gradients, reference/diagnose/gradients.py)
@@ -123,7 +127,8 @@ def _norm_fits(m: nn.LayerNorm, x: Tensor, got: Tensor, expected: Tensor, before
         *((f"normalizes over dim {d} (size {x.size(d)}) instead of the last (features)", None, {"dims": (d,)})
           for d in range(x.dim() - 1) if x.size(d) > 1),
     ]
-    fits = [Fit(what, key, before, _err(got, _layer_norm(m, x, m.eps, **kw))) for what, key, kw in variants]
+    fits = [Fit(what, key=key, before=before, after=_err(got, _layer_norm(m, x, m.eps, **kw)))
+            for what, key, kw in variants]
     return [_eps_fit(m, x, got, before), *fits]
 
 
@@ -219,7 +224,8 @@ def _attention_fits(m: nn.MultiheadAttention, args: tuple, kwargs: dict, got: Te
         after = err(mode, **kw)
         if mode != base and after < err(**kw):
             what += f"; a query with every key blocked gets {WHEN_BLOCKED[mode]}"
-        return Fit(what, key, before, after)
+        fix = next((LAYOUT_FIX[k, v] for k, v in kw.items() if (k, v) in LAYOUT_FIX), "")
+        return Fit(what, key=key, before=before, after=after, fix=fix)
 
     (n, s, key), named = _scale_fit(err, m.embed_dim, m.head_dim, got)
     uses = f"nn.MultiheadAttention uses 1/sqrt(head_dim) = {m.head_dim**-0.5:.4g}"
@@ -239,14 +245,17 @@ def _attention_fits(m: nn.MultiheadAttention, args: tuple, kwargs: dict, got: Te
           for o in ("kqv", "qvk", "vkq", "kvq", "vqk")),
     ]
     scaled = f"scores scaled by {s:.4g} {f'= {n}' if n else '(fitted)'}, {uses}"
-    fits = [Fit(scaled, key, before, err(scale=s)), *(fit(what, name, **kw) for what, name, kw in specs)]
+    fits = [Fit(scaled, key=key, before=before, after=err(scale=s)),
+            *(fit(what, name, **kw) for what, name, kw in specs)]
     guessed = unmasked(err, named, specs, uses) if causal or _is_causal_mask(mask) else []
-    fits += [Fit(what, name, before, after) for what, name, after in guessed]
-    fits += [Fit(what, name, before, after) for what, name, after in input_fits(
+    fits += [Fit(what, key=name, before=before, after=after) for what, name, after in guessed]
+    fits += [Fit(what, key=name, before=before, after=after) for what, name, after in input_fits(
         lambda a, b, c, o: _err(got, _mha(m, a, b, c, mask, kpm, order=o, blocked=base)), q, k, v)
         if after <= SAME * _scale(got)]  # exact only: a projection reads a tensor or it does not
+    merged = merge_order(m, _mha(m, q, k, v, mask, kpm, blocked=base, out=False), got)
+    fits += [Fit(merged[0], key=None, before=before, after=merged[2], fix=merged[1])] \
+        if merged and merged[2] <= SAME * _scale(got) else []
     return fits + _mask_fits(fit, mask, kpm, causal)
-    return fits
 
 
 Scale = tuple[str, float, "str | None"]  # (how it is named, its value, its catalogue key)
@@ -291,10 +300,11 @@ def _mask_fits(fit: Callable[..., Fit], mask: Tensor | None, kpm: Tensor | None,
 def _linear_fits(m: nn.Linear, x: Tensor, got: Tensor, expected: Tensor, before: float) -> list[Fit]:
     if _err(expected, F.linear(x, m.weight, m.bias)) > SAME * _scale(expected):
         return []
-    fits = [Fit("bias not added", None, before, _err(got, F.linear(x, m.weight)))] if m.bias is not None else []
+    fits = [Fit("bias not added", key=None, before=before, after=_err(got, F.linear(x, m.weight)))] \
+        if m.bias is not None else []
     if m.in_features == m.out_features:
-        fits.append(Fit("weight used transposed: x @ W + b instead of x @ Wᵀ + b", None, before,
-                        _err(got, F.linear(x, m.weight.T, m.bias))))
+        fits.append(Fit("weight used transposed: x @ W + b instead of x @ Wᵀ + b", key=None, before=before,
+                        after=_err(got, F.linear(x, m.weight.T, m.bias))))
     return fits
 
 

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from reference.diagnose.hooks import _first_tensor, _layout, _Recorder
 from reference.diagnose.mapping import GROUP, builtin_spans, target_map, tracked
+from reference.diagnose.owners import set_aside, split_layers
 from reference.diagnose.runs import Observation, as_case
 from reference.inference.prepare import fastpath
 from reference.verdict.tolerance import judge
@@ -65,6 +66,7 @@ class Localization:
     rows: list[SubmoduleError] = field(default_factory=list)
     not_called: list[str] = field(default_factory=list)
     note: str = ""
+    set_aside: dict[str, str] = field(default_factory=dict)  # a split layer not measured to return its output
 
     @property
     def first(self) -> SubmoduleError | None:
@@ -145,11 +147,13 @@ def localize(obs: Observation) -> tuple[list[Localization], str, Replay | None]:
         results, replay = [], None
         counter = _Recorder(mapping, order)
         picks = counter.picks(order) if _run(obs, counter) is None else {}
+        split = split_layers(mapping)
         for mode in ("propagated", "isolated"):
             rec = _Recorder(mapping, order)
             rec.pick = picks
             if mode == "isolated":
-                rec.feed, rec.replace = ref_rec.inputs, ref_rec.outputs
+                rec.feed = ref_rec.inputs  # a split layer's last part does not return the layer's output
+                rec.replace = {n: t for n, t in ref_rec.outputs.items() if n not in split}
             error = _run(obs, rec)
             if error is not None:
                 where = where_raised(obs)[0]
@@ -158,6 +162,8 @@ def localize(obs: Observation) -> tuple[list[Localization], str, Replay | None]:
                 continue
             _last_site(ref_rec, rec)
             table = _table(mode, obs.case, ref_rec, rec, note)
+            table.set_aside = set_aside(table.rows, split, ref_rec.outputs, rec.outputs,
+                                        {n: s.label for n, s in mapping.items()})
             for row in table.rows:
                 span = mapping[row.name]
                 row.target_module = span.label or module_names.get(id(span.exit), "") or type(span.exit).__name__

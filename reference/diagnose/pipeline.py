@@ -28,6 +28,7 @@ from reference.diagnose.runs import one_thread
 from reference.diagnose.search import family_of, search
 from reference.diagnose.structure import diagnose_structure
 from reference.diagnose.text import render
+from reference.diagnose.unresolved import mark_unresolved
 from reference.inference.prepare import is_adapter, is_drop_in
 from reference.levels.registry import LEVELS
 from reference.targets.contract import HandmadeAdapter, Target, TargetError, load_target
@@ -89,7 +90,7 @@ def _run(target: Target, device: torch.device | str, out_dir: Path | str | None,
     d.notes = list(dict.fromkeys([*notes, *d.notes]))
     if reproduce:
         _reproduce(d, target, device, out_dir, examples)
-    elif d.verdict not in ("equivalent", "not supported"):
+    elif d.verdict not in ("equivalent", "not supported", "unresolved"):
         d.reproducer_note = "skipped (--no-reproducer)"
     return d
 
@@ -114,6 +115,8 @@ def _diagnose(target: Target, device: torch.device | str, family_names: tuple[st
         if search and {f.verdict for f in d.families} <= {"equivalent", "not supported"}:
             _search(d, target, device, level)
         if diagnose_structure(d, target, base):  # it cannot be paired: a structure measured whole instead
+            return d
+        if mark_unresolved(d, target, level):  # never run against the built-in: not a crash of the target
             return d
         verdicts = {f.verdict for f in d.families}
         d.verdict = ("divergent" if "divergent" in verdicts else "crashes" if "crashes" in verdicts
@@ -165,8 +168,8 @@ def _search(d: Diagnosis, target: Target, device: torch.device | str, level: str
 def _reproduce(d: Diagnosis, target: Target, device: torch.device | str, out_dir: Path | str | None,
                examples: int) -> None:
     """hypothesis' shrunk failing case, and for whole-model adapters and drop-ins a standalone script."""
-    if d.verdict in ("equivalent", "not supported"):
-        d.reproducer_note = "none: nothing failed"
+    if d.verdict in ("equivalent", "not supported", "unresolved"):
+        d.reproducer_note = d.reproducer_note or "none: nothing failed"
         return
     if d.level != "transformer" or d.kind not in ("adapter", "drop-in class", "handmade"):
         d.reproducer_note = (f"no script for this kind of target; `parity check {target.spec} --as {d.level}` "

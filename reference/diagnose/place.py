@@ -33,6 +33,7 @@ from reference.diagnose.localize import Localization, Replay, SubmoduleError
 from reference.diagnose.mapping import GROUP, members
 from reference.diagnose.probes import VARIANTS, candidate, fresh_modules, search, shows
 from reference.diagnose.runs import Observation, bound_for, config_of, max_err
+from reference.diagnose.sources import fed_source, unpaired_norms
 
 
 @dataclass(kw_only=True)
@@ -114,7 +115,7 @@ def _fits(row: SubmoduleError, replay: Replay) -> list[Finding]:
     except Exception:  # a fit that cannot run on this module's call says nothing: the other probes still do
         return []
     module = replay.modules[row.name]
-    return [Finding(place=row.name, target_module=row.target_module, what=f.what, key=f.key, fix="", before=f.before,
+    return [Finding(place=row.name, target_module=row.target_module, what=f.what, key=f.key, fix=f.fix, before=f.before,
                     after=f.after, bound=bound, probe="fit", cause=_kind(module, f))
             for f in found if kept(f.before, f.after, bound)]
 
@@ -126,6 +127,8 @@ def _kind(module: torch.nn.Module, fit: fits.Fit) -> str:
     if isinstance(module, torch.nn.LayerNorm):
         return "layer-norm formula"
     if isinstance(module, torch.nn.MultiheadAttention):
+        if fit.what.startswith("heads"):
+            return "head merge order"
         return "attention scale" if fit.what.startswith("scores scaled") else "attention formula"
     return "linear layer" if isinstance(module, torch.nn.Linear) else ""
 
@@ -182,6 +185,18 @@ def _placement(obs: Observation, row: SubmoduleError, replay: Replay) -> list[Fi
                                          bound, replay.fed), bound)
 
 
+def _source(obs: Observation, row: SubmoduleError, replay: Replay) -> list[Finding]:
+    """A place fed another tensor of the layer, or one through a norm of the target's own (sources.py)."""
+    reference = sums._first(replay.calls[row.name][0]) if row.name in replay.calls else None
+    observed = replay.fed.get(row.name)
+    if reference is None or observed is None or reference.shape != observed.shape:
+        return []
+    bound = bound_for(reference)
+    norms = unpaired_norms(obs.model, {id(m) for n, m in replay.targets.items() if n in replay.calls})
+    return _measured(row, fed_source(row.name, obs.entry.builtin.split(" with ")[0], reference, observed,
+                                     replay.calls, replay.expected, bound, norms), bound)
+
+
 def _group(obs: Observation, row: SubmoduleError, replay: Replay) -> list[Finding]:
     """A site standing for linear1 and linear2 together: the activation between them."""
     parts = members(row.name)
@@ -204,7 +219,8 @@ def probe_places(obs: Observation, tables: list[Localization], replay: Replay | 
     own = [r for r in isolated.rows if not r.passed and r.name in replay.got][:limit]
     fed = [r for r in isolated.rows if r.passed and not r.fed_passed][:limit]
     fed_found = [f for row in fed for f in _activation(row, replay)  # a placement found is not a residual bug too
-                 + (_placement(obs, row, replay) or _residual(obs, row, replay, fed=True))]
+                 + (_placement(obs, row, replay) or _residual(obs, row, replay, fed=True)
+                    or _source(obs, row, replay))]
     for row in own:
         if GROUP in row.name:
             found = _group(obs, row, replay)

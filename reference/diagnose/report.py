@@ -36,7 +36,8 @@ class Diagnosis:
     device: str
     level: str = "transformer"
     builtin: str = "nn.Transformer"
-    verdict: str = "equivalent"  # equivalent | divergent | crashes | not supported
+    verdict: str = "equivalent"  # equivalent | divergent | crashes | not supported | unresolved
+    unresolved: str = ""  # the resolver's reason, when the target could not be resolved at all
     base: str = "default"  # the configuration the families vary from
     base_tried: list[str] = field(default_factory=list)  # the bases declined or crashing before it
     families: list[Family] = field(default_factory=list)
@@ -80,7 +81,8 @@ def headline(d: Diagnosis) -> str:
     line = {"equivalent": f"EQUIVALENT: it matches {b} in every family tried.",
             "not supported": "NOT SUPPORTED: the target declined every configuration tried.",
             "crashes": f"CRASHES: it crashes where {b} computes an output.",
-            "divergent": f"DIVERGENT: it differs from {b}."}[d.verdict]
+            "divergent": f"DIVERGENT: it differs from {b}.",
+            "unresolved": f"UNRESOLVED: {d.unresolved}"}[d.verdict]
     if d.causes:
         line += f" {len(d.causes)} cause(s) found"
         line += (", and together they explain every difference." if d.explained

@@ -229,12 +229,12 @@ def fit_activation(pre: Tensor, post: Tensor) -> list[Fit]:
     if pre.shape != post.shape:
         return []  # not elementwise
     before, tol = _err(post, torch.zeros_like(post)), 1e-6 * _scale(post)
-    fits = [Fit(what, key, before, _err(post, f(pre))) for what, key, f in ACTIVATIONS]
+    fits = [Fit(what, key=key, before=before, after=_err(post, f(pre))) for what, key, f in ACTIVATIONS]
     neg = pre < 0
     if bool(neg.any()):
         slope = float((post[neg] * pre[neg]).sum() / pre[neg].square().sum())
         if abs(slope) > 1e-6 and abs(slope - 1) > 1e-6:
             default = " (F.leaky_relu's default)" if abs(slope - 0.01) < 1e-9 else ""
-            fits.append(Fit(f"leaky relu, negative slope {slope:.4g}{default}", None, before,
-                            _err(post, F.leaky_relu(pre, slope))))
+            fits.append(Fit(f"leaky relu, negative slope {slope:.4g}{default}", key=None, before=before,
+                            after=_err(post, F.leaky_relu(pre, slope))))
     return [f for f in _keep(fits) if f.after <= tol]

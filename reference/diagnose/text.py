@@ -109,7 +109,7 @@ def _families_section(d: Diagnosis) -> list[str]:
         text = f"     {f.name:44s} {f.verdict:14s}"
         if f.verdict == "divergent":
             text += f" max err {_num(f.max_abs)} ({f.detail})" if not math.isnan(f.max_abs) else f" {f.detail}"
-        elif f.verdict in ("crashes", "not supported") and f.detail:
+        elif f.verdict in ("crashes", "not supported", "unresolved") and f.detail:
             text += f" {f.detail[:160]}"
         lines.append(text.rstrip())
         if f.closest and (f is d.families[0] or f.closest != d.families[0].closest):
@@ -139,6 +139,7 @@ def _where_section(d: Diagnosis, b: str) -> list[str]:
             lines.append(f"     first: {_place(first.name, first.target_module)}  {_row(first)}")
         if loc.mode == "isolated" and loc.diverging:
             lines += _isolated_summary(loc, b)
+        lines += [f"     set aside: {name}: {why}" for name, why in loc.set_aside.items()]
         if loc.not_called:
             lines.append(f"     mapped but never called as a module (compared through its parts): "
                          f"{', '.join(loc.not_called)}")
@@ -170,7 +171,8 @@ def _isolated_summary(loc: Localization, b: str) -> list[str]:
 def _causes_section(d: Diagnosis, b: str) -> list[str]:
     lines = ["3. Likely causes (each backed by a probe run on the target)"]
     if not d.causes:
-        lines.append("   none found" + ("" if d.verdict == "equivalent" else
+        lines.append("   none found" + ("" if d.verdict == "equivalent" else ": the target was never run against "
+                                         f"{b}" if d.verdict == "unresolved" else
                                          f": no known deviation or fit brings {b} closer to the target"))
     isolated = next((loc for loc in d.localization if loc.mode == "isolated" and loc.rows), None)
     for i, c in enumerate(d.causes, 1):
