@@ -151,7 +151,13 @@ def merge(d: Diagnosis, findings: list[Finding], family: str, random: bool = Fal
     if explained or isolated is None or (random and any(c.probe == "twice in eval" for c in d.causes)):
         return  # a random family's place is where the randomness shows, which its cause names
     row = isolated.first
-    if row is None:
+    if row is None:  # every mapped submodule agrees, yet the outputs differ: the code after the last one
+        last = isolated.rows[-1]
+        if not d.unexplained and last.name:
+            d.unexplained = (f"after {last.name}" + (f" (the target's {last.target_module})" if last.target_module
+                             else "") + f": every mapped submodule agrees on {family}, yet the output differs: "
+                             "the code after the last of them (an activation, a norm, a sum) does; no catalogue "
+                             "deviation or fit accounts for it")
         return
     inside = [r.name for r in isolated.rows if r.name.startswith(f"{row.name}.") and r.passed and not r.fed_passed]
     if not any(f.explains and (f.place == row.name or (not row.passed and inside and f.place == inside[0]))

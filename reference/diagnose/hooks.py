@@ -49,11 +49,17 @@ def _replace_first(value: object, tensor: Tensor) -> object:
 
 
 def _layout(ref: torch.Size, shape: torch.Size) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]] | None:
-    """(built-in -> target layout, target -> built-in layout) when ``shape`` is ``ref`` rearranged."""
+    """(built-in -> target layout, target -> built-in layout) when ``shape`` is ``ref`` rearranged: the other
+    of batch- and sequence-first first, then features first (a convolution's (N, C, L))."""
     if shape == ref:
         return (lambda t: t), (lambda t: t)
     if len(ref) == 3 and tuple(shape) == (ref[1], ref[0], ref[2]):
         return (lambda t: t.transpose(0, 1)), (lambda t: t.transpose(0, 1))
+    if len(ref) == 3:  # features first (a convolution's (N, C, L)): the first permutation the shapes allow
+        for p in ((0, 2, 1), (1, 2, 0), (2, 0, 1), (2, 1, 0)):
+            if tuple(shape) == tuple(ref[i] for i in p):
+                back = tuple(p.index(i) for i in range(3))
+                return (lambda t, p=p: t.permute(*p)), (lambda t, b=back: t.permute(*b))
     if len(ref) == 2 and tuple(shape) == (1, *ref):
         return (lambda t: t.unsqueeze(0)), (lambda t: t.squeeze(0))
     if len(ref) == 2 and tuple(shape) == (ref[0], 1, ref[1]):
