@@ -93,6 +93,7 @@ def infer_calling(model: nn.Module, level: str, inputs: Mapping[str, Tensor], kw
             viable.append((replace(conv, returns_weights=weights), layouts))
     if not viable:
         raise CallError("the target cannot be called at this level: " + "; ".join(dict.fromkeys(errors)))
+    viable, ignored = _inputs_matter(viable, model, sample, bare, batch_first)
     conv, layouts = viable[0]
     measured = False
     if len(layouts) > 1:  # the shapes allow both: the layout that keeps batch elements apart, if one does
@@ -101,7 +102,7 @@ def infer_calling(model: nn.Module, level: str, inputs: Mapping[str, Tensor], kw
     conv = replace(conv, batch_first=layouts[0] if batched else None, alternatives=tuple(layouts),
                    bindings=tuple((c.inputs, tuple(ls)) for c, ls in viable[1:]))
     conv = _with_masks(conv, model, sample, kwargs, batch_first, heads, mask_cache)
-    notes = _notes(conv, layouts, batched, measured)
+    notes = _notes(conv, layouts, batched, measured) + ignored
     unbatched = _try_unbatched(conv, model, sample, bare, batch_first) if batched else True
     notes.append("takes unbatched input" if unbatched else "does not take unbatched input")
     returns_weights = conv.returns_weights
@@ -116,6 +117,8 @@ def _layouts(conv: Convention, model: nn.Module, sample: Mapping[str, Tensor], b
     attention weights)."""
     layouts: list[bool] = []
     weights = False
+    if conv.key_is_value:  # keys and values from one input: whether it runs asks nothing of the sample's values
+        sample = {k: v for k, v in sample.items() if k != "value"}
     for layout in ((True, False) if batched else (batch_first,)):
         trial = replace(conv, batch_first=layout if batched else None)
         where = f"{binding.describe(conv.inputs, {}, conv.params)} {'batch-first' if layout else 'sequence-first'}"
@@ -144,6 +147,49 @@ def _apart(conv: Convention, model: nn.Module, sample: Mapping[str, Tensor], bar
         return lambda x: trial(probe_model, x, bare, batch_first=True)["output"]
 
     return [layout for layout in layouts if keeps_batch_apart(runner(layout), inputs)] or layouts
+
+
+def _inputs_matter(viable: list[tuple[Convention, list[bool]]], model: nn.Module, sample: Mapping[str, Tensor],
+                   bare: Mapping[str, Any], batch_first: bool) -> tuple[list[tuple[Convention, list[bool]]], list[str]]:
+    """(the pairings in which every bound input moves the output, or all when none does; notes on those
+    rejected). A pairing that binds an input to a parameter the target ignores (an optional position or cache
+    tensor) runs, but the built-in's input is lost there: a pairing that uses every input is the call meant."""
+    if len(viable) < 2:
+        return viable, []
+    probe_model = functools.cache(lambda: _probe_model(model))
+    kept, notes = [], []
+    for conv, layouts in viable:
+        unused = _ignored_inputs(replace(conv, batch_first=layouts[0]), probe_model(), sample, bare, batch_first)
+        if unused:
+            notes.append(f"{binding.describe(conv.inputs, {}, conv.params)} also runs but ignores "
+                         f"{', '.join(unused)} (perturbing it leaves the output unchanged): not used")
+        else:
+            kept.append((conv, layouts))
+    return (kept, notes) if kept else (viable, [])
+
+
+def _ignored_inputs(conv: Convention, probe_model: nn.Module, sample: Mapping[str, Tensor], bare: Mapping[str, Any],
+                    batch_first: bool) -> list[str]:
+    """The level inputs bound by ``conv`` whose perturbation leaves its output exactly as it was."""
+    inputs = _probe_inputs(conv, sample, batch_first)
+    if conv.level == "attention" and not conv.self_attention_only and "value" not in inputs and not conv.key_is_value:
+        inputs["value"] = inputs["key"]
+    g = torch.Generator().manual_seed(2)
+    x = {k: torch.randn(v.shape, generator=g, dtype=torch.float64) for k, v in inputs.items()}
+    out: list[str] = []
+    try:
+        with torch.no_grad():
+            y0 = conv(probe_model, x, bare, batch_first=True)["output"]
+            for name, _ in conv.inputs:
+                if name in x:
+                    y1 = conv(probe_model, {**x, name: x[name] + torch.randn(x[name].shape, generator=g,
+                                                                             dtype=torch.float64)},
+                              bare, batch_first=True)["output"]
+                    if bool(torch.equal(y0, y1)):
+                        out.append(name)
+    except Exception:
+        return []
+    return out
 
 
 def _probe_model(model: nn.Module) -> nn.Module:
