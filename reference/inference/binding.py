@@ -120,6 +120,13 @@ def pairings(level_inputs: list[str], params: tuple[Param, ...], varargs: bool) 
     return out
 
 
+def fewer(pairs: Pairs, params: tuple[Param, ...]) -> list[Pairs]:
+    """``pairs`` binding fewer inputs, the longest first, where every parameter left out is required: a level
+    input too many (a key for an attention that takes one input and a mask no name says is one)."""
+    required = {p.name for p in params if p.required}
+    return [pairs[:k] for k in range(len(pairs) - 1, 0, -1) if all(t in required for _, t in pairs[k:])]
+
+
 def arguments(params: tuple[Param, ...], values: Mapping[str, Any]) -> tuple[list[Any], dict[str, Any]]:
     """(args, kwargs) for ``forward``: ``values`` by parameter name (``*0``, ``*1``, ... for ``*args``)."""
     args: list[Any] = []

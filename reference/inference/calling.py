@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 import reference.inference.binding as binding
+import reference.inference.required as required
 from reference.builtin.config import randomize_
 from reference.inference.binding import FLAGS
 from reference.inference.byname import one_mask_only
@@ -43,6 +44,7 @@ class CallError(NotSupportedError):
     """No pairing of the level's inputs runs in any layout: the call itself fails, whatever the configuration."""
 
 
+NEUTRAL_TRIES = 8  # neutral masks that run, tried in turn until one is measured as blocking nothing
 OUTPUT_LIKE = {"attention": "query", "decoder_layer": "tgt", "decoder": "tgt", "transformer": "tgt"}
 
 
@@ -61,7 +63,7 @@ def _probe_inputs(conv: Convention, sample: Mapping[str, Tensor], batch_first: b
 
 def infer_calling(model: nn.Module, level: str, inputs: Mapping[str, Tensor], kwargs: Mapping[str, Any], *,
                   batch_first: bool, expected: Any = None, keep_mask: bool = False, heads: int = 1,
-                  mask_cache: MutableMapping[Any, Forms] | None = None) -> Convention:
+                  mask_cache: MutableMapping[Any, Any] | None = None) -> Convention:
     """The target's calling convention at ``level``, from its signature, sample calls and mask probes.
 
     ``inputs``/``kwargs`` are one standard call of the level (batched, N != L is best), laid out
@@ -83,14 +85,18 @@ def infer_calling(model: nn.Module, level: str, inputs: Mapping[str, Tensor], kw
     bare = {k: v for k, v in kwargs.items() if k in flags and not isinstance(v, Tensor) and "causal" not in k}
     viable: list[tuple[Convention, list[bool]]] = []
     errors: list[str] = []
-    for pairs in binding.pairings(all_inputs, params, varargs):
-        attention = level == "attention"
-        conv = Convention(level=level, inputs=pairs, flags=flags, keep_mask=keep_mask, params=params,
-                          self_attention_only=attention and len(pairs) == 1,
-                          key_is_value=attention and len(pairs) == 2)
-        layouts, weights = _layouts(conv, model, sample, bare, batch_first, batched, want, errors)
-        if layouts:
-            viable.append((replace(conv, returns_weights=weights), layouts))
+    full = binding.pairings(all_inputs, params, varargs)
+    for tried in (full, [f for pairs in full for f in binding.fewer(pairs, params)]):  # fewer: if none runs
+        for pairs in dict.fromkeys(tried):
+            attention = level == "attention"
+            conv = Convention(level=level, inputs=pairs, flags=flags, keep_mask=keep_mask, params=params,
+                              self_attention_only=attention and len(pairs) == 1,
+                              key_is_value=attention and len(pairs) == 2)
+            conv, layouts, weights = _runs(conv, model, sample, bare, batch_first, batched, want, errors)
+            if layouts:
+                viable.append((replace(conv, returns_weights=weights), layouts))
+        if viable:
+            break
     if not viable:
         raise CallError("the target cannot be called at this level: " + "; ".join(dict.fromkeys(errors)))
     viable, ignored = _inputs_matter(viable, model, sample, bare, batch_first)
@@ -111,6 +117,23 @@ def infer_calling(model: nn.Module, level: str, inputs: Mapping[str, Tensor], kw
     return replace(conv, unbatched=unbatched, returns_weights=bool(returns_weights), assumptions=tuple(notes))
 
 
+def _runs(conv: Convention, model: nn.Module, sample: Mapping[str, Tensor], bare: Mapping[str, Any],
+          batch_first: bool, batched: bool, want: torch.Size, errors: list[str]) -> tuple[Convention, list[bool], bool]:
+    """``conv`` and ``_layouts``'s answer; when it runs in no layout and required parameters get None, ``conv``
+    with the first neutral masks for them that run (reference/inference/required.py)."""
+    layouts, weights = _layouts(conv, model, sample, bare, batch_first, batched, want, errors)
+    names = required.unbound(conv.params, conv.inputs)
+    if layouts or not names:
+        return conv, layouts, weights
+    for neutral in required.candidates(names, list(_probe_inputs(conv, sample, batch_first)),
+                                       conv.self_attention_only):
+        trial = replace(conv, neutral=neutral)
+        layouts, weights = _layouts(trial, model, sample, bare, batch_first, batched, want, [])
+        if layouts:
+            return trial, layouts, weights
+    return conv, [], False
+
+
 def _layouts(conv: Convention, model: nn.Module, sample: Mapping[str, Tensor], bare: Mapping[str, Any],
              batch_first: bool, batched: bool, want: torch.Size, errors: list[str]) -> tuple[list[bool], bool]:
     """(the layouts in which ``conv`` runs unmasked and gives the built-in's output shape, whether it returns
@@ -125,6 +148,8 @@ def _layouts(conv: Convention, model: nn.Module, sample: Mapping[str, Tensor], b
         try:
             with torch.no_grad():
                 out = trial(model, sample, bare, batch_first=batch_first)
+            if conv.neutral and not bool(torch.isfinite(out["output"]).all()):
+                raise ValueError("NaN or inf in the output with neutral masks")  # they block every key
         except Exception as exc:
             errors.append(f"{where}: {type(exc).__name__}: {exc}")
             continue
@@ -198,23 +223,21 @@ def _probe_model(model: nn.Module) -> nn.Module:
 
 
 def _with_masks(conv: Convention, model: nn.Module, sample: Mapping[str, Tensor], kwargs: Mapping[str, Any],
-                batch_first: bool, heads: int, cache: MutableMapping[Any, Forms] | None) -> Convention:
+                batch_first: bool, heads: int, cache: MutableMapping[Any, Any] | None) -> Convention:
     """``conv`` with the level's masks assigned to the target's parameters: measured, or by name if declared."""
-    mask_params = [p.name for p in conv.params if "mask" in p.name]
+    mask_params = [p.name for p in conv.params if "mask" in p.name or p.name in conv.neutral]
     probe_model = functools.cache(lambda: _probe_model(model))  # built once, and only if a probe runs
     inputs = _probe_inputs(conv, sample, batch_first)
     forms: Forms = {}
     if not conv.keep_mask and mask_params:
-        key = (conv.inputs, conv.batch_first)  # a target's masks may be laid out as its inputs are
+        key = (conv.inputs, conv.batch_first, tuple(sorted(conv.neutral.items())))  # masks follow the inputs' layout
         if cache is not None and key in cache:
-            forms = cache[key]
+            forms, neutral = cache[key]
         else:
-            def run(given: Mapping[str, Tensor], raw: Mapping[str, Tensor]) -> Tensor:
-                return conv.invoke(probe_model(), given, raw, batch_first=True)["output"]
-
-            forms = measure_forms(conv.level, run, inputs, mask_params, heads, self_stream=conv.self_attention_only)
+            forms, neutral = _measured(conv, probe_model, inputs, mask_params, heads)
             if cache is not None:
-                cache[key] = forms
+                cache[key] = forms, neutral
+        conv = replace(conv, neutral=neutral)
     masks, forms, merge, always_causal = resolve(conv.level, mask_params, forms, bool(kwargs.get("is_causal")))
     conv = replace(conv, masks=masks, forms=forms, merge_padding=merge, always_causal=always_causal)
     by_name = {k: p for k, p in masks.items() if p not in forms and "padding" not in k
@@ -226,6 +249,51 @@ def _with_masks(conv: Convention, model: nn.Module, sample: Mapping[str, Tensor]
         return conv.invoke(probe_model(), inputs, raw, batch_first=True)["output"]
 
     return replace(conv, one_mask_only=one_mask_only(conv.level, run_with, inputs, by_name, heads))
+
+
+def _measured(conv: Convention, probe_model: Callable[[], nn.Module], inputs: Mapping[str, Tensor],
+              mask_params: list[str], heads: int) -> tuple[Forms, required.Neutral]:
+    """(each mask parameter's measured form, the neutral masks for the required ones). A neutral mask is kept
+    when keys get through it (``_mixes``) and its parameter is then measured exactly (``Probe.leak`` also asks
+    that blocking nothing leaves the output as it is with the neutral mask); else the next neutral masks that
+    run are tried (one that blocks every key may run too). Each is kept in its measured form."""
+    trials = iter(required.candidates(list(conv.neutral), list(inputs), conv.self_attention_only))
+    neutral, tried = conv.neutral, 0
+    while True:
+        trial = replace(conv, neutral=neutral)
+
+        def run(given: Mapping[str, Tensor], raw: Mapping[str, Tensor], trial: Convention = trial) -> Tensor:
+            return trial.invoke(probe_model(), given, raw, batch_first=True)["output"]
+
+        mixes = not neutral or _mixes(run, inputs, neutral)
+        forms = measure_forms(conv.level, run, inputs, mask_params, heads,
+                              self_stream=conv.self_attention_only) if mixes else {}
+        if not neutral or (mixes and all(p in forms and forms[p][1].exact for p in neutral)) or \
+                tried >= NEUTRAL_TRIES:
+            return forms, {p: (rows, cols, forms[p][1] if p in forms and forms[p][1].exact else form)
+                           for p, (rows, cols, form) in neutral.items()}
+        neutral = next((n for n in trials if n != neutral and _mixes(run, inputs, n)), {})
+        if not neutral:
+            return forms, conv.neutral
+        tried += 1
+
+
+def _mixes(run: Callable[[Mapping[str, Tensor], Mapping[str, Tensor]], Tensor], inputs: Mapping[str, Tensor],
+           neutral: required.Neutral) -> bool:
+    """Whether the target, given ``neutral``, runs finite and lets keys through: perturbing every input at
+    position 0 moves the rows after it (a neutral mask that blocks every key runs too, and then nothing moves,
+    so every mask form would seem to block exactly what is asked)."""
+    moved = {k: v.clone() for k, v in inputs.items()}
+    for v in moved.values():
+        v[:, 0] += 1.0
+    try:
+        with torch.no_grad():
+            y0 = run(inputs, required.write(neutral, inputs, True))
+            y1 = run(moved, required.write(neutral, moved, True))
+    except Exception:
+        return False
+    rows = (y1 - y0)[:, 1:] if y0.dim() == 3 and y0.shape[1] > 1 else y1 - y0
+    return bool(torch.isfinite(y0).all()) and float(rows.abs().max()) > 1e-6 * (1.0 + float(y0.abs().max()))
 
 
 def _notes(conv: Convention, layouts: list[bool], batched: bool, measured: bool) -> list[str]:
@@ -249,6 +317,8 @@ def _notes(conv: Convention, layouts: list[bool], batched: bool, measured: bool)
                      "(N*H, L, S) one, so per-head masks are not supported")
     if conv.merge_padding:
         notes.append(f"key_padding_mask merged into {conv.masks['attn_mask']} as one (N, 1|H, L, S) mask")
+    if conv.neutral:
+        notes.append(required.describe(conv.neutral))
     if conv.always_causal:
         notes.append("it takes no mask: assumed always causal (the level's causal mask is not passed)")
     layout = "batch-first" if layouts[0] else "sequence-first"
