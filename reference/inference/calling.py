@@ -16,6 +16,7 @@ cannot take raises NotSupportedError.
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import replace
 from typing import Any
@@ -44,7 +45,7 @@ class CallError(NotSupportedError):
     """No pairing of the level's inputs runs in any layout: the call itself fails, whatever the configuration."""
 
 
-NEUTRAL_TRIES = 8  # neutral masks that run, tried in turn until one is measured as blocking nothing
+NEUTRAL_TRIES = 8  # neutral masks that let keys through, measured in turn until one is measured exactly
 OUTPUT_LIKE = {"attention": "query", "decoder_layer": "tgt", "decoder": "tgt", "transformer": "tgt"}
 
 
@@ -231,12 +232,13 @@ def _with_masks(conv: Convention, model: nn.Module, sample: Mapping[str, Tensor]
     forms: Forms = {}
     if not conv.keep_mask and mask_params:
         key = (conv.inputs, conv.batch_first, tuple(sorted(conv.neutral.items())))  # masks follow the inputs' layout
-        if cache is not None and key in cache:
-            forms, neutral = cache[key]
-        else:
-            forms, neutral = _measured(conv, probe_model, inputs, mask_params, heads)
-            if cache is not None:
-                cache[key] = forms, neutral
+        found = cache[key] if cache is not None and key in cache else \
+            _measured(conv, probe_model, inputs, mask_params, heads)
+        if cache is not None:
+            cache[key] = found
+        if found is None:
+            raise CallError(f"the target cannot be called at this level: {describe_required(conv)}")
+        forms, neutral = found
         conv = replace(conv, neutral=neutral)
     masks, forms, merge, always_causal = resolve(conv.level, mask_params, forms, bool(kwargs.get("is_causal")))
     conv = replace(conv, masks=masks, forms=forms, merge_padding=merge, always_causal=always_causal)
@@ -252,35 +254,56 @@ def _with_masks(conv: Convention, model: nn.Module, sample: Mapping[str, Tensor]
 
 
 def _measured(conv: Convention, probe_model: Callable[[], nn.Module], inputs: Mapping[str, Tensor],
-              mask_params: list[str], heads: int) -> tuple[Forms, required.Neutral]:
-    """(each mask parameter's measured form, the neutral masks for the required ones). A neutral mask is kept
-    when keys get through it (``_mixes``) and its parameter is then measured exactly (``Probe.leak`` also asks
-    that blocking nothing leaves the output as it is with the neutral mask); else the next neutral masks that
-    run are tried (one that blocks every key may run too). Each is kept in its measured form."""
-    trials = iter(required.candidates(list(conv.neutral), list(inputs), conv.self_attention_only))
-    neutral, tried = conv.neutral, 0
-    while True:
+              mask_params: list[str], heads: int) -> tuple[Forms, required.Neutral] | None:
+    """(each mask parameter's measured form, the neutral masks for the required ones, each in its measured
+    form); None when no neutral mask lets keys through (``_mixes``) with its parameter measured as a mask: the
+    parameter is not one (positions, say) and the call cannot be made. A neutral mask measured exactly is kept
+    (``Probe.leak`` also asks that blocking nothing leaves the output as with the neutral mask); else the first
+    measured at all, as the closest form (the masking may be buggy); up to NEUTRAL_TRIES are measured."""
+    def measured(neutral: required.Neutral) -> Forms | None:
         trial = replace(conv, neutral=neutral)
 
-        def run(given: Mapping[str, Tensor], raw: Mapping[str, Tensor], trial: Convention = trial) -> Tensor:
+        def run(given: Mapping[str, Tensor], raw: Mapping[str, Tensor]) -> Tensor:
             return trial.invoke(probe_model(), given, raw, batch_first=True)["output"]
 
-        mixes = not neutral or _mixes(run, inputs, neutral)
-        forms = measure_forms(conv.level, run, inputs, mask_params, heads,
-                              self_stream=conv.self_attention_only) if mixes else {}
-        if not neutral or (mixes and all(p in forms and forms[p][1].exact for p in neutral)) or \
-                tried >= NEUTRAL_TRIES:
-            return forms, {p: (rows, cols, forms[p][1] if p in forms and forms[p][1].exact else form)
-                           for p, (rows, cols, form) in neutral.items()}
-        neutral = next((n for n in trials if n != neutral and _mixes(run, inputs, n)), {})
-        if not neutral:
-            return forms, conv.neutral
-        tried += 1
+        if neutral and not _mixes(run, inputs, neutral, shape):
+            return None
+        return measure_forms(conv.level, run, inputs, mask_params, heads, self_stream=conv.self_attention_only)
+
+    if not conv.neutral:
+        return measured({}) or {}, {}
+    try:  # the output's shape with the neutral masks that ran in the level's output shape (_runs)
+        with torch.no_grad():
+            shape = conv.invoke(probe_model(), inputs, {}, batch_first=True)["output"].shape
+    except Exception:
+        return None
+    trials = itertools.chain([conv.neutral], required.candidates(list(conv.neutral), list(inputs),
+                                                                 conv.self_attention_only))
+    fallback, tries = None, 0
+    for neutral in trials:
+        forms = measured(neutral)
+        if forms is None:
+            continue
+        tries += 1
+        if tries > NEUTRAL_TRIES:
+            break
+        if all(p in forms for p in neutral):
+            kept = {p: (rows, cols, forms[p][1]) for p, (rows, cols, _) in neutral.items()}
+            if all(forms[p][1].exact for p in neutral):
+                return forms, kept
+            fallback = fallback or (forms, kept)
+    return fallback
+
+
+def describe_required(conv: Convention) -> str:
+    names = ", ".join(conv.neutral)
+    return (f"{binding.describe(conv.inputs, {}, conv.params)} raises (the call gives nothing for {names}), and "
+            f"no mask blocking nothing, in any form the probes know, makes {names} act as a mask")
 
 
 def _mixes(run: Callable[[Mapping[str, Tensor], Mapping[str, Tensor]], Tensor], inputs: Mapping[str, Tensor],
-           neutral: required.Neutral) -> bool:
-    """Whether the target, given ``neutral``, runs finite and lets keys through: perturbing every input at
+           neutral: required.Neutral, shape: torch.Size) -> bool:
+    """Whether the target, given ``neutral``, runs finite in ``shape`` and lets keys through: perturbing every input at
     position 0 moves the rows after it (a neutral mask that blocks every key runs too, and then nothing moves,
     so every mask form would seem to block exactly what is asked)."""
     moved = {k: v.clone() for k, v in inputs.items()}
@@ -291,6 +314,8 @@ def _mixes(run: Callable[[Mapping[str, Tensor], Mapping[str, Tensor]], Tensor], 
             y0 = run(inputs, required.write(neutral, inputs, True))
             y1 = run(moved, required.write(neutral, moved, True))
     except Exception:
+        return False
+    if y0.shape != shape:
         return False
     rows = (y1 - y0)[:, 1:] if y0.dim() == 3 and y0.shape[1] > 1 else y1 - y0
     return bool(torch.isfinite(y0).all()) and float(rows.abs().max()) > 1e-6 * (1.0 + float(y0.abs().max()))

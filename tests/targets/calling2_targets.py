@@ -82,7 +82,7 @@ class PositionalCrossAttention(nn.Module):
 
     def forward(self, queries: Tensor, memory: Tensor, /, *, offsets: Tensor | None = None,
                 key_mask: Tensor | None = None) -> Tensor:
-        n, t, e = queries.shape
+        e = queries.shape[-1]
         k, v = self.to_kv(memory).split(e, dim=-1)
         heads = [z.unflatten(-1, (self.num_heads, -1)).transpose(1, 2) for z in (self.to_q(queries), k, v)]
         if key_mask is not None:  # (N, S) bool, True = padding
