@@ -9,14 +9,16 @@ whose output has the built-in's shape (values decide between them: reference/inf
 mask parameter means is measured (reference/inference/mask_probe.py): which keys it blocks, its layout and kind;
 the level's masks go to the parameters that can carry them, merged where one carries both. A declared
 keep-mask (``keep_mask=True``, ``--keep-masks``) skips the measurement: masks then go by name, as keep-masks.
-``Convention`` turns the standard call into the target's and says in words what it assumed; what a target
-cannot take raises NotSupportedError.
+A required parameter the call leaves out (a mask the code reads unconditionally) gets a neutral mask, and a
+GPT causal when given no mask is called with none when its mask is not understood (defaults.py, required.py);
+among pairings that run, one binding an input the target ignores is not kept. ``Convention`` turns the
+standard call into the target's and says in words what it assumed; what a target cannot take raises
+NotSupportedError.
 """
 
 from __future__ import annotations
 
 import functools
-import itertools
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import replace
 from typing import Any
@@ -25,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 import reference.inference.binding as binding
+import reference.inference.defaults as defaults
 import reference.inference.required as required
 from reference.builtin.config import randomize_
 from reference.inference.binding import FLAGS
@@ -33,7 +36,7 @@ from reference.inference.convention import Convention
 from reference.inference.copying import copy_model
 from reference.inference.mask_probe import keeps_batch_apart
 from reference.inference.outputs import read_outputs
-from reference.inference.streams import Forms, measure_forms, resolve
+from reference.inference.streams import Forms, resolve
 from reference.targets.contract import NotSupportedError
 
 __all__ = ["OUTPUT_LIKE", "CallError", "Convention", "infer_calling", "read_outputs"]
@@ -45,7 +48,6 @@ class CallError(NotSupportedError):
     """No pairing of the level's inputs runs in any layout: the call itself fails, whatever the configuration."""
 
 
-NEUTRAL_TRIES = 8  # neutral masks that let keys through, measured in turn until one is measured exactly
 OUTPUT_LIKE = {"attention": "query", "decoder_layer": "tgt", "decoder": "tgt", "transformer": "tgt"}
 
 
@@ -233,14 +235,19 @@ def _with_masks(conv: Convention, model: nn.Module, sample: Mapping[str, Tensor]
     if not conv.keep_mask and mask_params:
         key = (conv.inputs, conv.batch_first, tuple(sorted(conv.neutral.items())))  # masks follow the inputs' layout
         found = cache[key] if cache is not None and key in cache else \
-            _measured(conv, probe_model, inputs, mask_params, heads)
+            defaults.measured(conv, probe_model, inputs, mask_params, heads)
         if cache is not None:
             cache[key] = found
         if found is None:
-            raise CallError(f"the target cannot be called at this level: {describe_required(conv)}")
+            raise CallError(f"the target cannot be called at this level: {defaults.describe_required(conv)}")
         forms, neutral = found
         conv = replace(conv, neutral=neutral)
     masks, forms, merge, always_causal = resolve(conv.level, mask_params, forms, bool(kwargs.get("is_causal")))
+    if conv.level == "decoder_only" and masks.get("mask") not in (None, *forms) and \
+            defaults.causal_by_default(conv, probe_model(), inputs, heads):  # unmeasured: no mask, its own causality
+        masks = {k: v for k, v in masks.items() if v != masks["mask"]}
+        always_causal = True
+        conv = replace(conv, causal_default=True)
     conv = replace(conv, masks=masks, forms=forms, merge_padding=merge, always_causal=always_causal)
     by_name = {k: p for k, p in masks.items() if p not in forms and "padding" not in k
                and (conv.level != "attention" or p == "attn_mask")}  # merged or renamed: written (N, 1|H, L, S)
@@ -251,74 +258,6 @@ def _with_masks(conv: Convention, model: nn.Module, sample: Mapping[str, Tensor]
         return conv.invoke(probe_model(), inputs, raw, batch_first=True)["output"]
 
     return replace(conv, one_mask_only=one_mask_only(conv.level, run_with, inputs, by_name, heads))
-
-
-def _measured(conv: Convention, probe_model: Callable[[], nn.Module], inputs: Mapping[str, Tensor],
-              mask_params: list[str], heads: int) -> tuple[Forms, required.Neutral] | None:
-    """(each mask parameter's measured form, the neutral masks for the required ones, each in its measured
-    form); None when no neutral mask lets keys through (``_mixes``) with its parameter measured as a mask: the
-    parameter is not one (positions, say) and the call cannot be made. A neutral mask measured exactly is kept
-    (``Probe.leak`` also asks that blocking nothing leaves the output as with the neutral mask); else the first
-    measured at all, as the closest form (the masking may be buggy); up to NEUTRAL_TRIES are measured."""
-    def measured(neutral: required.Neutral) -> Forms | None:
-        trial = replace(conv, neutral=neutral)
-
-        def run(given: Mapping[str, Tensor], raw: Mapping[str, Tensor]) -> Tensor:
-            return trial.invoke(probe_model(), given, raw, batch_first=True)["output"]
-
-        if neutral and not _mixes(run, inputs, neutral, shape):
-            return None
-        return measure_forms(conv.level, run, inputs, mask_params, heads, self_stream=conv.self_attention_only)
-
-    if not conv.neutral:
-        return measured({}) or {}, {}
-    try:  # the output's shape with the neutral masks that ran in the level's output shape (_runs)
-        with torch.no_grad():
-            shape = conv.invoke(probe_model(), inputs, {}, batch_first=True)["output"].shape
-    except Exception:
-        return None
-    trials = itertools.chain([conv.neutral], required.candidates(list(conv.neutral), list(inputs),
-                                                                 conv.self_attention_only))
-    fallback, tries = None, 0
-    for neutral in trials:
-        forms = measured(neutral)
-        if forms is None:
-            continue
-        tries += 1
-        if tries > NEUTRAL_TRIES:
-            break
-        if all(p in forms for p in neutral):
-            kept = {p: (rows, cols, forms[p][1]) for p, (rows, cols, _) in neutral.items()}
-            if all(forms[p][1].exact for p in neutral):
-                return forms, kept
-            fallback = fallback or (forms, kept)
-    return fallback
-
-
-def describe_required(conv: Convention) -> str:
-    names = ", ".join(conv.neutral)
-    return (f"{binding.describe(conv.inputs, {}, conv.params)} raises (the call gives nothing for {names}), and "
-            f"no mask blocking nothing, in any form the probes know, makes {names} act as a mask")
-
-
-def _mixes(run: Callable[[Mapping[str, Tensor], Mapping[str, Tensor]], Tensor], inputs: Mapping[str, Tensor],
-           neutral: required.Neutral, shape: torch.Size) -> bool:
-    """Whether the target, given ``neutral``, runs finite in ``shape`` and lets keys through: perturbing every input at
-    position 0 moves the rows after it (a neutral mask that blocks every key runs too, and then nothing moves,
-    so every mask form would seem to block exactly what is asked)."""
-    moved = {k: v.clone() for k, v in inputs.items()}
-    for v in moved.values():
-        v[:, 0] += 1.0
-    try:
-        with torch.no_grad():
-            y0 = run(inputs, required.write(neutral, inputs, True))
-            y1 = run(moved, required.write(neutral, moved, True))
-    except Exception:
-        return False
-    if y0.shape != shape:
-        return False
-    rows = (y1 - y0)[:, 1:] if y0.dim() == 3 and y0.shape[1] > 1 else y1 - y0
-    return bool(torch.isfinite(y0).all()) and float(rows.abs().max()) > 1e-6 * (1.0 + float(y0.abs().max()))
 
 
 def _notes(conv: Convention, layouts: list[bool], batched: bool, measured: bool) -> list[str]:
@@ -345,7 +284,9 @@ def _notes(conv: Convention, layouts: list[bool], batched: bool, measured: bool)
     if conv.neutral:
         notes.append(required.describe(conv.neutral))
     if conv.always_causal:
-        notes.append("it takes no mask: assumed always causal (the level's causal mask is not passed)")
+        notes.append("it attends causally when given no mask (measured), and no probe showed what its mask "
+                     "takes: called with none (the level's causal mask is its behaviour)" if conv.causal_default
+                     else "it takes no mask: assumed always causal (the level's causal mask is not passed)")
     layout = "batch-first" if layouts[0] else "sequence-first"
     if measured:
         notes.append(f"layout measured: {layout} (the shapes allow both; it keeps batch elements apart only so)")

@@ -38,6 +38,7 @@ class Convention:
     self_attention_only: bool = False
     key_is_value: bool = False  # two inputs: (query, context), keys and values from the one context
     always_causal: bool = False  # the target takes no mask: the level's causal mask is its behaviour
+    causal_default: bool = False  # measured causal when given no mask, its mask not measured: called with none
     unbatched: bool | None = None  # whether the target takes unbatched input; None: not tried
     returns_weights: bool | None = None
     alternatives: tuple[bool | None, ...] = ()  # layouts that the shapes did not rule out

@@ -14,7 +14,7 @@ import reference.inference as infer
 import tests.targets.calling2_targets as T
 from reference.builtin.config import Config, randomize_
 from reference.cases.case import Case
-from reference.cases.kinds import AttentionCase
+from reference.cases.kinds import AttentionCase, StackCase
 from reference.check import main as check_main
 from reference.inference.auto import infer_target
 from reference.inference.construct import build
@@ -28,6 +28,8 @@ SELF = AttentionCase(embed_dim=8, num_heads=2, batch=2, query_len=5, key_len=5, 
                      self_attention=True, seed=3)
 CROSS = AttentionCase(embed_dim=8, num_heads=2, batch=2, query_len=3, key_len=5, batch_first=True, bias=False,
                       key_is_value=True, seed=3)
+GPT = StackCase(Case(Config(d_model=8, nhead=2, dim_feedforward=16, num_encoder_layers=2, norm_first=True,
+                            activation="gelu", batch_first=True), batch=2, src_len=5, seed=3))
 LAYER = Case(Config(d_model=8, nhead=2, dim_feedforward=12, batch_first=True), batch=2, src_len=5, tgt_len=4, seed=3)
 
 
@@ -79,8 +81,21 @@ def test_a_pairing_that_binds_an_input_the_target_ignores_is_not_the_call() -> N
         conv(model, *level("attention").inputs(CROSS.replace(key_is_value=False), F64), batch_first=True)
 
 
+def test_a_gpt_causal_when_given_no_mask_has_its_mask_measured_against_that() -> None:
+    """Its mask replaces its own causal masking: blocking nothing differs from no mask, blocking the future does
+    not, and the probes measure the form from there."""
+    inference, model = infer_on("decoder_only", GPT, T.CausalUnlessToldGPT)
+    conv = inference.convention
+    ((_, form),) = conv.forms.values()
+    assert conv.masks["mask"] == "mask" and (form.layout, form.kind, form.exact) == ("NLS", "additive", True), \
+        conv.describe()
+    assert not conv.always_causal
+    assert error("decoder_only", GPT, inference, model) < 1e-10
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("obj", "lvl", "code"), [
+    ("CausalUnlessToldGPT", "decoder_only", 0), ("CausalUnlessToldGPTBug", "decoder_only", 1),
     ("LogKeepAttention", "attention", 0), ("LogKeepAttentionBug", "attention", 1),
     ("AllowedEncoderLayer", "encoder_layer", 0), ("AllowedEncoderLayerBug", "encoder_layer", 1),
     ("PositionalCrossAttention", "attention", 0),

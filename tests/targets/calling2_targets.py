@@ -8,6 +8,9 @@ the code reads unconditionally, and an optional tensor keyword it ignores. Each 
   Twin: the feed-forward's residual is dropped.
 - ``PositionalCrossAttention``: ``forward(queries, memory, /, *, offsets=None, key_mask=None)``, keys and values
   from one ``memory`` (one packed (2E, E) projection), ``offsets`` an optional tensor it never reads.
+- ``CausalUnlessToldGPT``: a pre-norm GPT stack whose attention is causal when no mask is given (SDPA's
+  ``is_causal``) and takes ``mask``, an (N, L, S) bool keep-mask, instead. Twin: heads merged
+  without moving them next to the width.
 """
 
 from __future__ import annotations
@@ -89,3 +92,52 @@ class PositionalCrossAttention(nn.Module):
             key_mask = ~key_mask[:, None, None, :]
         out = F.scaled_dot_product_attention(*heads, attn_mask=key_mask)
         return self.to_out(out.transpose(1, 2).flatten(2))
+
+
+class _VisibleBlock(nn.Module):
+    """A pre-norm block whose attention is causal when no mask is given (``is_causal``); a given
+    ``mask`` (N, L, S) bool, True = visible, replaces that."""
+
+    def __init__(self, width: int, heads: int, hidden: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.proj = nn.ModuleDict({name: nn.Linear(width, width) for name in ("query", "key", "value", "out")})
+        self.pre = nn.ModuleList([nn.LayerNorm(width), nn.LayerNorm(width)])
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
+
+    def _merge(self, out: Tensor) -> Tensor:
+        return out.transpose(1, 2).flatten(2)
+
+    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        h = self.pre[0](x)
+        q, k, v = (self.proj[n](h).unflatten(-1, (self.heads, -1)).transpose(1, 2) for n in ("query", "key", "value"))
+        given = None if mask is None else mask[:, None]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=given, is_causal=mask is None)
+        x = x + self.proj["out"](self._merge(out))
+        return x + self.mlp(self.pre[1](x))
+
+
+class _VisibleBlockBug(_VisibleBlock):
+    def _merge(self, out: Tensor) -> Tensor:
+        return out.flatten(2).reshape(out.shape[0], out.shape[2], -1)  # the bug: heads merged without the transpose
+
+
+class CausalUnlessToldGPT(nn.Module):
+    """A GPT stack ``forward(hidden, mask=None)``: causal by default, an (N, L, S) keep-mask
+    otherwise; a final norm."""
+
+    block = _VisibleBlock
+
+    def __init__(self, d_model: int, nhead: int, dim_feedforward: int, num_layers: int) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(self.block(d_model, nhead, dim_feedforward) for _ in range(num_layers))
+        self.final = nn.LayerNorm(d_model)
+
+    def forward(self, hidden: Tensor, mask: Tensor | None = None) -> Tensor:
+        for block in self.blocks:
+            hidden = block(hidden, mask)
+        return self.final(hidden)
+
+
+class CausalUnlessToldGPTBug(CausalUnlessToldGPT):
+    block = _VisibleBlockBug
