@@ -82,11 +82,12 @@ class Probe:
         return self._causal[stream.name]
 
     def _blocks_nothing(self, param: str, stream: Stream, form: MaskForm, shape: torch.Size) -> bool:
-        """Whether ``form`` blocking nothing gives the output with no mask; for a target causal by default, also
-        whether ``form`` blocking the future does (a mask given replaces its own causal masking)."""
+        """Whether ``form`` blocking nothing gives the output with no mask; on a stream of the queries' own input,
+        or ``form`` blocking the future does: the target is causal when given no mask, and a mask given
+        replaces that (whatever its code does elsewhere: a bug that moves rows would hide the causality)."""
         zeros = torch.zeros(shape, dtype=torch.float64)
         references = [zeros]
-        if self.causal_by_default(stream):
+        if stream.self_stream and shape[-1] == shape[-2]:
             references.append(zeros.masked_fill(torch.ones(shape[-2:], dtype=torch.bool).triu(1), float("-inf")))
         for reference in references:
             try:
