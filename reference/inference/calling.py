@@ -36,7 +36,7 @@ from reference.inference.convention import Convention
 from reference.inference.copying import copy_model
 from reference.inference.mask_probe import keeps_batch_apart
 from reference.inference.outputs import read_outputs
-from reference.inference.streams import Forms, resolve
+from reference.inference.streams import Forms, measure_forms, resolve
 from reference.targets.contract import NotSupportedError
 
 __all__ = ["OUTPUT_LIKE", "CallError", "Convention", "infer_calling", "read_outputs"]
@@ -235,7 +235,7 @@ def _with_masks(conv: Convention, model: nn.Module, sample: Mapping[str, Tensor]
     if not conv.keep_mask and mask_params:
         key = (conv.inputs, conv.batch_first, tuple(sorted(conv.neutral.items())))  # masks follow the inputs' layout
         found = cache[key] if cache is not None and key in cache else \
-            defaults.measured(conv, probe_model, inputs, mask_params, heads)
+            defaults.measured(conv, probe_model, inputs, mask_params, heads, measure_forms)
         if cache is not None:
             cache[key] = found
         if found is None:

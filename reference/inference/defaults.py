@@ -25,12 +25,14 @@ NEUTRAL_TRIES = 8  # neutral masks that let keys through, measured in turn until
 
 
 def measured(conv: Convention, probe_model: Callable[[], nn.Module], inputs: Mapping[str, Tensor],
-              mask_params: list[str], heads: int) -> tuple[Forms, required.Neutral] | None:
+              mask_params: list[str], heads: int,
+              measure: Callable[..., Forms] = measure_forms) -> tuple[Forms, required.Neutral] | None:
     """(each mask parameter's measured form, the neutral masks for the required ones, each in its measured
     form); None when no neutral mask lets keys through (``mixes``) with its parameter measured as a mask: the
     parameter is not one (positions, say) and the call cannot be made. A neutral mask measured exactly is kept
     (``Probe.leak`` also asks that blocking nothing leaves the output as with the neutral mask); else the first
-    measured at all, as the closest form (the masking may be buggy); up to NEUTRAL_TRIES are measured."""
+    measured at all, as the closest form (the masking may be buggy); up to NEUTRAL_TRIES are measured, each by
+    ``measure`` (streams.measure_forms)."""
     def measured(neutral: required.Neutral) -> Forms | None:
         trial = replace(conv, neutral=neutral)
 
@@ -39,7 +41,7 @@ def measured(conv: Convention, probe_model: Callable[[], nn.Module], inputs: Map
 
         if neutral and not mixes(run, inputs, neutral, shape):
             return None
-        return measure_forms(conv.level, run, inputs, mask_params, heads, self_stream=conv.self_attention_only)
+        return measure(conv.level, run, inputs, mask_params, heads, self_stream=conv.self_attention_only)
 
     if not conv.neutral:
         return measured({}) or {}, {}
