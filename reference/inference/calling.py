@@ -249,6 +249,11 @@ def _with_masks(conv: Convention, model: nn.Module, sample: Mapping[str, Tensor]
         always_causal = True
         conv = replace(conv, causal_default=True)
     conv = replace(conv, masks=masks, forms=forms, merge_padding=merge, always_causal=always_causal)
+    param = masks.get("attn_mask")
+    if conv.level == "attention" and param in forms and param not in conv.neutral and \
+            defaults.causal_by_default(conv, probe_model(), {"query": inputs["query"]}, heads):
+        cols = "query" if conv.self_attention_only else "key"  # unmasked, it is not: its mask blocking nothing
+        conv = replace(conv, causal_default=True, neutral={**conv.neutral, param: ("query", cols, forms[param][1])})
     by_name = {k: p for k, p in masks.items() if p not in forms and "padding" not in k
                and (conv.level != "attention" or p == "attn_mask")}  # merged or renamed: written (N, 1|H, L, S)
     if conv.keep_mask or not by_name or conv.batch_first is None:
@@ -282,10 +287,13 @@ def _notes(conv: Convention, layouts: list[bool], batched: bool, measured: bool)
     if conv.merge_padding:
         notes.append(f"key_padding_mask merged into {conv.masks['attn_mask']} as one (N, 1|H, L, S) mask")
     if conv.neutral:
-        notes.append(required.describe(conv.neutral))
+        causal = conv.level == "attention" and conv.causal_default
+        notes.append(("it attends causally when given no mask (measured): " if causal else "") +
+                     required.describe(conv.neutral).replace(" is required:", ":" if causal else " is required:"))
     if conv.always_causal:
         notes.append("it attends causally when given no mask (measured), and no probe showed what its mask "
-                     "takes: called with none (the level's causal mask is its behaviour)" if conv.causal_default
+                     "takes: called with none (the level's causal mask is its behaviour)"
+                     if conv.causal_default and conv.level == "decoder_only"
                      else "it takes no mask: assumed always causal (the level's causal mask is not passed)")
     layout = "batch-first" if layouts[0] else "sequence-first"
     if measured:

@@ -19,7 +19,7 @@ import reference.inference.binding as binding
 import reference.inference.required as required
 from reference.inference.convention import Convention
 from reference.inference.mask_probe import Probe
-from reference.inference.streams import STREAMS, Forms, measure_forms
+from reference.inference.streams import SELF_ATTENTION, STREAMS, Forms, measure_forms
 
 NEUTRAL_TRIES = 8  # neutral masks that let keys through, measured in turn until one is measured exactly
 
@@ -69,12 +69,14 @@ def measured(conv: Convention, probe_model: Callable[[], nn.Module], inputs: Map
 
 
 def causal_by_default(conv: Convention, probe_model: nn.Module, inputs: Mapping[str, Tensor], heads: int) -> bool:
-    """Whether the target, called with no mask, attends causally on its own input (Probe.causal_by_default)."""
+    """Whether the target, called with no mask, attends causally on its own input (Probe.causal_by_default);
+    an attention is given its queries as keys and values (``inputs``: the query only)."""
     def run(given: Mapping[str, Tensor], raw: Mapping[str, Tensor]) -> Tensor:
         return conv.invoke(probe_model, given, raw, batch_first=True)["output"]
 
     try:
-        return Probe(run, inputs, heads).causal_by_default(STREAMS[conv.level][0][0])
+        stream = SELF_ATTENTION if conv.level == "attention" else STREAMS[conv.level][0][0]
+        return Probe(run, inputs, heads).causal_by_default(stream)
     except Exception:  # it does not run without a mask: not causal by default
         return False
 

@@ -82,12 +82,12 @@ class Probe:
         return self._causal[stream.name]
 
     def _blocks_nothing(self, param: str, stream: Stream, form: MaskForm, shape: torch.Size) -> bool:
-        """Whether ``form`` blocking nothing gives the output with no mask; on a stream of the queries' own input,
-        or ``form`` blocking the future does: the target is causal when given no mask, and a mask given
-        replaces that (whatever its code does elsewhere: a bug that moves rows would hide the causality)."""
+        """Whether ``form`` blocking nothing gives the output with no mask, or ``form`` blocking the future (key
+        j > query i) does: the target is causal when given no mask, and a mask given replaces that (whatever its
+        code does elsewhere: a bug that moves rows would hide the causality from a perturbation)."""
         zeros = torch.zeros(shape, dtype=torch.float64)
         references = [zeros]
-        if stream.self_stream and shape[-1] == shape[-2]:
+        if shape[-2] > 1:
             references.append(zeros.masked_fill(torch.ones(shape[-2:], dtype=torch.bool).triu(1), float("-inf")))
         for reference in references:
             try:

@@ -93,6 +93,15 @@ def test_a_gpt_causal_when_given_no_mask_has_its_mask_measured_against_that() ->
     assert error("decoder_only", GPT, inference, model) < 1e-10
 
 
+def test_an_attention_causal_when_given_no_mask_is_given_one_blocking_nothing_when_the_case_has_none() -> None:
+    inference, model = infer_on("attention", CROSS.replace(bias=True), T.TrilUnlessMaskedAttention)
+    conv = inference.convention
+    assert conv.causal_default and "scores_mask" in conv.neutral, conv.describe()
+    assert "it attends causally when given no mask (measured)" in conv.describe()
+    for case in (CROSS.replace(bias=True), CROSS.replace(bias=True, attn_mask="random_inf", key_padding_mask="bool")):
+        assert error("attention", case, inference, model) < 1e-10
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("obj", "lvl", "code"), [
     ("CausalUnlessToldGPT", "decoder_only", 0), ("CausalUnlessToldGPTBug", "decoder_only", 1),

@@ -11,6 +11,8 @@ the code reads unconditionally, and an optional tensor keyword it ignores. Each 
 - ``CausalUnlessToldGPT``: a pre-norm GPT stack whose attention is causal when no mask is given (SDPA's
   ``is_causal``) and takes ``mask``, an (N, L, S) bool keep-mask, instead. Twin: heads merged
   without moving them next to the width.
+- ``TrilUnlessMaskedAttention``: an attention (keys and values from ``ctx``) whose scores are masked
+  lower-triangular when no ``scores_mask`` (additive, (N, 1, L, S)) is given.
 """
 
 from __future__ import annotations
@@ -141,3 +143,29 @@ class CausalUnlessToldGPT(nn.Module):
 
 class CausalUnlessToldGPTBug(CausalUnlessToldGPT):
     block = _VisibleBlockBug
+
+
+class TrilUnlessMaskedAttention(nn.Module):
+    """``forward(inp, ctx, scores_mask=None)``: an additive (N, 1, L, S) mask added to the scores; without one,
+    the scores are masked lower-triangular (causal)."""
+
+    def __init__(self, embed_dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.in_proj = nn.Parameter(torch.randn(3 * embed_dim, embed_dim) / embed_dim)
+        self.in_bias = nn.Parameter(torch.zeros(3 * embed_dim))
+        self.out_proj = nn.Linear(embed_dim, embed_dim)
+
+    def forward(self, inp: Tensor, ctx: Tensor, scores_mask: Tensor | None = None) -> Tensor:
+        n, t, e = inp.shape
+        wq, wk, wv = self.in_proj.chunk(3)
+        bq, bk, bv = self.in_bias.chunk(3)
+        q, k, v = (F.linear(x, w, b).view(n, x.shape[1], self.num_heads, -1).transpose(1, 2)
+                   for x, w, b in ((inp, wq, bq), (ctx, wk, bk), (ctx, wv, bv)))
+        scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+        if scores_mask is None:
+            tril = torch.ones(t, k.shape[2], dtype=torch.bool, device=inp.device).tril()
+            scores = scores.masked_fill(~tril, float("-inf"))
+        else:
+            scores = scores + scores_mask
+        return self.out_proj((scores.softmax(-1) @ v).transpose(1, 2).reshape(n, t, e))
