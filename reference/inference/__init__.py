@@ -12,7 +12,8 @@
 - ``calling``    how to call it: ``binding`` (inputs to ``forward``'s parameters), ``convention`` (the call),
                  ``mask_probe`` and ``streams`` (each mask parameter's form and meaning, by measurement),
                  ``byname`` (what a mask paired by name takes), ``masks`` (writing the level's masks in that
-                 form), ``outputs`` (reading the result);
+                 form), ``outputs`` (reading the result), ``required`` and ``defaults`` (a required mask's
+                 neutral value; causality when given no mask);
 - ``weightmap``  which built-in tensor each parameter holds, verified by running: ``record`` traces a forward
                  pass, ``slots`` lists what can be filled, ``layouts`` the packed q/k/v row orders, ``maps``
                  holds and moves the map;

@@ -4,7 +4,8 @@ The level names its inputs (query/key/value, src, tgt/memory, x, input). A targe
 those that are not masks or flags: ``pairings`` pairs the level's inputs with them, by name where the
 signature says (the name itself, or a usual spelling of it), the rest by position; parameters with a
 default are paired by name only (``forward(x, layer_past=None)`` takes one input), and, as a second
-candidate, by position too. Which candidate is right, when the shapes allow several, the values decide
+candidate, by position too; last, each candidate less the optional parameters at its end (an optional position
+tensor is not the values). Which candidate is right, when the shapes allow several, the values decide
 (reference/inference/auto.py). ``arguments`` builds the call: positional-only parameters by position, the rest
 by keyword (so keyword-only parameters and inputs after a mask parameter are given by name), and a required
 parameter the call gives nothing (a mask without a default, when the case has no mask) gets ``None``.
@@ -117,7 +118,22 @@ def pairings(level_inputs: list[str], params: tuple[Param, ...], varargs: bool) 
             permuted = tuple(zip(order, chosen, strict=True))
             if permuted not in out:
                 out.append(permuted)
-    return out
+    return out + [short for short in _without_optional(out, params) if short not in out]
+
+
+def _without_optional(candidates: list[Pairs], params: tuple[Param, ...]) -> list[Pairs]:
+    """Each candidate less the optional parameters at its end (two inputs at least): an optional tensor left to
+    its default (``forward(x, y=None, *, input_pos=None)``: keys and values from one input)."""
+    optional = {p.name for p in params if not p.required}
+    return list(dict.fromkeys(pairs[:k] for pairs in candidates for k in range(len(pairs) - 1, 1, -1)
+                              if all(t in optional for _, t in pairs[k:])))
+
+
+def fewer(pairs: Pairs, params: tuple[Param, ...]) -> list[Pairs]:
+    """``pairs`` binding fewer inputs, the longest first, where every parameter left out is required: a level
+    input too many (a key for an attention that takes one input and a mask no name says is one)."""
+    required = {p.name for p in params if p.required}
+    return [pairs[:k] for k in range(len(pairs) - 1, 0, -1) if all(t in required for _, t in pairs[k:])]
 
 
 def arguments(params: tuple[Param, ...], values: Mapping[str, Any]) -> tuple[list[Any], dict[str, Any]]:

@@ -18,6 +18,8 @@ import reference.inference.binding as binding
 from reference.inference.binding import FLAGS, Pairs, Param
 from reference.inference.masks import MaskForm, encode, is_causal_mask, keep, logical, merged, same
 from reference.inference.outputs import read_outputs
+from reference.inference.required import Neutral
+from reference.inference.required import write as write_neutral
 from reference.inference.streams import Forms, queries_of
 from reference.targets.contract import NotSupportedError
 
@@ -36,6 +38,7 @@ class Convention:
     self_attention_only: bool = False
     key_is_value: bool = False  # two inputs: (query, context), keys and values from the one context
     always_causal: bool = False  # the target takes no mask: the level's causal mask is its behaviour
+    causal_default: bool = False  # measured causal when given no mask, its mask not measured: called with none
     unbatched: bool | None = None  # whether the target takes unbatched input; None: not tried
     returns_weights: bool | None = None
     alternatives: tuple[bool | None, ...] = ()  # layouts that the shapes did not rule out
@@ -44,6 +47,7 @@ class Convention:
     forms: Forms = field(default_factory=dict)  # measured: how each mask parameter is written
     bindings: tuple[tuple[Pairs, tuple[bool, ...]], ...] = ()  # other pairings that run, with their layouts
     one_mask_only: tuple[str, ...] = ()  # by name, measured to take no per-head masks (reference/inference/byname.py)
+    neutral: Neutral = field(default_factory=dict)  # required masks: all-keep where the case has none (required.py)
 
     def describe(self) -> str:
         return "; ".join(self.assumptions)
@@ -64,6 +68,7 @@ class Convention:
             if value is not None:
                 values[param] = value.transpose(0, 1) if flip else value
         values.update(target_kwargs)
+        values.update(write_neutral(self.neutral, given, batch_first, skip=values))
         args, kwargs = binding.arguments(self.params, values)
         out = read_outputs(model(*args, **kwargs))
         if flip and out["output"].dim() == 3:

@@ -68,6 +68,35 @@ class Probe:
             self.base = run(self.inputs, {})
         self.scale = 1.0 + float(self.base.abs().max())
         self._moved: dict[tuple[str, tuple[int, ...]], Tensor] = {}
+        self._causal: dict[str, bool] = {}
+
+    def causal_by_default(self, stream: Stream) -> bool:
+        """Whether the target, given no mask, attends causally on ``stream`` (its own input): perturbing the
+        last position moves that row only, and perturbing the first moves the rows after it."""
+        if stream.name not in self._causal:
+            L = self.inputs[stream.query].shape[1]
+            last = self._moves_unmasked(stream, [L - 1] * self.base.shape[0])
+            first = self._moves_unmasked(stream, [0] * self.base.shape[0])
+            self._causal[stream.name] = stream.self_stream and L > 1 and bool((last[:, :-1] <= UNMOVED).all()) \
+                and bool((last[:, -1] > MOVED).all()) and bool((first[:, 1:] > MOVED).all())
+        return self._causal[stream.name]
+
+    def _blocks_nothing(self, param: str, stream: Stream, form: MaskForm, shape: torch.Size) -> bool:
+        """Whether ``form`` blocking nothing gives the output with no mask, or ``form`` blocking the future (key
+        j > query i) does: the target is causal when given no mask, and a mask given replaces that (whatever its
+        code does elsewhere: a bug that moves rows would hide the causality from a perturbation)."""
+        zeros = torch.zeros(shape, dtype=torch.float64)
+        references = [zeros]
+        if shape[-2] > 1:
+            references.append(zeros.masked_fill(torch.ones(shape[-2:], dtype=torch.bool).triu(1), float("-inf")))
+        for reference in references:
+            try:
+                out = self.run(self.inputs, {param: encode(form, reference, param)})
+            except Exception:
+                continue
+            if out.shape == self.base.shape and self._rows(out, self.base).max() <= UNMOVED:
+                return True
+        return False
 
     def _perturbed(self, stream: Stream, positions: Sequence[int]) -> dict[str, Tensor]:
         out = dict(self.inputs)
@@ -100,8 +129,7 @@ class Probe:
         mask = torch.zeros(full.shape, dtype=torch.float64).masked_fill(full, float("-inf"))
         try:
             with torch.no_grad():
-                nothing = self.run(self.inputs, {param: encode(form, torch.zeros_like(mask), param)})
-                if nothing.shape != self.base.shape or self._rows(nothing, self.base).max() > UNMOVED:
+                if not self._blocks_nothing(param, stream, form, mask.shape):
                     return None
                 written = encode(form, mask, param)
                 y0 = self.run(self.inputs, {param: written})
