@@ -24,13 +24,16 @@ from typing import Any, cast
 from torch import nn
 
 import reference.inference.configs as configs
+import reference.inference.parts as parts
 import reference.inference.sizes as fixed_sizes
 import reference.inference.source as source
 import reference.inference.stacks as stacks
+from reference.builtin.config import Config
 from reference.inference.configs import AliasNamespace, FieldNotSetError
 from reference.inference.roles import (
     ALIASES,
     MAX_LENGTH,
+    SIZES,
     WHOLE_LEVEL,
     ConstructionError,
     aliases,
@@ -57,13 +60,15 @@ class Plan:
     not_taken: dict[str, Any] = field(default_factory=dict)  # option -> value the constructor cannot be given
     trials: dict[str, Any] = field(default_factory=dict)  # parameter or field -> trial value given by its role
     positional: tuple[str, ...] = ()  # positional-only parameters, passed in this order
+    parts: dict[str, str] = field(default_factory=dict)  # parameter -> the sub-module built for it
 
     def describe(self) -> str:
         taken = ", ".join(f"{k} as {v}" if k != v else k for k, v in self.taken.items()) or "nothing"
         missing = ", ".join(f"{k}={v!r}" for k, v in self.not_taken.items()) or "nothing"
         trials = ("; trial values by role (sizes are read from the built model): "
                   + ", ".join(f"{k}={v!r}" for k, v in self.trials.items())) if self.trials else ""
-        return f"constructed ({self.kind}) taking {taken}; not taken: {missing}{trials}"
+        built = ("; sub-modules: " + ", ".join(f"{k}: {v}" for k, v in self.parts.items())) if self.parts else ""
+        return f"constructed ({self.kind}) taking {taken}; not taken: {missing}{trials}{built}"
 
 
 @dataclass
@@ -122,6 +127,11 @@ def plan(obj: Any, options: Mapping[str, Any], level: str) -> Plan:
     through: dict[str, str] = {}
     if stacks.layer_parameter(params, level) is not None:  # Encoder(encoder_layer, num_layers, norm): the layer first
         given, through = stacks.stack_arguments(obj, params, opts, level, build, ConstructionError)
+    shown: dict[str, str] = {}
+    wanted_parts = parts.wanted(obj, level, set(given))
+    if wanted_parts:  # Layer(d_model, self_attn, feed_forward): modules of the user's own classes
+        values, part_taken, shown = parts.arguments(obj, wanted_parts, opts, level, build)
+        given, through = {**given, **values}, {**part_taken, **through}
     scope = source.scope_of(obj)
     reads = source.config_reads(cast(Any, obj))
     names: dict[str, tuple[Any, Any, bool]] = {}
@@ -139,7 +149,7 @@ def plan(obj: Any, options: Mapping[str, Any], level: str) -> Plan:
         for name, info in source.passed_down(cast(Any, obj)).items():
             if option_of(name) not in WHOLE_LEVEL or info[2]:  # one sub-module's bias is not the level's
                 names.setdefault(name, info)
-    filled = options_for(names, opts, level)
+    filled = options_for(names, opts, level, source.flag_parameters(cast(Any, obj)))
     if filled.missing:
         raise ConstructionError(_missing(obj, filled.missing, names, opts, level))
     values = {**given, **filled.values}
@@ -153,7 +163,7 @@ def plan(obj: Any, options: Mapping[str, Any], level: str) -> Plan:
     positional = tuple(p.name for p in params if p.kind is p.POSITIONAL_ONLY)
     return Plan(kind="config" if wanted_configs else "class", kwargs=values, config=first, taken=taken,
                 not_taken=_not_taken(opts, taken), trials=trials,
-                positional=positional)
+                positional=positional, parts=shown)
 
 
 def _built_already(obj: Any, opts: dict[str, Any]) -> Plan:
@@ -230,7 +240,8 @@ def _construct(cls: Any, how: Plan, opts: dict[str, Any], level: str, tries: int
     args = [how.kwargs[n] for n in how.positional]
     kwargs = {k: v for k, v in how.kwargs.items() if k not in how.positional}
     try:
-        model = cls(*args, **kwargs)
+        with configs.recording(how.config) as read:
+            model = cls(*args, **kwargs)
     except FieldNotSetError as exc:  # measured: the field it asked for; the user's class that has it, if any
         spaces = {n: v for n, v in how.kwargs.items() if isinstance(v, AliasNamespace)}
         for name, space in spaces.items():
@@ -250,6 +261,11 @@ def _construct(cls: Any, how: Plan, opts: dict[str, Any], level: str, tries: int
     except NotImplementedError:
         raise
     except Exception as exc:
+        declined = _declined(cls, how, opts)
+        if declined:
+            shown = ", ".join(f"{k}={_shown(v)} (it constructs with {_shown(was)})" for k, (v, was) in declined.items())
+            raise DeclinedError(f"the constructor of {_name(cls)} declines {shown}: it raised {type(exc).__name__}: "
+                                f"{exc}") from exc
         if not how.trials:
             raise
         raise ConstructionError(
@@ -257,13 +273,52 @@ def _construct(cls: Any, how: Plan, opts: dict[str, Any], level: str, tries: int
             f"cannot name ({', '.join(f'{k}={v!r}' for k, v in how.trials.items())}), it raised "
             f"{type(exc).__name__}: {exc}. Give those parameters defaults, or pass a zero-argument factory "
             f"(functools.partial({_name(cls)}, ...)) or an instance") from exc
+    if read is not None:  # a config field counts as taken only when something read it (a Block that never
+        # reads n_layer is one layer whatever the config says): what it did not read is measured from the model
+        unread = {o for o, n in how.taken.items() if n not in how.kwargs and "." not in n and n not in read
+                  and hasattr(how.config, n)}
+        taken = {o: n for o, n in how.taken.items() if o not in unread}
+        how = dataclasses.replace(how, taken=taken, not_taken=_not_taken(opts, taken))
     used = [v for v in how.kwargs.values() if isinstance(v, AliasNamespace)]
     if used:  # what the constructor read from its namespace is what it took
-        read = {o: n for space in used for o, n in space._read.items()}
+        asked = {o: n for space in used for o, n in space._read.items()}
         trials = {n: v for space in used for n, v in space._trials.items()}
-        taken = {**how.taken, **read}
+        taken = {**how.taken, **asked}
         how = dataclasses.replace(how, taken=taken, not_taken=_not_taken(opts, taken), trials={**how.trials, **trials})
     return model, how
+
+
+class DeclinedError(NotImplementedError):
+    """A constructor raised for a value of an option it takes, and constructs with the built-in's default value of
+    it: that value is one it does not support (an activation taken by name only), not a failure."""
+
+
+def _declined(cls: Any, how: Plan, opts: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """The option (not a size) the constructor takes whose value it rejects, measured: it constructs with the
+    built-in's default value of that option instead, all else the same. {option: (value, default)}, or {}."""
+    defaults = canonical_options(Config().kwargs(), "transformer")
+    for option, name in how.taken.items():
+        if option in SIZES or option not in defaults or name not in how.kwargs or _same(opts.get(option),
+                                                                                        defaults[option]):
+            continue
+        kwargs = {**how.kwargs, name: defaults[option]}
+        try:
+            cls(*[kwargs[n] for n in how.positional], **{k: v for k, v in kwargs.items() if k not in how.positional})
+        except Exception:
+            continue
+        return {option: (opts.get(option), defaults[option])}
+    return {}
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:
+        return a is b
+
+
+def _shown(value: Any) -> str:
+    return getattr(value, "__name__", None) or repr(value)
 
 
 def sizes_from_model(model: nn.Module) -> dict[str, int]:
