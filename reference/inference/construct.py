@@ -149,7 +149,7 @@ def plan(obj: Any, options: Mapping[str, Any], level: str) -> Plan:
         for name, info in source.passed_down(cast(Any, obj)).items():
             if option_of(name) not in WHOLE_LEVEL or info[2]:  # one sub-module's bias is not the level's
                 names.setdefault(name, info)
-    filled = options_for(names, opts, level, source.flag_parameters(cast(Any, obj)))
+    filled = options_for(names, opts, level, source.flag_parameters(cast(Any, obj)), frozenset(through))
     if filled.missing:
         raise ConstructionError(_missing(obj, filled.missing, names, opts, level))
     values = {**given, **filled.values}

@@ -197,10 +197,11 @@ class Filled:
 
 
 def options_for(names: Mapping[str, tuple[Any, Any, bool]], options: Mapping[str, Any], level: str,
-                flags: frozenset[str] = frozenset()) -> Filled:
+                flags: frozenset[str] = frozenset(), given: frozenset[str] = frozenset()) -> Filled:
     """Values for ``names`` ({name: (annotation, default, required)}) from the level's canonical ``options``;
     required names no option spells get trial values by role (``missing`` when none fits); ``flags``: names the
-    constructor's source uses as flags."""
+    constructor's source uses as flags; ``given``: options already taken another way (by a sub-module built
+    for it), which no trial value stands for."""
     wanted = dict(options)
     if level == "transformer" and "num_layers" not in wanted:  # one layer count for both stacks, when equal
         counts = {wanted.get("num_encoder_layers"), wanted.get("num_decoder_layers")} - {None}
@@ -212,7 +213,7 @@ def options_for(names: Mapping[str, tuple[Any, Any, bool]], options: Mapping[str
             taken.setdefault(k, taken["num_layers"])
         del taken["num_layers"]
     headless = {k: v for k, v in wanted.items() if k != "nhead"} if level in HEADLESS else wanted
-    trials, missing = _by_role(names, values, taken, headless, flags)
+    trials, missing = _by_role(names, values, taken, headless, flags, given)
     return Filled(values, taken, trials, missing)
 
 
@@ -239,13 +240,14 @@ def _by_name(names: Mapping[str, tuple[Any, Any, bool]], wanted: Mapping[str, An
 
 
 def _by_role(names: Mapping[str, tuple[Any, Any, bool]], values: dict[str, Any], taken: dict[str, str],
-             wanted: Mapping[str, Any], flags: frozenset[str] = frozenset()) -> tuple[dict[str, Any], list[str]]:
+             wanted: Mapping[str, Any], flags: frozenset[str] = frozenset(),
+             given: frozenset[str] = frozenset()) -> tuple[dict[str, Any], list[str]]:
     """(trials, missing): required parameters no option spells, given a value by their role (into ``values``);
     ``flags``: names the source uses as flags (tested for truth)."""
     trials: dict[str, Any] = {}
     missing: list[str] = []
-    pools = {"size": [s for s in WIDTHS if s in wanted and s not in taken],
-             "count": [s for s in COUNTS if s in wanted and s not in taken]}
+    pools = {"size": [s for s in WIDTHS if s in wanted and s not in taken and s not in given],
+             "count": [s for s in COUNTS if s in wanted and s not in taken and s not in given]}
     for name, (annotation, default, required) in names.items():
         if not required or name in values:
             continue
