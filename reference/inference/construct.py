@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -268,9 +269,13 @@ def _construct(cls: Any, how: Plan, opts: dict[str, Any], level: str, tries: int
                                 f"{exc}") from exc
         if not how.trials:
             raise
+        retried = _reassigned(cls, how, opts, level) if tries else None
+        if retried is not None:
+            return retried
         raise ConstructionError(
             f"cannot construct {_name(cls)} for level {level!r}: given trial values by role for what the level "
-            f"cannot name ({', '.join(f'{k}={v!r}' for k, v in how.trials.items())}), it raised "
+            f"cannot name ({', '.join(f'{k}={v!r}' for k, v in how.trials.items())}, then the level's other sizes "
+            f"in their place), it raised "
             f"{type(exc).__name__}: {exc}. Give those parameters defaults, or pass a zero-argument factory "
             f"(functools.partial({_name(cls)}, ...)) or an instance") from exc
     if read is not None:  # a config field counts as taken only when something read it (a Block that never
@@ -286,6 +291,23 @@ def _construct(cls: Any, how: Plan, opts: dict[str, Any], level: str, tries: int
         taken = {**how.taken, **asked}
         how = dataclasses.replace(how, taken=taken, not_taken=_not_taken(opts, taken), trials={**how.trials, **trials})
     return model, how
+
+
+def _reassigned(cls: Any, how: Plan, opts: dict[str, Any], level: str) -> tuple[Any, Plan] | None:
+    """Built with the level's sizes assigned otherwise to the integer trial parameters (a width read as a count),
+    the first assignment that constructs; None when none does."""
+    names = [n for n, v in how.trials.items() if type(v) is int and n in how.kwargs][:3]
+    pool = sorted({v for k, v in opts.items() if k in SIZES and type(v) is int})
+    for combo in itertools.product(pool, repeat=len(names)):
+        values = dict(zip(names, combo, strict=True))
+        if all(how.kwargs[n] == v for n, v in values.items()):
+            continue
+        retry = dataclasses.replace(how, kwargs={**how.kwargs, **values}, trials={**how.trials, **values})
+        try:
+            return _construct(cls, retry, opts, level, 0)
+        except Exception:
+            continue
+    return None
 
 
 class DeclinedError(NotImplementedError):

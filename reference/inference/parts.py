@@ -92,17 +92,33 @@ def measured(model: nn.Module, width: int) -> str | None:
 _BUILDING: set[type] = set()  # classes being built for a part now: a part is never built inside itself
 
 
-def _built(candidate: type, options: dict[str, Any], level: str, build: Build) -> tuple[Any, str | None] | None:
+# the sizes a class is measured at: its role does not depend on them, and a drawn width of 1 would hide it (a
+# normed output of one feature is constant)
+MEASURE: dict[str, Any] = {"d_model": 16, "nhead": 2, "dim_feedforward": 32, "dropout": 0.0}
+_ROLES: dict[tuple[type, str], str | None] = {}  # (class, level) -> the part it measured as
+
+
+def _build(candidate: type, options: dict[str, Any], level: str, build: Build) -> Any:
     if candidate in _BUILDING:
         return None
     _BUILDING.add(candidate)
     try:
-        built = build(candidate, options, level)
+        return build(candidate, options, level)
     except Exception:
         return None
     finally:
         _BUILDING.discard(candidate)
-    return built, measured(built.model, options["d_model"]) if "d_model" in options else None
+
+
+def _role(candidate: type, options: dict[str, Any], level: str, build: Build) -> str | None:
+    """The part ``candidate`` plays, measured once (at MEASURE's sizes); "none" when it does not build."""
+    key = (candidate, level)
+    if key not in _ROLES:
+        built = _build(candidate, {**options, **MEASURE}, level, build)
+        if built is None:
+            return "none"  # not kept: it may build once its own parts can be
+        _ROLES[key] = measured(built.model, MEASURE["d_model"])
+    return _ROLES[key]
 
 
 def arguments(cls: Any, parts: dict[str, str], options: dict[str, Any], level: str,
@@ -122,17 +138,17 @@ def _arguments(cls: Any, parts: dict[str, str], options: dict[str, Any], level: 
     sub_level = STACK_LAYER.get(level, level)
     sub_options = {k: v for k, v in options.items() if k not in ("num_layers", "num_encoder_layers",
                                                                    "num_decoder_layers", "final_norm")}
-    built = {c: _built(c, sub_options, sub_level, build) for c in classes_of(cls)}
+    roles = {c: _role(c, sub_options, sub_level, build) for c in classes_of(cls)}
     values: dict[str, Any] = {}
     taken: dict[str, str] = {}
     shown: dict[str, str] = {}
     for name, part in parts.items():
         role = "layer" if part == "layers" else part
-        fits = [(c, b) for c, b in built.items() if b is not None and b[1] == role] or \
-            [(c, b) for c, b in built.items() if b is not None and b[1] is None]
-        if not fits:
+        fits = [c for c, r in roles.items() if r == role] + [c for c, r in roles.items() if r is None]
+        done = next((b for c in fits if (b := _build(c, sub_options, sub_level, build)) is not None), None)
+        if done is None:
             continue
-        found, (done, _) = fits[0]
+        found = type(done.model)
         module = copy.deepcopy(done.model)
         if part == "layers":
             count = options.get("num_layers", 1)

@@ -5,6 +5,7 @@ tests/targets/ctor_role_targets.py; the correct targets pass a check, the one-bu
 from __future__ import annotations
 
 import pytest
+from torch import nn
 
 import reference.inference.sizes as fixed_sizes
 import reference.inference.source as source
@@ -89,3 +90,16 @@ def test_the_inverted_flag_fails() -> None:
     report = api.check("tests.targets.ctor_role_targets:GateBug", level="encoder_layer", profile="ci", device="cpu",
                        pytest_args=("-k", "float64"))
     assert not report.passed and report.failures, report
+
+
+def test_when_trial_values_fail_other_assignments_of_the_sizes_are_tried() -> None:
+    class Slots(nn.Module):  # its count must be at least its width: not the first guess
+        def __init__(self, across, n_slots) -> None:  # type: ignore[no-untyped-def]
+            super().__init__()
+            if n_slots < across:
+                raise ValueError("n_slots must be at least across")
+            self.proj = nn.Linear(across, n_slots)
+
+    built = build(Slots, options("encoder_layer", d_model=8, nhead=2, dim_feedforward=16), "encoder_layer")
+    assert built.plan.trials["n_slots"] >= built.plan.trials["across"]
+    assert "n_slots=" in built.plan.describe()
