@@ -64,7 +64,8 @@ def _output(model: nn.Module, x: Tensor) -> Tensor | None:
 def measured(model: nn.Module, width: int) -> str | None:
     """What a module is, measured on a (2, 5, width) input: "attention" (an output row moves when another
     position's input does, in either layout), "feed_forward" (none does), "layer" (mixes, and has a matrix pair
-    of another width than ``width``: a feed-forward inside); None when it cannot be called on one tensor."""
+    of another width than ``width``: a feed-forward inside), "other" (no matrix: a norm); None when it cannot be
+    called on one tensor."""
     training = model.training
     model.eval()
     try:
@@ -82,9 +83,11 @@ def measured(model: nn.Module, width: int) -> str | None:
                 out_two is not None and bool((out_two - base)[1:].abs().max() > 1e-6))
     finally:
         model.train(training)
+    shapes = {tuple(p.shape) for p in model.parameters() if p.dim() == 2}
+    if not shapes:  # no matrix: a norm, a positional table, an activation, not a part of a layer's
+        return "other"
     if not mixes:
         return "feed_forward"
-    shapes = {tuple(p.shape) for p in model.parameters() if p.dim() == 2}
     inner = any(a != width and (b, a) in shapes and b == width for a, b in shapes)
     return "layer" if inner else "attention"
 

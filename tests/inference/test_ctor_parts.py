@@ -30,6 +30,7 @@ def test_the_source_says_which_parameters_are_modules_and_in_what_order_they_run
 def test_each_class_is_measured_as_what_it_is() -> None:
     assert measured(T.EinsumAttention(12, 3), 12) == "attention"
     assert measured(T.TwoMatrix(12, 24), 12) == "feed_forward"
+    assert measured(T.RowNorm(12), 12) == "other"  # position-wise too, but no matrix: not a feed-forward
     assert measured(T.Cell(12, T.TwoMatrix(12, 24), T.EinsumAttention(12, 3)), 12) == "layer"
 
 

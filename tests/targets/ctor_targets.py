@@ -1,7 +1,8 @@
 """Targets whose constructors take their sub-modules as instances (tests/inference/test_ctor_parts.py).
 
 Every nn.Module class in this file is a candidate part for the others (the harness looks in the target's own
-module), so the file holds one family: a sequence-first attention written from einsum, a GELU-free two-matrix
+module), so the file holds one family: a norm (first, and position-wise: never taken for a feed-forward),
+a sequence-first attention written from einsum, a GELU-free two-matrix
 feed-forward, a post-norm ``Cell(width, attend, transform)`` built from them, its one-bug twin, a
 ``Tower(template, count)`` that replicates its template through a helper, and ``Column(width, floors)`` that takes
 its layers as a ModuleList.
@@ -13,6 +14,17 @@ import copy
 
 import torch
 from torch import Tensor, nn
+
+
+class RowNorm(nn.Module):
+    """A norm over the last dimension (position-wise, like a feed-forward, but no part of one: it has no matrix)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.gain = nn.Parameter(torch.ones(width))
+
+    def forward(self, seq: Tensor) -> Tensor:
+        return self.gain * seq / seq.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt()
 
 
 class EinsumAttention(nn.Module):
