@@ -29,8 +29,9 @@ import reference.inference.parts as parts
 import reference.inference.sizes as fixed_sizes
 import reference.inference.source as source
 import reference.inference.stacks as stacks
-from reference.builtin.config import Config
+import reference.inference.uses as uses
 from reference.inference.configs import AliasNamespace, FieldNotSetError
+from reference.inference.declined import DeclinedError, declines, shown_value
 from reference.inference.roles import (
     ALIASES,
     MAX_LENGTH,
@@ -150,7 +151,7 @@ def plan(obj: Any, options: Mapping[str, Any], level: str) -> Plan:
         for name, info in source.passed_down(cast(Any, obj)).items():
             if option_of(name) not in WHOLE_LEVEL or info[2]:  # one sub-module's bias is not the level's
                 names.setdefault(name, info)
-    filled = options_for(names, opts, level, source.flag_parameters(cast(Any, obj)), frozenset(through))
+    filled = options_for(names, opts, level, uses.flag_parameters(cast(Any, obj)), frozenset(through))
     if filled.missing:
         raise ConstructionError(_missing(obj, filled.missing, names, opts, level))
     values = {**given, **filled.values}
@@ -262,9 +263,10 @@ def _construct(cls: Any, how: Plan, opts: dict[str, Any], level: str, tries: int
     except NotImplementedError:
         raise
     except Exception as exc:
-        declined = _declined(cls, how, opts)
+        declined = declines(cls, how.kwargs, how.positional, how.taken, opts)
         if declined:
-            shown = ", ".join(f"{k}={_shown(v)} (it constructs with {_shown(was)})" for k, (v, was) in declined.items())
+            shown = ", ".join(f"{k}={shown_value(v)} (it constructs with {shown_value(was)})"
+                              for k, (v, was) in declined.items())
             raise DeclinedError(f"the constructor of {_name(cls)} declines {shown}: it raised {type(exc).__name__}: "
                                 f"{exc}") from exc
         if not how.trials:
@@ -308,39 +310,6 @@ def _reassigned(cls: Any, how: Plan, opts: dict[str, Any], level: str) -> tuple[
         except Exception:
             continue
     return None
-
-
-class DeclinedError(NotImplementedError):
-    """A constructor raised for a value of an option it takes, and constructs with the built-in's default value of
-    it: that value is one it does not support (an activation taken by name only), not a failure."""
-
-
-def _declined(cls: Any, how: Plan, opts: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """The option (not a size) the constructor takes whose value it rejects, measured: it constructs with the
-    built-in's default value of that option instead, all else the same. {option: (value, default)}, or {}."""
-    defaults = canonical_options(Config().kwargs(), "transformer")
-    for option, name in how.taken.items():
-        if option in SIZES or option not in defaults or name not in how.kwargs or _same(opts.get(option),
-                                                                                        defaults[option]):
-            continue
-        kwargs = {**how.kwargs, name: defaults[option]}
-        try:
-            cls(*[kwargs[n] for n in how.positional], **{k: v for k, v in kwargs.items() if k not in how.positional})
-        except Exception:
-            continue
-        return {option: (opts.get(option), defaults[option])}
-    return {}
-
-
-def _same(a: Any, b: Any) -> bool:
-    try:
-        return bool(a == b)
-    except Exception:
-        return a is b
-
-
-def _shown(value: Any) -> str:
-    return getattr(value, "__name__", None) or repr(value)
 
 
 def sizes_from_model(model: nn.Module) -> dict[str, int]:

@@ -1,7 +1,7 @@
 """Sub-modules a constructor takes as instances: ``Layer(d_model, self_attn, feed_forward, dropout)``,
 ``Encoder(layer, N)``, ``Encoder(d_model, layers: nn.ModuleList)``.
 
-Which parameters want a module is read from the constructor's source (reference/inference/source.py: called,
+Which parameters want a module is read from the constructor's source (reference/inference/uses.py: called,
 deep-copied, or stored as an attribute the class calls or iterates over). What plays each part is decided by
 measurement: every nn.Module class defined in the target's own module is built from the same configuration
 (through its own signature, recursively), and measured: one that mixes positions is an attention, one that keeps
@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-import reference.inference.source as source
+import reference.inference.uses as uses
 from reference.inference.roles import option_of
 
 STACK_LAYER = {"encoder": "encoder_layer", "decoder_only": "encoder_layer", "decoder": "decoder_layer"}
@@ -32,9 +32,9 @@ Build = Callable[[Any, dict[str, Any], str], Any]
 def wanted(cls: Any, level: str, given: set[str]) -> dict[str, str]:
     """The constructor's parameters that take a module, in the order the class uses them -> the part each plays
     ("attention", "feed_forward", "layer" or "layers"), at a layer or a stack level; {} elsewhere."""
-    found = [p for p in source.module_parameters(cls) if p not in given and option_of(p) is None]
+    found = [p for p in uses.module_parameters(cls) if p not in given and option_of(p) is None]
     if level in STACK_LAYER:
-        lists = source.module_list_parameters(cls)
+        lists = uses.module_list_parameters(cls)
         return {p: "layers" if p in lists else "layer" for p in found}
     if level not in ATTENTIONS:
         return {}

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-import reference.inference.source as source
+import reference.inference.uses as uses
 import tests.targets.ctor_targets as T
 from reference import api
 from reference.builtin.config import Config
@@ -20,11 +20,11 @@ def options(level: str, **changes: object) -> dict:
 
 
 def test_the_source_says_which_parameters_are_modules_and_in_what_order_they_run() -> None:
-    assert list(source.module_parameters(T.Cell)) == ["attend", "transform"]  # as forward uses them
+    assert list(uses.module_parameters(T.Cell)) == ["attend", "transform"]  # as forward uses them
     assert wanted(T.Cell, "encoder_layer", set()) == {"attend": "attention", "transform": "feed_forward"}
-    assert list(source.module_parameters(T.Tower)) == ["template"]  # handed to a helper that deep-copies it
+    assert list(uses.module_parameters(T.Tower)) == ["template"]  # handed to a helper that deep-copies it
     assert wanted(T.Column, "encoder", set()) == {"floors": "layers"}  # annotated nn.ModuleList
-    assert source.module_parameters(T.TwoMatrix) == {}
+    assert uses.module_parameters(T.TwoMatrix) == {}
 
 
 def test_each_class_is_measured_as_what_it_is() -> None:

@@ -8,7 +8,7 @@ import pytest
 from torch import nn
 
 import reference.inference.sizes as fixed_sizes
-import reference.inference.source as source
+import reference.inference.uses as uses
 import tests.targets.ctor_role_targets as R
 from reference import api
 from reference.builtin.config import Config
@@ -39,8 +39,8 @@ def test_roles_by_the_words_of_a_name(name: str, role: str) -> None:
 
 
 def test_an_unnamed_width_a_count_a_flag_and_a_ratio_get_values_the_built_in_can_have() -> None:
-    assert source.flag_parameters(R.Gate) == {"masked"}  # tested for truth, as the attribute it is stored in
-    assert source.flag_parameters(R.Squeeze) == set()  # ``inner or width`` picks a value: no flag
+    assert uses.flag_parameters(R.Gate) == {"masked"}  # tested for truth, as the attribute it is stored in
+    assert uses.flag_parameters(R.Squeeze) == set()  # ``inner or width`` picks a value: no flag
     built = build(R.Gate, options("encoder_layer", d_model=18, nhead=3, dim_feedforward=72), "encoder_layer")
     assert built.plan.taken["nhead"] == "number_of_heads" and built.model.attend.num_heads == 3
     assert built.plan.trials == {"span": 18, "masked": False, "widen_ratio": 4}
