@@ -124,6 +124,17 @@ def _role(candidate: type, options: dict[str, Any], level: str, build: Build) ->
     return _ROLES[key]
 
 
+def _takes(candidate: type, arity: int | None) -> bool:
+    """Whether ``candidate``'s forward takes ``arity`` positional inputs (how the target calls the part)."""
+    if arity is None:
+        return True
+    try:
+        inspect.signature(getattr(candidate, "forward")).bind(None, *range(arity))  # noqa: B009
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def arguments(cls: Any, parts: dict[str, str], options: dict[str, Any], level: str,
               build: Build) -> tuple[dict[str, Any], dict[str, str], dict[str, str]]:
     """(value per part parameter, option -> the parameter that took it, parameter -> what was built) for the
@@ -147,7 +158,9 @@ def _arguments(cls: Any, parts: dict[str, str], options: dict[str, Any], level: 
     shown: dict[str, str] = {}
     for name, part in parts.items():
         role = "layer" if part == "layers" else part
-        fits = [c for c, r in roles.items() if r == role] + [c for c, r in roles.items() if r is None]
+        arity = uses.call_arities(cls).get(name)
+        fits = [c for c, r in roles.items() if r == role and _takes(c, arity)] + \
+            [c for c, r in roles.items() if r is None and _takes(c, arity)]
         done = next((b for c in fits if (b := _build(c, sub_options, sub_level, build)) is not None), None)
         if done is None:
             continue

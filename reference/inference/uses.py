@@ -182,3 +182,21 @@ def flag_parameters(cls: Any) -> frozenset[str]:
     stored = _assigned_attrs(tree, params, set())
     found = (names & params) | {p for p, a in stored.items() if a in attrs}
     return frozenset(found | _bool_arguments(tree, params, source.scope_of(cls), cls))
+
+
+@lru_cache(maxsize=256)
+def call_arities(cls: Any) -> dict[str, int]:
+    """Per module parameter stored as an attribute: the most positional arguments the class calls it with
+    (``self.cross(x, memory, mask)``: 3), for a candidate's forward to be checked against."""
+    init = source._init(cls)
+    tree, whole = (source._tree(init) if init is not None else None), source._tree(cls)
+    if init is None or tree is None or whole is None:
+        return {}
+    params = set(module_parameters(cls))
+    attrs = {a: p for p, a in _assigned_attrs(tree, params, set()).items()}
+    found: dict[str, int] = {}
+    for node in ast.walk(whole):
+        attr = _self_attr(node.func) if isinstance(node, ast.Call) else None
+        if attr in attrs and isinstance(node, ast.Call) and not any(isinstance(a, ast.Starred) for a in node.args):
+            found[attrs[attr]] = max(found.get(attrs[attr], 0), len(node.args))
+    return found

@@ -54,7 +54,7 @@ def test_a_stack_gets_copies_of_a_layer_it_is_given_or_a_list_of_them() -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("spec", "level"), [("Cell", "encoder_layer"), ("Tower", "encoder"),
-                                             ("Column", "encoder")])
+                                             ("Column", "encoder"), ("Deck", "decoder_layer")])
 def test_targets_built_from_parts_pass(spec: str, level: str) -> None:
     report = api.check(f"tests.targets.ctor_targets:{spec}", level=level, profile="ci", device="cpu",
                        pytest_args=("-k", "float64"))
@@ -67,3 +67,11 @@ def test_the_one_bug_twin_fails_with_the_divergence_shown() -> None:
                        pytest_args=("-k", "float64"))
     assert not report.passed and report.failures, report
     assert "max abs err" in report.failures[0]["message"] or "differ" in report.failures[0]["message"]
+
+
+def test_a_decoder_layers_attentions_are_told_apart_by_how_it_calls_them() -> None:
+    assert uses.call_arities(T.Deck) == {"own": 1, "other": 2, "transform": 1}
+    built = build(T.Deck, options("decoder_layer", d_model=12, nhead=3, dim_feedforward=24), "decoder_layer")
+    model = built.model
+    assert isinstance(model.own, T.EinsumAttention) and isinstance(model.other, T.CrossEinsum)
+    assert isinstance(model.transform, T.TwoMatrix)

@@ -4,8 +4,9 @@ Every nn.Module class in this file is a candidate part for the others (the harne
 module), so the file holds one family: a norm (first, and position-wise: never taken for a feed-forward),
 a sequence-first attention written from einsum, a GELU-free two-matrix
 feed-forward, a post-norm ``Cell(width, attend, transform)`` built from them, its one-bug twin, a
-``Tower(template, count)`` that replicates its template through a helper, and ``Column(width, floors)`` that takes
-its layers as a ModuleList.
+``Tower(template, count)`` that replicates its template through a helper, ``Column(width, floors)`` that takes
+its layers as a ModuleList, and a decoder layer ``Deck(width, own, other, transform)`` whose two attentions are
+told apart by how it calls them (one input, or a sequence and a memory).
 """
 
 from __future__ import annotations
@@ -106,3 +107,34 @@ class Column(nn.Module):
         for floor in self.floors:
             seq = floor(seq)
         return seq
+
+
+class CrossEinsum(nn.Module):
+    """Multi-head attention of a (L, N, E) sequence over a (S, N, E) memory, from four matrices and einsum."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.query, self.key, self.value, self.mix = (nn.Linear(width, width) for _ in range(4))
+
+    def forward(self, seq: Tensor, memory: Tensor) -> Tensor:
+        (length, batch, width), steps = seq.shape, memory.shape[0]
+        size = width // self.heads
+        q = self.query(seq).reshape(length, batch, self.heads, size)
+        k, v = (f(memory).reshape(steps, batch, self.heads, size) for f in (self.key, self.value))
+        scores = torch.einsum("lnhd,snhd->nhls", q, k) / size ** 0.5
+        return self.mix(torch.einsum("nhls,snhd->lnhd", scores.softmax(-1), v).reshape(length, batch, width))
+
+
+class Deck(nn.Module):
+    """Post-norm decoder layer given its self-attention, its attention over the memory and its feed-forward."""
+
+    def __init__(self, width, own, other, transform) -> None:  # type: ignore[no-untyped-def]
+        super().__init__()
+        self.own, self.other, self.transform = own, other, transform
+        self.norms = nn.ModuleList(nn.LayerNorm(width) for _ in range(3))
+
+    def forward(self, seq: Tensor, memory: Tensor) -> Tensor:
+        seq = self.norms[0](seq + self.own(seq))
+        seq = self.norms[1](seq + self.other(seq, memory))
+        return self.norms[2](seq + self.transform(seq))
