@@ -129,11 +129,8 @@ def plan(obj: Any, options: Mapping[str, Any], level: str) -> Plan:
     through: dict[str, str] = {}
     if stacks.layer_parameter(params, level) is not None:  # Encoder(encoder_layer, num_layers, norm): the layer first
         given, through = stacks.stack_arguments(obj, params, opts, level, build, ConstructionError)
-    shown: dict[str, str] = {}
-    wanted_parts = parts.wanted(obj, level, set(given))
-    if wanted_parts:  # Layer(d_model, self_attn, feed_forward): modules of the user's own classes
-        values, part_taken, shown = parts.arguments(obj, wanted_parts, opts, level, build)
-        given, through = {**given, **values}, {**part_taken, **through}
+    values, part_taken, shown = _parts(obj, level, set(given), opts)
+    given, through = {**given, **values}, {**part_taken, **through}
     scope = source.scope_of(obj)
     reads = source.config_reads(cast(Any, obj))
     names: dict[str, tuple[Any, Any, bool]] = {}
@@ -166,6 +163,25 @@ def plan(obj: Any, options: Mapping[str, Any], level: str) -> Plan:
     return Plan(kind="config" if wanted_configs else "class", kwargs=values, config=first, taken=taken,
                 not_taken=_not_taken(opts, taken), trials=trials,
                 positional=positional, parts=shown)
+
+
+def _parts(obj: Any, level: str, given: set[str], opts: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str],
+                                                                             dict[str, str]]:
+    """Layer(d_model, self_attn, feed_forward): modules of the user's own classes for the parameters its source
+    uses as modules (reference/inference/parts.py); ConstructionError when one has no class to play it."""
+    wanted_parts = parts.wanted(obj, level, given)
+    if not wanted_parts:
+        return {}, {}, {}
+    values, part_taken, shown = parts.arguments(obj, wanted_parts, opts, level, build)
+    unbuilt = {n: p for n, p in wanted_parts.items() if n not in values}
+    if unbuilt:
+        raise ConstructionError(
+            f"cannot construct {_name(obj)} for level {level!r}: its source uses "
+            f"{', '.join(f'{n} (as its {p})' for n, p in unbuilt.items())} as a module, and no nn.Module class "
+            f"in {obj.__module__} builds from the level's configuration, measures as that part and takes the "
+            f"inputs it is called with. Pass a zero-argument factory (functools.partial({_name(obj)}, ...)) or an "
+            "instance")
+    return values, part_taken, shown
 
 
 def _built_already(obj: Any, opts: dict[str, Any]) -> Plan:

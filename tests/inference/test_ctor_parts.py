@@ -5,12 +5,13 @@ classes; the correct targets pass a check and the one-bug twin fails (``slow``).
 from __future__ import annotations
 
 import pytest
+from torch import Tensor, nn
 
 import reference.inference.uses as uses
 import tests.targets.ctor_targets as T
 from reference import api
 from reference.builtin.config import Config
-from reference.inference.construct import build
+from reference.inference.construct import ConstructionError, build
 from reference.inference.parts import measured, wanted
 from reference.levels.registry import LEVELS
 
@@ -75,3 +76,18 @@ def test_a_decoder_layers_attentions_are_told_apart_by_how_it_calls_them() -> No
     model = built.model
     assert isinstance(model.own, T.EinsumAttention) and isinstance(model.other, T.CrossEinsum)
     assert isinstance(model.transform, T.TwoMatrix)
+
+
+def test_a_module_parameter_nothing_can_play_is_one_paragraph_naming_it() -> None:
+    class Lonely(nn.Module):  # defined here: this test module has no attention class of its own
+        def __init__(self, width, mixer) -> None:  # type: ignore[no-untyped-def]
+            super().__init__()
+            self.mixer, self.norm = mixer, nn.LayerNorm(width)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.norm(x + self.mixer(x, x))
+
+    with pytest.raises(ConstructionError) as caught:
+        build(Lonely, options("encoder_layer"), "encoder_layer")
+    text = str(caught.value)
+    assert "\n" not in text and "mixer (as its feed_forward)" in text and "functools.partial(" in text
