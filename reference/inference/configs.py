@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import sys
@@ -194,3 +195,32 @@ def read_options(namespace: AliasNamespace) -> tuple[dict[str, str], dict[str, A
 
 def usual_names(option: str) -> str:
     return "/".join(aliases(option))
+
+
+@contextlib.contextmanager
+def recording(obj: Any) -> Iterator[set[str] | None]:
+    """The attribute names read from the user's config object ``obj`` while the block runs (by anyone: the
+    constructor and every sub-module it builds); None when its class cannot be swapped for a recording subclass
+    (a namespace records itself, a class with slots cannot)."""
+    cls = type(obj)
+    if isinstance(obj, AliasNamespace) or config_class(cls) in (None, dict) or not hasattr(obj, "__dict__"):
+        yield None
+        return
+    read: set[str] = set()
+
+    def __getattribute__(self: Any, name: str) -> Any:  # noqa: N807
+        if not name.startswith("__"):
+            read.add(name)
+        return cls.__getattribute__(self, name)  # type: ignore[call-arg]  # the class's own lookup
+
+    recorder = type(cls.__name__, (cls,), {"__getattribute__": __getattribute__, "__module__": cls.__module__,
+                                           "__qualname__": cls.__qualname__})
+    try:
+        object.__setattr__(obj, "__class__", recorder)
+    except TypeError:
+        yield None
+        return
+    try:
+        yield read
+    finally:
+        object.__setattr__(obj, "__class__", cls)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -24,13 +25,17 @@ from typing import Any, cast
 from torch import nn
 
 import reference.inference.configs as configs
+import reference.inference.parts as parts
 import reference.inference.sizes as fixed_sizes
 import reference.inference.source as source
 import reference.inference.stacks as stacks
+import reference.inference.uses as uses
 from reference.inference.configs import AliasNamespace, FieldNotSetError
+from reference.inference.declined import DeclinedError, declines, shown_value
 from reference.inference.roles import (
     ALIASES,
     MAX_LENGTH,
+    SIZES,
     WHOLE_LEVEL,
     ConstructionError,
     aliases,
@@ -57,13 +62,15 @@ class Plan:
     not_taken: dict[str, Any] = field(default_factory=dict)  # option -> value the constructor cannot be given
     trials: dict[str, Any] = field(default_factory=dict)  # parameter or field -> trial value given by its role
     positional: tuple[str, ...] = ()  # positional-only parameters, passed in this order
+    parts: dict[str, str] = field(default_factory=dict)  # parameter -> the sub-module built for it
 
     def describe(self) -> str:
         taken = ", ".join(f"{k} as {v}" if k != v else k for k, v in self.taken.items()) or "nothing"
         missing = ", ".join(f"{k}={v!r}" for k, v in self.not_taken.items()) or "nothing"
         trials = ("; trial values by role (sizes are read from the built model): "
                   + ", ".join(f"{k}={v!r}" for k, v in self.trials.items())) if self.trials else ""
-        return f"constructed ({self.kind}) taking {taken}; not taken: {missing}{trials}"
+        built = ("; sub-modules: " + ", ".join(f"{k}: {v}" for k, v in self.parts.items())) if self.parts else ""
+        return f"constructed ({self.kind}) taking {taken}; not taken: {missing}{trials}{built}"
 
 
 @dataclass
@@ -122,6 +129,8 @@ def plan(obj: Any, options: Mapping[str, Any], level: str) -> Plan:
     through: dict[str, str] = {}
     if stacks.layer_parameter(params, level) is not None:  # Encoder(encoder_layer, num_layers, norm): the layer first
         given, through = stacks.stack_arguments(obj, params, opts, level, build, ConstructionError)
+    values, part_taken, shown = _parts(obj, level, set(given), opts)
+    given, through = {**given, **values}, {**part_taken, **through}
     scope = source.scope_of(obj)
     reads = source.config_reads(cast(Any, obj))
     names: dict[str, tuple[Any, Any, bool]] = {}
@@ -139,7 +148,7 @@ def plan(obj: Any, options: Mapping[str, Any], level: str) -> Plan:
         for name, info in source.passed_down(cast(Any, obj)).items():
             if option_of(name) not in WHOLE_LEVEL or info[2]:  # one sub-module's bias is not the level's
                 names.setdefault(name, info)
-    filled = options_for(names, opts, level)
+    filled = options_for(names, opts, level, uses.flag_parameters(cast(Any, obj)), frozenset(through))
     if filled.missing:
         raise ConstructionError(_missing(obj, filled.missing, names, opts, level))
     values = {**given, **filled.values}
@@ -153,7 +162,26 @@ def plan(obj: Any, options: Mapping[str, Any], level: str) -> Plan:
     positional = tuple(p.name for p in params if p.kind is p.POSITIONAL_ONLY)
     return Plan(kind="config" if wanted_configs else "class", kwargs=values, config=first, taken=taken,
                 not_taken=_not_taken(opts, taken), trials=trials,
-                positional=positional)
+                positional=positional, parts=shown)
+
+
+def _parts(obj: Any, level: str, given: set[str], opts: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str],
+                                                                             dict[str, str]]:
+    """Layer(d_model, self_attn, feed_forward): modules of the user's own classes for the parameters its source
+    uses as modules (reference/inference/parts.py); ConstructionError when one has no class to play it."""
+    wanted_parts = parts.wanted(obj, level, given)
+    if not wanted_parts:
+        return {}, {}, {}
+    values, part_taken, shown = parts.arguments(obj, wanted_parts, opts, level, build)
+    unbuilt = {n: p for n, p in wanted_parts.items() if n not in values}
+    if unbuilt:
+        raise ConstructionError(
+            f"cannot construct {_name(obj)} for level {level!r}: its source uses "
+            f"{', '.join(f'{n} (as its {p})' for n, p in unbuilt.items())} as a module, and no nn.Module class "
+            f"in {obj.__module__} builds from the level's configuration, measures as that part and takes the "
+            f"inputs it is called with. Pass a zero-argument factory (functools.partial({_name(obj)}, ...)) or an "
+            "instance")
+    return values, part_taken, shown
 
 
 def _built_already(obj: Any, opts: dict[str, Any]) -> Plan:
@@ -230,7 +258,8 @@ def _construct(cls: Any, how: Plan, opts: dict[str, Any], level: str, tries: int
     args = [how.kwargs[n] for n in how.positional]
     kwargs = {k: v for k, v in how.kwargs.items() if k not in how.positional}
     try:
-        model = cls(*args, **kwargs)
+        with configs.recording(how.config) as read:
+            model = cls(*args, **kwargs)
     except FieldNotSetError as exc:  # measured: the field it asked for; the user's class that has it, if any
         spaces = {n: v for n, v in how.kwargs.items() if isinstance(v, AliasNamespace)}
         for name, space in spaces.items():
@@ -250,20 +279,53 @@ def _construct(cls: Any, how: Plan, opts: dict[str, Any], level: str, tries: int
     except NotImplementedError:
         raise
     except Exception as exc:
+        declined = declines(cls, how.kwargs, how.positional, how.taken, opts)
+        if declined:
+            shown = ", ".join(f"{k}={shown_value(v)} (it constructs with {shown_value(was)})"
+                              for k, (v, was) in declined.items())
+            raise DeclinedError(f"the constructor of {_name(cls)} declines {shown}: it raised {type(exc).__name__}: "
+                                f"{exc}") from exc
         if not how.trials:
             raise
+        retried = _reassigned(cls, how, opts, level) if tries else None
+        if retried is not None:
+            return retried
         raise ConstructionError(
             f"cannot construct {_name(cls)} for level {level!r}: given trial values by role for what the level "
-            f"cannot name ({', '.join(f'{k}={v!r}' for k, v in how.trials.items())}), it raised "
+            f"cannot name ({', '.join(f'{k}={v!r}' for k, v in how.trials.items())}, then the level's other sizes "
+            f"in their place), it raised "
             f"{type(exc).__name__}: {exc}. Give those parameters defaults, or pass a zero-argument factory "
             f"(functools.partial({_name(cls)}, ...)) or an instance") from exc
+    if read is not None:  # a config field counts as taken only when something read it (a Block that never
+        # reads n_layer is one layer whatever the config says): what it did not read is measured from the model
+        unread = {o for o, n in how.taken.items() if n not in how.kwargs and "." not in n and n not in read
+                  and hasattr(how.config, n)}
+        taken = {o: n for o, n in how.taken.items() if o not in unread}
+        how = dataclasses.replace(how, taken=taken, not_taken=_not_taken(opts, taken))
     used = [v for v in how.kwargs.values() if isinstance(v, AliasNamespace)]
     if used:  # what the constructor read from its namespace is what it took
-        read = {o: n for space in used for o, n in space._read.items()}
+        asked = {o: n for space in used for o, n in space._read.items()}
         trials = {n: v for space in used for n, v in space._trials.items()}
-        taken = {**how.taken, **read}
+        taken = {**how.taken, **asked}
         how = dataclasses.replace(how, taken=taken, not_taken=_not_taken(opts, taken), trials={**how.trials, **trials})
     return model, how
+
+
+def _reassigned(cls: Any, how: Plan, opts: dict[str, Any], level: str) -> tuple[Any, Plan] | None:
+    """Built with the level's sizes assigned otherwise to the integer trial parameters (a width read as a count),
+    the first assignment that constructs; None when none does."""
+    names = [n for n, v in how.trials.items() if type(v) is int and n in how.kwargs][:3]
+    pool = sorted({v for k, v in opts.items() if k in SIZES and type(v) is int})
+    for combo in itertools.product(pool, repeat=len(names)):
+        values = dict(zip(names, combo, strict=True))
+        if all(how.kwargs[n] == v for n, v in values.items()):
+            continue
+        retry = dataclasses.replace(how, kwargs={**how.kwargs, **values}, trials={**how.trials, **values})
+        try:
+            return _construct(cls, retry, opts, level, 0)
+        except Exception:
+            continue
+    return None
 
 
 def sizes_from_model(model: nn.Module) -> dict[str, int]:

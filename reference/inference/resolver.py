@@ -62,13 +62,19 @@ class Resolver:
             raise NotSupportedError(f"{self.target.spec} does not support {case.options()}: {exc}") from exc
         self._layout_option = self._layout_option or "batch_first" in built.plan.taken
         wanted = fixed_sizes.not_given(self.level, built.not_taken)
-        case = case.with_options(fixed_sizes.read_sizes(built.model, self.level, wanted, case.width))
+        read = fixed_sizes.read_sizes(built.model, self.level, wanted, case.width)
+        case = case.with_options(read)
         if "nhead" in wanted:
             width = case.width
             if width not in self._heads and self._discovery is not None:  # a width not met yet (a class taking
                 self._heads[width] = self._measure_heads(case, built.model)  # d_model but not nhead)
             case = case.with_options({"nhead": self._heads.get(width) or fixed_sizes.head_counts(
                 width, case.heads)[0]})
+        heads = getattr(case, "heads", 0)
+        if heads and case.width % heads:  # the built-in cannot be built at the sizes read back
+            raise NotSupportedError(f"{self.target.spec} built as {built.plan.describe()} has the sizes "
+                                    f"{fixed_sizes.describe(read)}: a width of {case.width} that {heads} heads do "
+                                    f"not divide, so the built-in cannot be built there")
         return case, built.model, built.plan
 
     def _measure_heads(self, case: Any, model: nn.Module) -> int:

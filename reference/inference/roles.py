@@ -62,6 +62,9 @@ STACK_LAYERS = {"encoder": "num_encoder_layers", "decoder_only": "num_encoder_la
 TRIAL_SIZES = {"d_model": 16, "nhead": 2, "dim_feedforward": 32, "num_layers": 2, "num_encoder_layers": 2,
                "num_decoder_layers": 2}
 SIZES = tuple(TRIAL_SIZES)
+HEADLESS = ("feed_forward", "layer_norm")  # levels whose code has no heads (the built-in's count is its own)
+WIDTHS = ("d_model", "dim_feedforward")  # what a size no name says stands for, in order
+COUNTS = ("nhead", "num_layers", "num_encoder_layers", "num_decoder_layers")  # what an unknown count stands for
 MAX_LENGTH = 64  # a sequence-length limit (a causal buffer, a position table): above every drawn length
 TRIAL_EPS = 1e-5
 # words in a name that say its role when no spelling names it
@@ -69,7 +72,9 @@ ROLE_WORDS: dict[str, tuple[str, ...]] = {
     "eps": ("eps", "epsilon"),
     "rate": ("drop", "dropout", "pdrop", "rate", "prob"),
     "length": ("len", "length", "ctx", "context", "block", "positions", "position", "seq", "window", "max", "n_ctx"),
-    "index": ("idx", "index", "id", "number"),
+    "index": ("idx", "index", "id"),
+    "device": ("device",),
+    "ratio": ("expansion", "mult", "ratio", "factor", "multiplier"),
     "flag": ("use", "is", "has", "with", "enable", "bias", "causal", "flag"),
     "activation": ("act", "activation", "nonlinearity"),
 }
@@ -102,10 +107,51 @@ def aliases(option: str) -> tuple[str, ...]:
     return ALIASES.get(option, (option,))
 
 
+# words that make a name a count of what the other words name (number_of_heads, num_layers, n_head, head_count)
+COUNT_WORDS = ("n", "num", "number", "count", "nb", "no", "of")
+# what a count counts, by the singular of the word: the level's count options
+COUNTED = {"head": "nhead", "layer": "num_layers", "block": "num_layers"}
+# a per-head width: a word for a head with a width word (head_dim, d_head), or d_ followed by q/k/v's name
+HEAD_WIDTH = (("head",), ("dim", "size", "d", "width"))
+PER_HEAD = ("k", "q", "v", "key", "keys", "query", "queries", "value", "values")
+
+
 def option_of(name: str) -> str | None:
-    """The canonical option a name spells, or None."""
+    """The canonical option a name spells, or None: by the usual spellings, else word by word, a count of
+    heads or layers (``number_of_heads``, ``n_layer``, ``encoder_layer_count``)."""
     low = name.lower()
-    return next((o for o, al in ALIASES.items() if name in al or low in (a.lower() for a in al)), None)
+    found = next((o for o, al in ALIASES.items() if name in al or low in (a.lower() for a in al)), None)
+    return found if found is not None else _counted(name)
+
+
+def _singular(word: str) -> str:
+    return word[:-1] if word.endswith("s") and len(word) > 3 else word
+
+
+def _counted(name: str) -> str | None:
+    words = [_singular(w) for w in _words(name)]
+    if not any(w in COUNT_WORDS for w in words):
+        return None
+    things = [COUNTED[w] for w in words if w in COUNTED]
+    if things == ["num_layers"]:
+        side = {"encoder", "enc", "decoder", "dec"} & set(words)
+        if side:
+            return "num_encoder_layers" if side & {"encoder", "enc"} else "num_decoder_layers"
+    return things[0] if len(things) == 1 else None
+
+
+def is_count(name: str) -> bool:
+    """A name that says it counts something (``n_attn``, ``num_experts``), whatever it counts."""
+    return any(w in COUNT_WORDS for w in _words(name)) and not any(w in ("dim", "size", "width") for w in
+                                                                     _words(name))
+
+
+def per_head(name: str) -> bool:
+    """A per-head width: ``head_dim``, ``dim_head``, ``d_head``, ``head_size``, ``d_k``, ``d_v``, ``d_queries``."""
+    words = [w for w in re.split(r"[_\W]+", name.lower()) if w]
+    if len(words) == 2 and words[0] == "d" and words[1] in PER_HEAD:
+        return True
+    return any(_singular(w) in HEAD_WIDTH[0] for w in words) and any(w in HEAD_WIDTH[1] for w in words)
 
 
 def _words(name: str) -> list[str]:
@@ -114,14 +160,21 @@ def _words(name: str) -> list[str]:
 
 
 def role_of(name: str, annotation: Any = inspect.Parameter.empty, default: Any = inspect.Parameter.empty) -> str:
-    """A parameter's role: "eps", "rate", "length", "index", "flag", "activation", "size", "text" or "object"."""
+    """A parameter's role: "eps", "rate", "length", "index", "flag", "activation", "device", "ratio", "count",
+    "head_size", "size", "text" or "object"."""
     given = default is not inspect.Parameter.empty and default is not None
     typed = annotation not in (inspect.Parameter.empty, object, Any, None)
     kind = (annotation if isinstance(annotation, type) else object) if typed else type(default) if given else None
     words = _words(name)
     said = next((role for role, ws in ROLE_WORDS.items() if any(w in ws for w in words)), None)
+    if said == "device" and kind is not bool:
+        return "device"
     if kind is bool:
         return "flag"
+    if kind in (int, None) and (per_head(name) or is_count(name)):
+        return "head_size" if per_head(name) else "count"
+    if said == "ratio" and kind in (int, float, None):
+        return "ratio"
     if kind is float:
         return "eps" if said == "eps" else "rate"
     if kind is str:
@@ -143,9 +196,12 @@ class Filled:
     missing: list[str]
 
 
-def options_for(names: Mapping[str, tuple[Any, Any, bool]], options: Mapping[str, Any], level: str) -> Filled:
+def options_for(names: Mapping[str, tuple[Any, Any, bool]], options: Mapping[str, Any], level: str,
+                flags: frozenset[str] = frozenset(), given: frozenset[str] = frozenset()) -> Filled:
     """Values for ``names`` ({name: (annotation, default, required)}) from the level's canonical ``options``;
-    required names no option spells get trial values by role (``missing`` when none fits)."""
+    required names no option spells get trial values by role (``missing`` when none fits); ``flags``: names the
+    constructor's source uses as flags; ``given``: options already taken another way (by a sub-module built
+    for it), which no trial value stands for."""
     wanted = dict(options)
     if level == "transformer" and "num_layers" not in wanted:  # one layer count for both stacks, when equal
         counts = {wanted.get("num_encoder_layers"), wanted.get("num_decoder_layers")} - {None}
@@ -156,7 +212,8 @@ def options_for(names: Mapping[str, tuple[Any, Any, bool]], options: Mapping[str
         for k in ("num_encoder_layers", "num_decoder_layers"):
             taken.setdefault(k, taken["num_layers"])
         del taken["num_layers"]
-    trials, missing = _by_role(names, values, taken, wanted)
+    headless = {k: v for k, v in wanted.items() if k != "nhead"} if level in HEADLESS else wanted
+    trials, missing = _by_role(names, values, taken, headless, flags, given)
     return Filled(values, taken, trials, missing)
 
 
@@ -175,24 +232,32 @@ def _by_name(names: Mapping[str, tuple[Any, Any, bool]], wanted: Mapping[str, An
             taken.setdefault(option, name)
             if option not in EVERY:
                 break
+    for name in names:  # word by word: number_of_heads, n_layer, encoder_layer_count
+        counted = _counted(name)
+        if name not in values and counted is not None and counted in wanted and counted not in taken:
+            values[name], taken[counted] = wanted[counted], name
     return values, taken
 
 
 def _by_role(names: Mapping[str, tuple[Any, Any, bool]], values: dict[str, Any], taken: dict[str, str],
-             wanted: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """(trials, missing): required parameters no option spells, given a value by their role (into ``values``)."""
+             wanted: Mapping[str, Any], flags: frozenset[str] = frozenset(),
+             given: frozenset[str] = frozenset()) -> tuple[dict[str, Any], list[str]]:
+    """(trials, missing): required parameters no option spells, given a value by their role (into ``values``);
+    ``flags``: names the source uses as flags (tested for truth)."""
     trials: dict[str, Any] = {}
     missing: list[str] = []
-    sizes = [s for s in SIZES if s in wanted and s not in taken]
+    pools = {"size": [s for s in WIDTHS if s in wanted and s not in taken and s not in given],
+             "count": [s for s in COUNTS if s in wanted and s not in taken and s not in given]}
     for name, (annotation, default, required) in names.items():
         if not required or name in values:
             continue
-        role = role_of(name, annotation, default)
+        role = "flag" if name in flags else role_of(name, annotation, default)
         if role == "rate" and "dropout" in wanted:  # a rate no spelling names: the level's dropout
             values[name] = wanted["dropout"]
             taken.setdefault("dropout", name)
             continue
-        trial = trial_value(role, sizes)
+        pool = pools["size"] if role == "count" and not pools["count"] else pools.get(role, [])  # n_state: a width
+        trial = trial_value(role, pool, wanted)
         if trial is inspect.Parameter.empty:
             missing.append(name)
         else:
@@ -200,16 +265,22 @@ def _by_role(names: Mapping[str, tuple[Any, Any, bool]], values: dict[str, Any],
     return trials, missing
 
 
-def trial_value(role: str, sizes: list[str]) -> Any:
-    """A plausible value for a role, the same for every case (``sizes``: the level's sizes no name took yet,
-    consumed in order); ``inspect.Parameter.empty`` when the role has none. What the value stands for is
-    measured afterwards: the sizes read from the built module, the configuration (eps, activation, flags) found
-    by discovery."""
-    constants = {"rate": 0.0, "eps": TRIAL_EPS, "flag": False, "length": MAX_LENGTH, "index": 0, "activation": "relu"}
+def trial_value(role: str, sizes: list[str], wanted: Mapping[str, Any] | None = None) -> Any:
+    """A plausible value for a role (``sizes``: the level's widths or counts no name took yet, consumed in order,
+    each the drawn value, ``wanted``, where the level has one, so the built-in can be built at what is read back);
+    ``inspect.Parameter.empty`` when the role has none. What the value stands for is measured afterwards: the
+    sizes read from the built module, the configuration (eps, activation, flags) found by discovery."""
+    drawn = {**TRIAL_SIZES, **{k: v for k, v in (wanted or {}).items() if k in TRIAL_SIZES}}
+    constants = {"rate": 0.0, "eps": TRIAL_EPS, "flag": False, "length": MAX_LENGTH, "index": 0, "activation": "relu",
+                 "device": str((wanted or {}).get("device", "cpu"))}
     if role in constants:
         return constants[role]
-    if role == "size":
-        return TRIAL_SIZES[sizes.pop(0)] if sizes else 1
+    if role in ("size", "count"):
+        return drawn[sizes.pop(0)] if sizes else 1
+    if role == "head_size":
+        return max(drawn["d_model"] // max(drawn["nhead"], 1), 1)
+    if role == "ratio":
+        return drawn["dim_feedforward"] // drawn["d_model"] if drawn["dim_feedforward"] % drawn["d_model"] == 0 else 4
     return inspect.Parameter.empty
 
 

@@ -4,8 +4,9 @@ class with a fixed feed-forward width): read from its parameters, the number of 
 A drawn case is adapted to them (``d_model=48`` drawn as 16 is checked at 48), never judged at sizes the
 module does not have. What can be read from parameter shapes is read: the model width (the commonest
 dimension; where two tie, as a feed-forward's in and hidden widths do, the one the module takes as input),
-the feed-forward width, the layer counts (the outermost lists of alike modules: the encoder's and the decoder's
-layers, told apart by size; ``None`` entries are holes, not layers) and a norm's ``normalized_shape``.
+the feed-forward width (a feed-forward's own width when no other pairs with it), the layer counts (the outermost
+lists of alike modules: the encoder's and the decoder's layers, told apart by size; ``None`` entries are holes,
+not layers) and a norm's ``normalized_shape``.
 The number of heads leaves no trace in any shape: ``head_counts`` lists the divisors of the width to try (the
 drawn count first), and the caller keeps the one whose outputs verify against the built-in.
 """
@@ -111,6 +112,8 @@ def read_sizes(model: nn.Module, level: str, wanted: tuple[str, ...], width: int
                          and (x, d_model) in shapes and (d_model, x) in shapes})
         if widths:
             sizes["dim_feedforward"] = widths[-1]
+        elif level == "feed_forward" and (d_model, d_model) in shapes:  # no other width pairs with the model's
+            sizes["dim_feedforward"] = d_model  # (and no attention's square matrices): its hidden width is d_model
     stacks = layer_stacks(model)
     counts = [len(s) for s in stacks]
     if level in ONE_STACK and ONE_STACK[level] in wanted:

@@ -3,7 +3,8 @@ torch's ``nn.TransformerEncoder`` and many users' stacks are written.
 
 The layer argument is built from the level's configuration first (through its own class's parameter names,
 ``reference.inference.construct.build`` at the layer's level), the class found from the parameter's annotation
-or, failing that, a class named ``...EncoderLayer``/``...DecoderLayer`` in the stack's module; the final norm
+or, failing that, a class named ``...EncoderLayer``/``...DecoderLayer`` in the stack's module, or the first
+class there measured as a layer (reference/inference/parts.py); the final norm
 (a ``norm`` parameter) is built from the class of the layer's own norms when the case has one, else None.
 """
 
@@ -16,6 +17,8 @@ from collections.abc import Callable
 from typing import Any
 
 from torch import nn
+
+import reference.inference.parts as parts
 
 LAYER_PARAMS = ("encoder_layer", "decoder_layer", "layer", "block")
 NORM_PARAMS = ("norm", "final_norm", "norm_layer", "ln_f")
@@ -58,6 +61,9 @@ def stack_arguments(cls: Any, params: list[inspect.Parameter], options: dict[str
     assert param is not None, "called for a stack class only"
     layer_level = LAYER_LEVEL[level]
     layer_cls = _annotated_class(cls, param) or _named_class(cls, layer_level)
+    if layer_cls is None:  # the class of the user's module measured as a layer (reference/inference/parts.py)
+        found, _, _ = parts.arguments(cls, {param.name: "layer"}, options, level, build)
+        layer_cls = type(found[param.name]) if param.name in found else None
     if layer_cls is None:
         raise error(f"cannot construct {cls.__qualname__}'s {param.name} for level {level!r}: annotate it with the "
                     f"layer's class, or pass a zero-argument factory or an instance")

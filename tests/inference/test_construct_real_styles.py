@@ -69,12 +69,13 @@ def test_kwargs_reach_what_they_are_passed_to() -> None:
 def test_names_no_table_lists_get_trial_values_by_role_and_sizes_are_read_from_the_model() -> None:
     built = build(T.PlainBlock, options("encoder_layer", d_model=24, nhead=4, dim_feedforward=40, dropout=0.0),
                   "encoder_layer")
-    # the same trial values whatever the case: the module's sizes are its own, read and checked as an instance's
-    assert built.plan.trials == {"breadth": 16, "n_attn": 2} and built.plan.taken == {"dropout": "leak"}
+    # the drawn sizes by role (a width, a count: n_attn counts something), so the built-in can be built at what
+    # is read back; the module's sizes are still read from it and checked as an instance's
+    assert built.plan.trials == {"breadth": 24, "n_attn": 4} and built.plan.taken == {"dropout": "leak"}
     assert {"d_model", "nhead", "dim_feedforward"} <= set(built.not_taken)  # measured, not assumed
     assert "trial values by role" in built.plan.describe()
     wanted = fixed_sizes.not_given("encoder_layer", built.not_taken)
-    assert fixed_sizes.read_sizes(built.model, "encoder_layer", wanted) == {"d_model": 16, "dim_feedforward": 32}
+    assert fixed_sizes.read_sizes(built.model, "encoder_layer", wanted) == {"d_model": 24, "dim_feedforward": 48}
 
 
 def test_a_dataclass_field_no_level_sets_gets_a_value_by_its_role() -> None:
