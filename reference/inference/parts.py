@@ -32,9 +32,9 @@ Build = Callable[[Any, dict[str, Any], str], Any]
 def wanted(cls: Any, level: str, given: set[str]) -> dict[str, str]:
     """The constructor's parameters that take a module, in the order the class uses them -> the part each plays
     ("attention", "feed_forward", "layer" or "layers"), at a layer or a stack level; {} elsewhere."""
-    found = [p for p in uses.module_parameters(cls) if p not in given and option_of(p) is None]
+    lists = uses.module_list_parameters(cls)  # a list of layers named like a count (``layers``) is still a list
+    found = [p for p in uses.module_parameters(cls) if p not in given and (option_of(p) is None or p in lists)]
     if level in STACK_LAYER:
-        lists = uses.module_list_parameters(cls)
         return {p: "layers" if p in lists else "layer" for p in found}
     if level not in ATTENTIONS:
         return {}
@@ -75,9 +75,10 @@ def measured(model: nn.Module, width: int) -> str | None:
             base = _output(model, x)
             if base is None:
                 return None
-            one, two = x.clone(), x.clone()
-            one[:, 0] += 1.0
-            two[0] += 1.0
+            one, two = x.clone(), x.clone()  # moved by a random vector: a constant one a norm would remove
+            nudge = torch.randn(width, generator=torch.Generator().manual_seed(1), dtype=dtype)
+            one[:, 0] += nudge
+            two[0] += nudge
             out_one, out_two = _output(model, one), _output(model, two)
             mixes = (out_one is not None and bool((out_one - base)[:, 1:].abs().max() > 1e-6)) or (
                 out_two is not None and bool((out_two - base)[1:].abs().max() > 1e-6))

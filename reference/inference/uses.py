@@ -67,13 +67,14 @@ def _copied(tree: ast.AST, params: set[str], scope: dict[str, Any], depth: int) 
 
 def _class_uses(cls: Any) -> tuple[dict[str, int], set[str]]:
     """(attribute -> where ``self.attr`` is first used outside the constructor, in source order; the attributes
-    it calls or iterates over: ``self.attr(...)``, ``self.attr[i](...)``, ``for m in self.attr``)."""
-    tree = source._tree(cls)
+    it calls, iterates over or hands to a sub-module it calls: ``self.attr(...)``, ``self.attr[i](...)``,
+    ``for m in self.attr``, ``self.wrap(x, self.attr)``)."""
     first: dict[str, int] = {}
     used: set[str] = set()
-    if tree is None:
-        return first, used
-    for method in (n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name != "__init__"):
+    trees = [t for c in getattr(cls, "__mro__", (cls,)) if c.__module__.split(".")[0] not in ("torch", "builtins")
+             and (t := source._tree(c)) is not None]  # a subclass's methods are mostly its base's
+    methods = [n for tree in trees for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name != "__init__"]
+    for method in methods:
         for node in ast.walk(method):
             attr = _self_attr(node)
             if attr is not None and isinstance(node, ast.expr):
@@ -82,6 +83,8 @@ def _class_uses(cls: Any) -> tuple[dict[str, int], set[str]]:
                 func = node.func.value if isinstance(node.func, ast.Subscript) else node.func
                 called = _self_attr(func)
                 used |= {called} if called is not None else set()
+                if called is not None:  # handed to a sub-module: ``self.sublayer[1](x, self.feed_forward)``
+                    used |= {a for a in map(_self_attr, node.args) if a is not None}
             if isinstance(node, (ast.For, ast.comprehension)) and _self_attr(node.iter) is not None:
                 used.add(_self_attr(node.iter) or "")
     return first, used
