@@ -151,13 +151,7 @@ def merge(d: Diagnosis, findings: list[Finding], family: str, random: bool = Fal
     if explained or isolated is None or (random and any(c.probe == "twice in eval" for c in d.causes)):
         return  # a random family's place is where the randomness shows, which its cause names
     row = isolated.first
-    if row is None:  # every mapped submodule agrees, yet the outputs differ: the code after the last one
-        last = isolated.rows[-1]
-        if not d.unexplained and last.name:
-            d.unexplained = (f"after {last.name}" + (f" (the target's {last.target_module})" if last.target_module
-                             else "") + f": every mapped submodule agrees on {family}, yet the output differs: "
-                             "the code after the last of them (an activation, a norm, a sum) does; no catalogue "
-                             "deviation or fit accounts for it")
+    if row is None:  # every mapped submodule agrees: ``after_the_last`` says so once every cause is in
         return
     inside = [r.name for r in isolated.rows if r.name.startswith(f"{row.name}.") and r.passed and not r.fed_passed]
     if not any(f.explains and (f.place == row.name or (not row.passed and inside and f.place == inside[0]))
@@ -170,6 +164,21 @@ def merge(d: Diagnosis, findings: list[Finding], family: str, random: bool = Fal
         d.unexplained = (f"{row.name or 'the module itself'}" + (f" (the target's {row.target_module})"
                          if row.target_module else "") + f": {own} on {family}; no catalogue deviation or fit "
                          "accounts for it")
+
+
+def after_the_last(d: Diagnosis) -> None:
+    """A divergent target with no cause, nothing unexplained, and an isolated table where every mapped submodule
+    agrees (and no gradient table places it): the place is the code after the last of them."""
+    isolated = next((t for t in d.localization if t.mode == "isolated" and t.rows), None)
+    placed = any(t.first is not None for t in d.localization)
+    if d.verdict != "divergent" or d.causes or d.unexplained or isolated is None or placed:
+        return
+    last = isolated.rows[-1]
+    if last.name:
+        d.unexplained = (f"after {last.name}" + (f" (the target's {last.target_module})" if last.target_module
+                         else "") + ": every mapped submodule agrees, yet the output differs: the code after the "
+                         "last of them (an activation, a norm, a sum) does; no catalogue deviation or fit accounts "
+                         "for it")
 
 
 def _drop_contradicted(d: Diagnosis, findings: list[Finding]) -> None:

@@ -142,6 +142,7 @@ def _diagnose(target: Target, device: torch.device | str, family_names: tuple[st
         found.localize_some(d, by_name, random)
         if d.kind.startswith("inferred"):
             found.weight_layouts(d)
+        found.after_the_last(d)
         if not d.localization and not d.not_localized:
             d.not_localized = "no family could be localized, and no reason was recorded"  # never an empty section
     return d

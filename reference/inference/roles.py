@@ -257,11 +257,14 @@ def _by_role(names: Mapping[str, tuple[Any, Any, bool]], values: dict[str, Any],
             taken.setdefault("dropout", name)
             continue
         pool = pools["size"] if role == "count" and not pools["count"] else pools.get(role, [])  # n_state: a width
+        option = pool[0] if pool else None
         trial = trial_value(role, pool, wanted)
         if trial is inspect.Parameter.empty:
             missing.append(name)
         else:
             values[name] = trials[name] = trial
+            if role == "count" and option in COUNTS:  # the drawn count is what it is built with: not measured per
+                taken.setdefault(option, name)  # width (the model's heads follow the drawn count, case by case)
     return trials, missing
 
 

@@ -58,7 +58,8 @@ def test_diagnose_takes_a_level_like_the_command() -> None:
     assert [c.key for c in found.diagnosis.causes] == ["head_merge_without_transpose"]
     assert "--as attention" in repr(found)
     html = found._repr_html_()
-    assert html.index("DIVERGENT:") < html.index("<table") and "permute(2, 0, 1, 3)" in html  # the fix
+    assert html.index("DIVERGENT:") < html.index("<table")
+    assert "transpose(1, 2) to (N, L, H, D) before reshape(N, L, E)" in html  # the fix, in its batch-first layout
     assert html.index("<table") < html.index("Worst example")  # with the check that shrinks it:
     assert "api.check(MergeWithoutTranspose, level=&#x27;attention&#x27;, keep_masks=True, profile=" in html
     if plot_available():
