@@ -263,8 +263,8 @@ def _by_role(names: Mapping[str, tuple[Any, Any, bool]], values: dict[str, Any],
             missing.append(name)
         else:
             values[name] = trials[name] = trial
-            if role == "count" and option in COUNTS:  # the drawn count is what it is built with: not measured per
-                taken.setdefault(option, name)  # width (the model's heads follow the drawn count, case by case)
+            if role == "count" and option == "nhead":  # built with the drawn count of heads, which no shape shows:
+                taken.setdefault(option, name)  # not measured once per width (they follow the drawn count)
     return trials, missing
 
 

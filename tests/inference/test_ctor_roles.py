@@ -87,7 +87,7 @@ def test_the_correct_target_passes(spec: str, level: str) -> None:
 
 @pytest.mark.slow
 def test_the_inverted_flag_fails() -> None:
-    report = api.check("tests.targets.ctor_role_targets:GateBug", level="encoder_layer", profile="ci", device="cpu",
+    report = api.check("tests.targets.ctor_role_targets:GateBug", level="encoder_layer", profile="kill", device="cpu",
                        pytest_args=("-k", "float64"))
     assert not report.passed and report.failures, report
 

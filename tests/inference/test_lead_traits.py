@@ -33,7 +33,8 @@ def test_a_module_keeping_a_tensor_of_its_last_call_is_copied() -> None:
     ("PointwiseConvFF", "feed_forward", False), ("PointwiseConvFFBug", "feed_forward", True),
 ])
 def test_parity_check_runs_them(obj: str, lvl: str, buggy: bool, capsys: pytest.CaptureFixture[str]) -> None:
-    code = check_main([f"{M}:{obj}", "--as", lvl, "--profile", "ci", "--device", "cpu"])
+    profile = "kill" if buggy else "ci"  # kill: ci without shrinking (a bug only has to be shown)
+    code = check_main([f"{M}:{obj}", "--as", lvl, "--profile", profile, "--device", "cpu"])
     out = capsys.readouterr().out
     assert code == (1 if buggy else 0), out[-3000:]
     if buggy:
@@ -58,14 +59,15 @@ def test_an_error_in_the_targets_own_code_is_the_targets_not_a_harness_bug(
 def test_code_that_cannot_run_at_a_precision_declines_it(capsys: pytest.CaptureFixture[str]) -> None:
     """A fill value float16 cannot hold raises there; it runs in float64, so float16's masked cases are "not
     supported", with the error, and the check passes."""
-    code = check_main([f"{M}:HugeFillAttention", "--as", "attention", "--profile", "ci", "--device", "cpu"])
+    code = check_main([f"{M}:HugeFillAttention", "--as", "attention", "--profile", "ci", "--device", "cpu", "--",
+                       "-k", "float16"])
     out = capsys.readouterr().out
     assert code == 0, out[-3000:]
     assert "the target raises in float16 (RuntimeError" in out and "where it runs in float64" in out, out[-3000:]
 
 
 def test_examples_where_the_target_raises_count_as_failed_in_the_table(capsys: pytest.CaptureFixture[str]) -> None:
-    code = check_main([f"{M}:RaisesOnOnePosition", "--as", "feed_forward", "--profile", "ci", "--device", "cpu"])
+    code = check_main([f"{M}:RaisesOnOnePosition", "--as", "feed_forward", "--profile", "kill", "--device", "cpu"])
     out = capsys.readouterr().out
     assert code == 1, out[-3000:]
     rows = [line.split() for line in out.splitlines() if line.startswith("feed_forward ")]

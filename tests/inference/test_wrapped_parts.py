@@ -33,7 +33,7 @@ def test_a_pre_norm_layer_measures_as_mixing_positions() -> None:
 @pytest.mark.parametrize(("obj", "lvl", "buggy"), [("Block", "encoder_layer", False), ("Trunk", "encoder", False),
                                                    ("TrunkBug", "encoder", True)])
 def test_parity_check_runs_them(obj: str, lvl: str, buggy: bool, capsys: pytest.CaptureFixture[str]) -> None:
-    code = check_main([f"{M}:{obj}", "--as", lvl, "--profile", "ci", "--device", "cpu"])
+    code = check_main([f"{M}:{obj}", "--as", lvl, "--profile", "kill" if buggy else "ci", "--device", "cpu"])
     out = capsys.readouterr().out
     assert code == (1 if buggy else 0), out[-3000:]
     assert ("max abs err" in out) if buggy else ("norm_first=True" in out and "FAILED" not in out), out[-3000:]
