@@ -8,7 +8,9 @@
                  (``options``) and the sizes it really has (``sizes``);
 - ``construct``  build the user's class through its own signature: ``roles`` (what a parameter stands for),
                  ``configs`` (an instance of the user's own config class, or a namespace), ``source`` (what its
-                 source reads from a config), ``stacks`` (stacks that take a layer);
+                 source reads from a config), ``stacks`` (stacks that take a layer), ``parts`` and ``uses``
+                 (sub-modules passed in, built from the user's own classes; how the source uses a parameter),
+                 ``declined`` (an option value the constructor rejects);
 - ``calling``    how to call it: ``binding`` (inputs to ``forward``'s parameters), ``convention`` (the call),
                  ``mask_probe`` and ``streams`` (each mask parameter's form and meaning, by measurement),
                  ``byname`` (what a mask paired by name takes), ``masks`` (writing the level's masks in that
