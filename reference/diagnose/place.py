@@ -159,16 +159,25 @@ def _measured(row: SubmoduleError, found: list[sums.Measured], bound: float) -> 
             for m in found]
 
 
+def _paired(reference: Tensor | None, observed: Tensor | None) -> tuple[Tensor, Tensor, float] | None:
+    """(the built-in's tensor, the target's, the bound) when both are there with one shape; else None."""
+    if reference is None or observed is None or reference.shape != observed.shape:
+        return None
+    return reference, observed, bound_for(reference)
+
+
+def _fed(row: SubmoduleError, replay: Replay) -> tuple[Tensor, Tensor, float] | None:
+    """What the target feeds the place, against the input the built-in gave it (``_paired``)."""
+    reference = sums._first(replay.calls[row.name][0]) if row.name in replay.calls else None
+    return _paired(reference, replay.fed.get(row.name))
+
+
 def _residual(obs: Observation, row: SubmoduleError, replay: Replay, fed: bool) -> list[Finding]:
     """The residual sum the target gives a place: as its input (fed) or, for a layer, as its output."""
-    if fed:
-        reference = sums._first(replay.calls[row.name][0]) if row.name in replay.calls else None
-        observed = replay.fed.get(row.name)
-    else:
-        reference, observed = replay.expected.get(row.name), replay.got.get(row.name)
-    if reference is None or observed is None or reference.shape != observed.shape:
+    pair = _fed(row, replay) if fed else _paired(replay.expected.get(row.name), replay.got.get(row.name))
+    if pair is None:
         return []
-    bound = bound_for(reference)
+    reference, observed, bound = pair
     found = sums.residual(row.name, obs.entry.builtin.split(" with ")[0], reference, observed, replay.calls,
                           replay.expected, bound, obs.builtin)
     return _measured(row, found, bound)
@@ -176,22 +185,20 @@ def _residual(obs: Observation, row: SubmoduleError, replay: Replay, fed: bool) 
 
 def _placement(obs: Observation, row: SubmoduleError, replay: Replay) -> list[Finding]:
     """A norm fed x + f(x) where the built-in (pre-norm) feeds it x: the target normalizes after the residual."""
-    reference = sums._first(replay.calls[row.name][0]) if row.name in replay.calls else None
-    observed = replay.fed.get(row.name)
-    if reference is None or observed is None or reference.shape != observed.shape:
+    pair = _fed(row, replay)
+    if pair is None:
         return []
-    bound = bound_for(reference)
+    reference, observed, bound = pair
     return _measured(row, sums.placement(row.name, obs.builtin, reference, observed, replay.calls, replay.expected,
                                          bound, replay.fed), bound)
 
 
 def _source(obs: Observation, row: SubmoduleError, replay: Replay) -> list[Finding]:
     """A place fed another tensor of the layer, or one through a norm of the target's own (sources.py)."""
-    reference = sums._first(replay.calls[row.name][0]) if row.name in replay.calls else None
-    observed = replay.fed.get(row.name)
-    if reference is None or observed is None or reference.shape != observed.shape:
+    pair = _fed(row, replay)
+    if pair is None:
         return []
-    bound = bound_for(reference)
+    reference, observed, bound = pair
     norms = unpaired_norms(obs.model, {id(m) for n, m in replay.targets.items() if n in replay.calls})
     return _measured(row, fed_source(row.name, obs.entry.builtin.split(" with ")[0], reference, observed,
                                      replay.calls, replay.expected, bound, norms), bound)
