@@ -170,7 +170,7 @@ def run_suite(spec: str, *, level: str | None = None, profile: str = "dev", devi
             report_path.write_text(json.dumps(failed, indent=1))
         return 1, failed
     suite = suite_dir()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _fresh_suite():
         path = report_path or Path(tmp) / "parity.json"
         args = [str(suite), "-p", "no:cacheprovider", "-q", f"--impl={spec}", *([f"--as={level}"] if level else []),
                 f"--parity-report={path}", f"--hypothesis-profile={profile}", f"--parity-device={device}",
@@ -179,6 +179,32 @@ def run_suite(spec: str, *, level: str | None = None, profile: str = "dev", devi
         status = int(pytest.main(args))
         report = json.loads(path.read_text()) if path.exists() else {}
     return status, report
+
+
+@contextlib.contextmanager
+def _fresh_suite() -> Iterator[None]:
+    """Run the suite as a fresh process would: its modules imported anew, and the caller's hypothesis profile
+    back afterwards.
+
+    The suite's tests take their hypothesis settings when their module is imported (``@settings`` inherits the
+    profile loaded then); a second run in the same process (the notebook API, a test of the harness) would
+    reuse the modules of the first and run under its profile: ``kill`` would still shrink, ``thorough`` would
+    draw ci's number of examples. And pytest leaves the run's profile loaded for whatever runs next."""
+    from hypothesis import settings
+
+    from reference.pytest_plugin import SUITE
+
+    def forget() -> None:
+        for name in [m for m in sys.modules if m == SUITE or m.startswith(SUITE + ".")]:
+            del sys.modules[name]
+
+    previous = settings.get_current_profile_name()
+    forget()
+    try:
+        yield
+    finally:
+        forget()
+        settings.load_profile(previous)
 
 
 def _unresolved(spec: str, level: str | None, keep_masks: bool, weight_map: str | None) -> dict | None:

@@ -176,6 +176,8 @@ def compare_modules(
     with fastpath(False):
         own = copy.deepcopy(builtin).to(device, dtype) if own_needed else builtin
         oracle = copy.deepcopy(own).to("cpu", torch.float64) if own_needed else builtin
+        with _candidates_failure(candidate, own, call, inputs, kwargs, dtype):
+            model = candidate.build(device, dtype)  # first: a declined configuration costs no run of the built-in
 
         def builtin_run(model: nn.Module) -> Callable[[dict[str, Tensor], dict[str, object]], object]:
             return lambda xs, kw: call(model, **xs, **kw)
@@ -187,17 +189,11 @@ def compare_modules(
         jit_model = jittered(own, seed + 2)
         jit = _run(builtin_run(jit_model), jit_model, inputs, kwargs, device, None, cot)
         own_parts = tuple(with_jittered(m, j) for m, j in zip(mine.parts(), jit.parts(), strict=True))
-        try:
-            model = candidate.build(device, dtype)
+        with _candidates_failure(candidate, own, call, inputs, kwargs, dtype):
             candidate.load(model, own)
             model.eval()
             cand = _run(lambda xs, kw: candidate.call(model, call, xs, kw), model, inputs, kwargs, device, None, cot)
             named = candidate.param_grads(model, own) if grads else {}
-        except (NotSupportedError, TargetError):  # a declined configuration; an already named failure
-            raise
-        except Exception as exc:  # the candidate's crash is the candidate's failure, reported as such, unless
-            _runs_in_float64(candidate, own, call, inputs, kwargs, dtype, exc)  # only this dtype makes it raise
-            raise TargetError(f"{candidate.name} raised {type(exc).__name__}: {exc}") from exc
     cand.param_grads = {} if named is None else {f"grad {k}": g for k, g in named.items()}
     verdicts = []
     parts = zip((ref.outputs, ref.input_grads, ref.param_grads if named is not None else {}), own_parts,
@@ -211,6 +207,20 @@ def compare_modules(
     verdicts += [judge(f"{name} (the built-in returns none)", cand.outputs[name], torch.empty(0))
                  for name in set(cand.outputs) - set(ref.outputs)]
     return verdicts
+
+
+@contextmanager
+def _candidates_failure(candidate: Candidate, builtin: nn.Module, call: Call, inputs: dict[str, Tensor],
+                        kwargs: dict[str, object], dtype: torch.dtype) -> Iterator[None]:
+    """The candidate's crash is the candidate's failure, reported as such (TargetError), unless only this dtype
+    makes it raise (then it declines the dtype); a declined configuration and an already named failure pass."""
+    try:
+        yield
+    except (NotSupportedError, TargetError):
+        raise
+    except Exception as exc:
+        _runs_in_float64(candidate, builtin, call, inputs, kwargs, dtype, exc)
+        raise TargetError(f"{candidate.name} raised {type(exc).__name__}: {exc}") from exc
 
 
 def _runs_in_float64(candidate: Candidate, builtin: nn.Module, call: Call, inputs: dict[str, Tensor],
