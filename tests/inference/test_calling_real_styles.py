@@ -251,3 +251,34 @@ def test_a_map_found_at_one_size_is_rescaled_and_verified_at_another_not_searche
         worst = max(worst, agrees("encoder_layer", adapted, candidate.inference, model))
     assert searched["maps"] - before <= 1, searched  # at most the first size not met in discovery
     assert worst <= 1e-12, worst  # and every rescaled map gives the built-in's outputs
+
+
+def test_a_rescaled_map_is_run_once_per_head_count_not_once_per_width(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rescaled map is verified by a run at the first width of each number of heads; other widths at that
+    count only scale its row ranges. A per-head packed layout regroups its rows with the head count: a run
+    there again, and the rescaled maps all give the built-in's outputs."""
+    import reference.inference.resolver as resolver
+
+    runs = {"n": 0}
+    real = resolver.disagreement
+
+    def counted(*a: Any, **k: Any) -> Any:
+        runs["n"] += 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(resolver, "disagreement", counted)
+    target = InferredTarget(target=load_target("tests.targets.construct_targets:HeadPacked"), level="encoder_layer")
+    target.discover()
+    worst, per_count = 0.0, []
+    for heads in (2, 4):
+        before = runs["n"]
+        for seed, (width, ff) in enumerate(((8, 12), (16, 8), (24, 48), (32, 16))):
+            config = dataclasses.replace(LAYER.config, d_model=width, nhead=heads, dim_feedforward=ff)
+            adapted, candidate = target.prepare(LAYER.replace(config=config, seed=seed))
+            model = candidate.build("cpu", F64)
+            candidate.load(model, level("encoder_layer").seeded_builtin(adapted))
+            assert candidate.inference is not None and candidate.inference.weight_map.verified
+            worst = max(worst, agrees("encoder_layer", adapted, candidate.inference, model))
+        per_count.append(runs["n"] - before)
+    assert per_count and all(n <= 1 for n in per_count), per_count
+    assert worst <= 1e-12, worst
