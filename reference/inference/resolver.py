@@ -37,6 +37,7 @@ class Resolver:
     level: str
     _discovery: Discovery | None = None
     _heads: dict[int, int] = field(default_factory=dict)  # width -> the number of heads measured
+    _sizes: dict[Hashable, dict[str, Any]] = field(default_factory=dict)  # sizes read, per tensor shapes
     _tried_heads: dict[int, list[int]] = field(default_factory=dict)
     _maps: dict[Hashable, Inference] = field(default_factory=dict)  # per configuration shape
     _templates: dict[Hashable, list[Inference]] = field(default_factory=dict)  # verified, per structure (sizes
@@ -63,7 +64,11 @@ class Resolver:
             raise NotSupportedError(f"{self.target.spec} does not support {case.options()}: {exc}") from exc
         self._layout_option = self._layout_option or "batch_first" in built.plan.taken
         wanted = fixed_sizes.not_given(self.level, built.not_taken)
-        read = fixed_sizes.read_sizes(built.model, self.level, wanted, case.width)
+        shapes = (wanted, case.width if "d_model" not in wanted else None,
+                  tuple((n, tuple(p.shape)) for n, p in built.model.named_parameters()))
+        if shapes not in self._sizes:  # measured once per set of tensor shapes (the width by running it)
+            self._sizes[shapes] = fixed_sizes.read_sizes(built.model, self.level, wanted, case.width)
+        read = self._sizes[shapes]
         case = case.with_options(read)
         if "nhead" in wanted:
             width = case.width
@@ -92,12 +97,17 @@ class Resolver:
 
     def _pairing_heads(self, case: Any, model: nn.Module) -> int:
         """The first other divisor of the width at which the target's tensors pair (and verify, when one does);
-        the drawn number when none pairs (pairing then says why)."""
+        the drawn number when none pairs (pairing then says why). The lengths of the module lists it holds are
+        tried first, and one that pairs is taken: heads kept as separate modules pair only at their own count."""
         paired = None
-        for heads in fixed_sizes.head_counts(case.width, case.heads)[1:]:
+        lists = {len(m) for m in model.modules() if isinstance(m, nn.ModuleList | nn.Sequential | nn.ModuleDict)}
+        divisors = fixed_sizes.head_counts(case.width, case.heads)[1:]
+        for heads in sorted(divisors, key=lambda h: h not in lists):  # a list of as many heads first
             try:
                 self._infer(case.with_options({"nhead": heads}), model)
             except MapMismatchError:
+                if heads in lists:  # its tensors pair at the count of a list it holds: the heads it keeps
+                    return heads  # (what differs then is for the check to show, not another count)
                 paired = paired or heads
                 continue
             except (WeightMapError, NotSupportedError):

@@ -73,3 +73,24 @@ def test_examples_where_the_target_raises_count_as_failed_in_the_table(capsys: p
     rows = [line.split() for line in out.splitlines() if line.startswith("feed_forward ")]
     assert rows and all(int(r[-2]) > 0 for r in rows), out[-3000:]  # the "failed" column
     assert "raised IndexError: no previous position" in out, out[-3000:]
+
+
+def test_heads_kept_in_a_list_are_counted_at_its_length_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """24 wide has eight divisors; its six heads pair only at six, and differ there until the causal mask is
+    measured: the length of the collection it keeps them in is tried first and taken, not every divisor."""
+    from reference.inference.resolver import Resolver
+    from reference.inference.target import InferredTarget
+    from reference.targets.contract import load_target
+
+    tried: list[int] = []
+    real = Resolver._infer
+
+    def counted(self: Resolver, case: object, model: torch.nn.Module) -> object:
+        tried.append(case.heads)  # type: ignore[attr-defined]
+        return real(self, case, model)
+
+    monkeypatch.setattr(Resolver, "_infer", counted)
+    found = InferredTarget(target=load_target(f"{M}:CausalHeadDict"), level="attention")
+    found.discover()
+    assert found._heads == {24: 6}, found._heads
+    assert len(set(tried)) <= 3, tried  # the drawn count, six, and the causal search's, not eight divisors
