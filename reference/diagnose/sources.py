@@ -41,6 +41,14 @@ def _short(name: str, layer: str) -> str:
     return re.sub(rf"(?<![\w.]){re.escape(layer)}\.", "", name) if layer else name
 
 
+def _applied(norm: nn.Module, tensor: Tensor) -> Tensor | None:
+    """``norm`` applied to ``tensor``; None when it cannot take it (a norm of another width)."""
+    try:
+        return norm(tensor)
+    except RuntimeError:
+        return None
+
+
 def fed_source(place: str, builtin: str, reference: Tensor, fed: Tensor, calls: dict[str, tuple[tuple, dict]],
                expected: dict[str, Tensor], bound: float, norms: dict[str, nn.Module]) -> list[Measured]:
     """The tensor the target feeds ``place`` (``fed``) where the built-in feeds ``reference``, when it is exactly one
@@ -53,13 +61,16 @@ def fed_source(place: str, builtin: str, reference: Tensor, fed: Tensor, calls: 
     own = next((n for n, t in _distinct(terms, bound).items() if judge(n, reference, t).passed), "its input")
     short = _short(place, layer) or "the module"
     named = next((n for n in own.split(" = ") if n != f"the input of {short}"), own)  # by what computes it
-    candidates = [(f"{n}", t, WRONG_INPUT, f"feed {short} {named}")
-                  for n, t in _distinct(terms, bound).items() if not judge(n, reference, t).passed]
+    recorded = named not in ("its input", f"the input of {short}")  # else what it should be fed is computed
+    candidates = [(f"{n}", t, WRONG_INPUT, f"feed {short} {named}")  # between recorded tensors (a functional
+                  for n, t in _distinct(terms, bound).items()          # activation): not a wiring to name
+                  if recorded and not judge(n, reference, t).passed]
     with torch.no_grad():
         for path, norm in norms.items():
-            candidates += [(f"the target's own {type(norm).__name__} {path} applied to {n}", norm(t), EXTRA,
+            candidates += [(f"the target's own {type(norm).__name__} {path} applied to {n}", normed, EXTRA,
                             f"remove {path} in front of {short}: {builtin} has no norm there")
-                           for n, t in _distinct(terms, bound).items() if t.size(-1) == fed.size(-1)]
+                           for n, t in _distinct(terms, bound).items()
+                           if t.size(-1) == fed.size(-1) and (normed := _applied(norm, t)) is not None]
     for what, value, cause, fix in candidates:
         if judge(what, fed, value).passed:
             reads = f"{short} is fed {what}, where {builtin} feeds it {own}"

@@ -38,3 +38,18 @@ def test_a_tensor_the_built_in_never_computed_is_not_named():
     d = run("BlockFFReadsBlend", "encoder_layer")
     assert d.verdict == "divergent" and not [c for c in d.causes if c.cause in ("wrong input", "extra module")]
     assert d.unexplained.startswith("linear1"), d.unexplained
+
+
+def test_a_missing_activation_is_not_also_called_a_wrong_input():
+    """What the second matrix should read (the activation's output) is recorded nowhere: no 'feed linear2 the
+    input of linear2'."""
+    d = run("StraightPerceptron", "feed_forward")
+    assert d.verdict == "divergent" and d.causes, d.unexplained
+    assert not [c for c in d.causes if c.cause == "wrong input"], [(c.cause, c.does) for c in d.causes]
+
+
+def test_a_norm_of_another_width_is_not_applied_where_it_cannot_be():
+    """Every family: one where the hidden width differs from the model's had crashed the harness."""
+    d = diagnose(load_target(f"{TARGETS}:PrenormedGeluPerceptron"), out_dir=None, reproduce=False,
+                 level="feed_forward")
+    assert [(c.cause, c.place) for c in d.causes] == [("extra module", "linear1")], [c.does for c in d.causes]

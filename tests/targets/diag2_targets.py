@@ -140,3 +140,29 @@ class BlockFFReadsBlend(_PostNormBlock):
 
     def ff_input(self, src: Tensor, h: Tensor) -> Tensor:
         return 0.5 * (src + h)
+
+
+class StraightPerceptron(nn.Module):
+    """Bug at feed_forward: no activation between the two matrices (the built-in's is functional, so the tensor
+    the second matrix should read is recorded nowhere: there is no wiring to name, only the activation)."""
+
+    def __init__(self, d_model: int, dim_feedforward: int) -> None:
+        super().__init__()
+        self.expand = nn.Linear(d_model, dim_feedforward)
+        self.project = nn.Linear(dim_feedforward, d_model)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.project(self.expand(x))
+
+
+class PrenormedGeluPerceptron(nn.Module):
+    """Bug at feed_forward: a LayerNorm of the model width in front, and the hidden width differs from it, so
+    the second matrix is fed tensors that norm cannot take."""
+
+    def __init__(self, d_model: int, dim_feedforward: int) -> None:
+        super().__init__()
+        self.pre = nn.LayerNorm(d_model)
+        self.fc_in, self.fc_out = nn.Linear(d_model, dim_feedforward), nn.Linear(dim_feedforward, d_model)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc_out(F.gelu(self.fc_in(self.pre(x))))
