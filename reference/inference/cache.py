@@ -79,21 +79,6 @@ def structure_key(key: Hashable) -> Hashable:
     return sized, given, flags
 
 
-WIDTHS = ("d_model", "embed_dim", "kdim", "vdim", "dim_feedforward", "normalized_shape")  # the built-in's options
-
-
-def counts(case: Any) -> Hashable:
-    """The integer options of ``case`` that are not widths: its heads and layer counts.
-
-    A template rescaled to another width at the same counts is the same map: ``rescaled`` scales every row range
-    by its tensor's own ratio and refuses one that does not scale exactly or does not fill its tensor, and at a
-    fixed number of heads every per-head block scales with the head width. Another count regroups rows (a
-    per-head layout's blocks, a layer's links), which only a run shows: a rescaled map is verified once per
-    counts, not once per drawn width (a new width per example had made verification half of a check's time)."""
-    return tuple(sorted((k, v) for k, v in case.options().items()
-                        if isinstance(v, int) and not isinstance(v, bool) and k not in WIDTHS))
-
-
 def _skeleton(name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """A dotted name split into its path with every list index replaced by ``#``, and those indices in order."""
     parts = name.split(".")

@@ -14,7 +14,7 @@ from torch import nn
 import reference.inference.sizes as fixed_sizes
 from reference.builtin.weights import WeightMapError
 from reference.inference.auto import Inference, infer_target
-from reference.inference.cache import FLOAT64_AGREEMENT, counts, disagreement, rescaled, shape_key, structure_key
+from reference.inference.cache import FLOAT64_AGREEMENT, disagreement, rescaled, shape_key, structure_key
 from reference.inference.calling import Convention, infer_calling
 from reference.inference.construct import ConstructionError, build
 from reference.inference.copying import copy_model
@@ -42,7 +42,6 @@ class Resolver:
     _maps: dict[Hashable, Inference] = field(default_factory=dict)  # per configuration shape
     _templates: dict[Hashable, list[Inference]] = field(default_factory=dict)  # verified, per structure (sizes
     # aside): one per layer count or other integer option, each tried where it rescales
-    _rescales: set[Hashable] = field(default_factory=set)  # (structure, counts) a rescaled template verified at
     _mask_forms: dict[Any, Any] = field(default_factory=dict)  # measured once per pairing of the inputs
     _conventions: dict[Hashable, Convention] = field(default_factory=dict)  # while discovering, per call
     _layout_option: bool = False  # its constructor takes batch_first: its layout follows the configuration
@@ -205,32 +204,28 @@ class Resolver:
         self._maps[key] = found
         if found.weight_map.verified:
             self._templates.setdefault(structure_key(key), []).append(found)
-            self._rescales.add((structure_key(key), counts(case), id(found)))  # verified at its own counts
         return found
 
     def _from_template(self, structure: Hashable, case: Any, model: nn.Module) -> Inference | None:
         """A map verified on a case of the same structure, rescaled to this case's sizes, when it reproduces the
-        built-in here (one run of each: no recording, no pairing; none where one at the same counts did
-        already); else None. Templates verified at these counts are tried first, then each other in turn."""
+        built-in here (one run of each: no recording, no pairing); else None. Each template is tried in turn.
+
+        Every rescaled map is run, even at counts where another width verified: a map rescaled only in width
+        was measured wrong (a seq2seq at d_model=2, its final norm's gradient of the opposite sign), so the
+        row ranges scaling exactly is not proof enough."""
         templates = self._templates.get(structure)
         if not templates:
             return None
         case = case.unmasked()  # the map does not depend on masks
         builtin = self.entry.seeded_builtin(case)
-        at = counts(case)
-        for template in sorted(templates, key=lambda t: (structure, at, id(t)) not in self._rescales):
+        for template in templates:
             weight_map = rescaled(template.weight_map, builtin, model)
             if weight_map is None:
                 continue
             found = Inference(weight_map, template.convention)
-            proven = (structure, at, id(template))
-            if proven in self._rescales:  # verified at these counts: another width only scales its row ranges
-                weight_map.difference, weight_map.verified = template.weight_map.difference, True
-                return found
             difference = disagreement(found, self.entry, case, model, builtin)
             if difference <= FLOAT64_AGREEMENT:
                 weight_map.difference, weight_map.verified = difference, True
-                self._rescales.add(proven)
                 return found
         return None
 

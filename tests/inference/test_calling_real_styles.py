@@ -253,25 +253,24 @@ def test_a_map_found_at_one_size_is_rescaled_and_verified_at_another_not_searche
     assert worst <= 1e-12, worst  # and every rescaled map gives the built-in's outputs
 
 
-def test_a_rescaled_map_is_run_once_per_head_count_not_once_per_width(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A rescaled map is verified by a run at the first width of each number of heads; other widths at that
-    count only scale its row ranges. A per-head packed layout regroups its rows with the head count: a run
-    there again, and the rescaled maps all give the built-in's outputs."""
-    import reference.inference.resolver as resolver
+def test_every_template_is_tried_before_a_fresh_search(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A per-head packed layout regroups its rows with the head count: at 4 heads a template found at 2 does
+    not verify, and the 4-head one found next is tried before searching again, at every width."""
+    import reference.inference.auto as auto
 
-    runs = {"n": 0}
-    real = resolver.disagreement
+    searched = {"maps": 0}
+    real = auto.infer_weight_map
 
     def counted(*a: Any, **k: Any) -> Any:
-        runs["n"] += 1
+        searched["maps"] += 1
         return real(*a, **k)
 
-    monkeypatch.setattr(resolver, "disagreement", counted)
+    monkeypatch.setattr(auto, "infer_weight_map", counted)
     target = InferredTarget(target=load_target("tests.targets.construct_targets:HeadPacked"), level="encoder_layer")
     target.discover()
     worst, per_count = 0.0, []
     for heads in (2, 4):
-        before = runs["n"]
+        before = searched["maps"]
         for seed, (width, ff) in enumerate(((8, 12), (16, 8), (24, 48), (32, 16))):
             config = dataclasses.replace(LAYER.config, d_model=width, nhead=heads, dim_feedforward=ff)
             adapted, candidate = target.prepare(LAYER.replace(config=config, seed=seed))
@@ -279,6 +278,6 @@ def test_a_rescaled_map_is_run_once_per_head_count_not_once_per_width(monkeypatc
             candidate.load(model, level("encoder_layer").seeded_builtin(adapted))
             assert candidate.inference is not None and candidate.inference.weight_map.verified
             worst = max(worst, agrees("encoder_layer", adapted, candidate.inference, model))
-        per_count.append(runs["n"] - before)
-    assert per_count and all(n <= 1 for n in per_count), per_count
+        per_count.append(searched["maps"] - before)
+    assert per_count and all(n <= 1 for n in per_count), per_count  # one search per head count at most
     assert worst <= 1e-12, worst
