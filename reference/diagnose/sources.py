@@ -58,18 +58,20 @@ def fed_source(place: str, builtin: str, reference: Tensor, fed: Tensor, calls: 
         return []
     layer = place if LAYER.search(place) else place.rpartition(".")[0]
     terms = {_short(n, layer): t for n, t in _terms(layer, calls, expected).items() if t.shape == fed.shape}
-    own = next((n for n, t in _distinct(terms, bound).items() if judge(n, reference, t).passed), "its input")
+    distinct = _distinct(terms, bound)
+    own = next((n for n, t in distinct.items() if judge(n, reference, t).passed), "its input")
     short = _short(place, layer) or "the module"
     named = next((n for n in own.split(" = ") if n != f"the input of {short}"), own)  # by what computes it
-    recorded = named not in ("its input", f"the input of {short}")  # else what it should be fed is computed
-    candidates = [(f"{n}", t, WRONG_INPUT, f"feed {short} {named}")  # between recorded tensors (a functional
-                  for n, t in _distinct(terms, bound).items()          # activation): not a wiring to name
-                  if recorded and not judge(n, reference, t).passed]
+    # what the place should read may be recorded nowhere (computed between recorded tensors, as a functional
+    # activation is): then there is no wiring to name
+    recorded = named not in ("its input", f"the input of {short}")
+    candidates = [(f"{n}", t, WRONG_INPUT, f"feed {short} {named}")
+                  for n, t in distinct.items() if recorded and not judge(n, reference, t).passed]
     with torch.no_grad():
         for path, norm in norms.items():
             candidates += [(f"the target's own {type(norm).__name__} {path} applied to {n}", normed, EXTRA,
                             f"remove {path} in front of {short}: {builtin} has no norm there")
-                           for n, t in _distinct(terms, bound).items()
+                           for n, t in distinct.items()
                            if t.size(-1) == fed.size(-1) and (normed := _applied(norm, t)) is not None]
     for what, value, cause, fix in candidates:
         if judge(what, fed, value).passed:

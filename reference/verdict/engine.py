@@ -174,10 +174,10 @@ def compare_modules(
         except Exception as exc:
             raise TargetError(f"{candidate.name} raised {type(exc).__name__}: {exc}") from exc
     with fastpath(False):
+        with _candidates_failure(candidate, builtin, call, inputs, kwargs, dtype):
+            model = candidate.build(device, dtype)  # first: a declined configuration costs no copy or run
         own = copy.deepcopy(builtin).to(device, dtype) if own_needed else builtin
         oracle = copy.deepcopy(own).to("cpu", torch.float64) if own_needed else builtin
-        with _candidates_failure(candidate, own, call, inputs, kwargs, dtype):
-            model = candidate.build(device, dtype)  # first: a declined configuration costs no run of the built-in
 
         def builtin_run(model: nn.Module) -> Callable[[dict[str, Tensor], dict[str, object]], object]:
             return lambda xs, kw: call(model, **xs, **kw)

@@ -222,11 +222,8 @@ def test_parity_check_passes_the_correct_one_and_shows_the_bug(obj: str, lvl: st
         assert "what the harness inferred" in out and "FAILED" not in out, out[-3000:]
 
 
-def test_a_map_found_at_one_size_is_rescaled_and_verified_at_another_not_searched_again(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """Cases that differ only in sizes reuse the map verified on the first (its rows rescaled, checked by one
-    run of each model); a case whose map it cannot be (another number of heads for a per-head layout would
-    not verify) is inferred afresh."""
+def _count_searches(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """A counter of the weight-map searches (``infer_weight_map``) made from now on."""
     import reference.inference.auto as auto
 
     searched = {"maps": 0}
@@ -237,18 +234,34 @@ def test_a_map_found_at_one_size_is_rescaled_and_verified_at_another_not_searche
         return real(*a, **k)
 
     monkeypatch.setattr(auto, "infer_weight_map", counted)
-    target = InferredTarget(target=load_target(f"{M}:KeywordOnlyEncoderLayer"), level="encoder_layer")
-    target.discover()
-    before = searched["maps"]
+    return searched
+
+
+def _worst_over_sizes(target: InferredTarget, sizes: list[dict[str, int]]) -> float:
+    """Each encoder-layer configuration of ``sizes`` prepared and loaded through its map, which must be verified;
+    the largest output difference from the built-in over them."""
     worst = 0.0
-    for seed, (d_model, ff) in enumerate(((8, 12), (12, 24), (16, 8), (24, 48))):
-        case = LAYER.replace(config=dataclasses.replace(LAYER.config, d_model=d_model, dim_feedforward=ff),
-                             seed=seed)
+    for seed, size in enumerate(sizes):
+        case = LAYER.replace(config=dataclasses.replace(LAYER.config, **size), seed=seed)
         adapted, candidate = target.prepare(case)
         model = candidate.build("cpu", F64)
         candidate.load(model, level("encoder_layer").seeded_builtin(adapted))
         assert candidate.inference is not None and candidate.inference.weight_map.verified
         worst = max(worst, agrees("encoder_layer", adapted, candidate.inference, model))
+    return worst
+
+
+def test_a_map_found_at_one_size_is_rescaled_and_verified_at_another_not_searched_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cases that differ only in sizes reuse the map verified on the first (its rows rescaled, checked by one
+    run of each model); a case whose map it cannot be (another number of heads for a per-head layout would
+    not verify) is inferred afresh."""
+    searched = _count_searches(monkeypatch)
+    target = InferredTarget(target=load_target(f"{M}:KeywordOnlyEncoderLayer"), level="encoder_layer")
+    target.discover()
+    before = searched["maps"]
+    worst = _worst_over_sizes(target, [{"d_model": d, "dim_feedforward": ff}
+                                       for d, ff in ((8, 12), (12, 24), (16, 8), (24, 48))])
     assert searched["maps"] - before <= 1, searched  # at most the first size not met in discovery
     assert worst <= 1e-12, worst  # and every rescaled map gives the built-in's outputs
 
@@ -256,28 +269,14 @@ def test_a_map_found_at_one_size_is_rescaled_and_verified_at_another_not_searche
 def test_every_template_is_tried_before_a_fresh_search(monkeypatch: pytest.MonkeyPatch) -> None:
     """A per-head packed layout regroups its rows with the head count: at 4 heads a template found at 2 does
     not verify, and the 4-head one found next is tried before searching again, at every width."""
-    import reference.inference.auto as auto
-
-    searched = {"maps": 0}
-    real = auto.infer_weight_map
-
-    def counted(*a: Any, **k: Any) -> Any:
-        searched["maps"] += 1
-        return real(*a, **k)
-
-    monkeypatch.setattr(auto, "infer_weight_map", counted)
+    searched = _count_searches(monkeypatch)
     target = InferredTarget(target=load_target("tests.targets.construct_targets:HeadPacked"), level="encoder_layer")
     target.discover()
     worst, per_count = 0.0, []
     for heads in (2, 4):
         before = searched["maps"]
-        for seed, (width, ff) in enumerate(((8, 12), (16, 8), (24, 48), (32, 16))):
-            config = dataclasses.replace(LAYER.config, d_model=width, nhead=heads, dim_feedforward=ff)
-            adapted, candidate = target.prepare(LAYER.replace(config=config, seed=seed))
-            model = candidate.build("cpu", F64)
-            candidate.load(model, level("encoder_layer").seeded_builtin(adapted))
-            assert candidate.inference is not None and candidate.inference.weight_map.verified
-            worst = max(worst, agrees("encoder_layer", adapted, candidate.inference, model))
+        worst = max(worst, _worst_over_sizes(target, [{"d_model": d, "nhead": heads, "dim_feedforward": ff}
+                                                      for d, ff in ((8, 12), (16, 8), (24, 48), (32, 16))]))
         per_count.append(searched["maps"] - before)
     assert per_count and all(n <= 1 for n in per_count), per_count  # one search per head count at most
     assert worst <= 1e-12, worst

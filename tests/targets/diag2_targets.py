@@ -155,14 +155,6 @@ class StraightPerceptron(nn.Module):
         return self.project(self.expand(x))
 
 
-class PrenormedGeluPerceptron(nn.Module):
+class PrenormedGeluPerceptron(_Mlp):
     """Bug at feed_forward: a LayerNorm of the model width in front, and the hidden width differs from it, so
     the second matrix is fed tensors that norm cannot take."""
-
-    def __init__(self, d_model: int, dim_feedforward: int) -> None:
-        super().__init__()
-        self.pre = nn.LayerNorm(d_model)
-        self.fc_in, self.fc_out = nn.Linear(d_model, dim_feedforward), nn.Linear(dim_feedforward, d_model)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc_out(F.gelu(self.fc_in(self.pre(x))))
