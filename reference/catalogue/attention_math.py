@@ -66,11 +66,6 @@ class SoftmaxOverQueries(Equation1):
         return F.softmax(scores, dim=-2)  # normalises each key's column
 
 
-class SoftmaxInFloat32(Equation1):
-    def softmax(self, scores: Tensor) -> Tensor:
-        return F.softmax(scores.float(), dim=-1).to(scores.dtype)  # "softmax is unstable", whatever the dtype
-
-
 class MaskAfterSoftmax(Equation1):
     def probabilities(self, scores: Tensor, mask: Tensor | None) -> Tensor:
         weights = self.softmax(scores)
@@ -120,11 +115,6 @@ CATALOGUE = (
               fix="softmax over the last dimension (keys): scores.softmax(dim=-1)",
               plant=everywhere(SoftmaxOverQueries, part="attention"), sites=ATTN, claims=(("attention.softmax",
                                                                                            "queries"),)),
-    Deviation(key="softmax_in_float32", cause=SOFTMAX,
-              does="computes the attention softmax in float32 whatever the model's dtype",
-              fix="keep the scores in the model's dtype (torch upcasts only float16/bfloat16)",
-              plant=everywhere(SoftmaxInFloat32, part="attention"), sites=ATTN, claims=(("attention.softmax",
-                                                                                         "float32"),)),
     Deviation(key="mask_after_softmax", cause="mask applied after the softmax",
               does="zeroes blocked keys after the softmax (rows no longer sum to 1; additive masks are lost)",
               fix="add the mask to the scores before the softmax (-inf where blocked)",

@@ -117,6 +117,8 @@ def infer_calling(model: nn.Module, level: str, inputs: Mapping[str, Tensor], kw
     returns_weights = conv.returns_weights
     if level == "attention":
         notes.append("returns attention weights" if returns_weights else "returns the output only (no weights)")
+    elif returns_weights:
+        notes.append("returns a second tensor (attention weights?), which the built-in does not: not judged")
     return replace(conv, unbatched=unbatched, returns_weights=bool(returns_weights), assumptions=tuple(notes))
 
 

@@ -270,7 +270,8 @@ def _by_role(names: Mapping[str, tuple[Any, Any, bool]], values: dict[str, Any],
 
 def trial_value(role: str, sizes: list[str], wanted: Mapping[str, Any] | None = None) -> Any:
     """A plausible value for a role (``sizes``: the level's widths or counts no name took yet, consumed in order,
-    each the drawn value, ``wanted``, where the level has one, so the built-in can be built at what is read back);
+    each the drawn value, ``wanted``, where the level has one, so the built-in can be built at what is read back;
+    a width once they are spent gets the model width, a count 1);
     ``inspect.Parameter.empty`` when the role has none. What the value stands for is measured afterwards: the
     sizes read from the built module, the configuration (eps, activation, flags) found by discovery."""
     drawn = {**TRIAL_SIZES, **{k: v for k, v in (wanted or {}).items() if k in TRIAL_SIZES}}
@@ -278,8 +279,8 @@ def trial_value(role: str, sizes: list[str], wanted: Mapping[str, Any] | None = 
                  "device": str((wanted or {}).get("device", "cpu"))}
     if role in constants:
         return constants[role]
-    if role in ("size", "count"):
-        return drawn[sizes.pop(0)] if sizes else 1
+    if role in ("size", "count"):  # a width beyond the level's own ones: the model width, where most widths return
+        return drawn[sizes.pop(0)] if sizes else drawn["d_model"] if role == "size" else 1
     if role == "head_size":
         return max(drawn["d_model"] // max(drawn["nhead"], 1), 1)
     if role == "ratio":

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
+import reference.verdict.precision as precision
 from reference.builtin.weights import copy_plan, copy_torch_to_handmade
 from reference.targets.contract import NotSupportedError, TargetError
 from reference.verdict.tolerance import Verdict, jittered, judge, with_jittered
@@ -195,18 +196,83 @@ def compare_modules(
             cand = _run(lambda xs, kw: candidate.call(model, call, xs, kw), model, inputs, kwargs, device, None, cot)
             named = candidate.param_grads(model, own) if grads else {}
     cand.param_grads = {} if named is None else {f"grad {k}": g for k, g in named.items()}
+    verdicts = _verdicts(ref, own_parts, cand, named is not None)
+    if not all(v.passed for v in verdicts):  # a precision the code cannot be judged in is declined, with numbers
+        rerun = _float64_rerun(candidate, own, call, inputs, kwargs, device)
+        if dtype == torch.float64:
+            lower = precision.lower_precision_in(rerun)
+            if lower is not None:
+                case = _Case(call=call, inputs=inputs, kwargs=kwargs, device=device, cot=cot, seed=seed)
+                _judged_at(lower, verdicts, own, case, ref, cand, named)
+        else:
+            precision.declines_overflow(dtype, precision.not_finite(cand.parts()) - precision.not_finite(ref.parts()),
+                                        rerun)
+    return verdicts
+
+
+def _verdicts(ref: _Run, own_parts: tuple[Mapping[str, Any], ...], cand: _Run, with_params: bool,
+              low: torch.dtype | None = None) -> list[Verdict]:
+    """Every oracle tensor judged against the candidate's (rounded to ``low`` first when given)."""
     verdicts = []
-    parts = zip((ref.outputs, ref.input_grads, ref.param_grads if named is not None else {}), own_parts,
+    parts = zip((ref.outputs, ref.input_grads, ref.param_grads if with_params else {}), own_parts,
                 (cand.outputs, cand.input_grads, cand.param_grads), strict=True)
     for oracle_part, own_part, cand_part in parts:
         for name, o in oracle_part.items():
             c = cand_part.get(name)
             if c is None:  # the candidate produced no such output or gradient: judged as missing
                 c = torch.full_like(o, float("nan"))
-            verdicts.append(judge(name, c, o, own_part.get(name)))
-    verdicts += [judge(f"{name} (the built-in returns none)", cand.outputs[name], torch.empty(0))
-                 for name in set(cand.outputs) - set(ref.outputs)]
-    return verdicts
+            verdicts.append(judge(name, c if low is None else c.to(low), o, own_part.get(name)))
+    return verdicts + [judge(f"{name} (the built-in returns none)", cand.outputs[name], torch.empty(0))
+                       for name in set(cand.outputs) - set(ref.outputs)]
+
+
+def _float64_rerun(candidate: Candidate, builtin: nn.Module, call: Call, inputs: dict[str, Tensor],
+                   kwargs: dict[str, object], device: torch.device | str) -> precision.Rerun:
+    """The candidate built afresh in float64 on ``device``, loaded and called on the case, without gradients;
+    the call (only) runs inside the context ``watch`` gives, when given."""
+    def rerun(watch: AbstractContextManager[object] | None = None) -> dict[str, Tensor]:
+        with torch.no_grad():
+            model = candidate.build(device, torch.float64)
+            candidate.load(model, copy.deepcopy(builtin).to(device, torch.float64))
+            model.eval()
+            xs = {k: v.to(device, torch.float64) for k, v in inputs.items()}
+            kw = {k: _moved(v, device, torch.float64) for k, v in kwargs.items()}
+            with watch or nullcontext():
+                return outputs(candidate.call(model, call, xs, kw))
+    return rerun
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Case:
+    """One comparison's call, inputs and seeds, for the runs a failed comparison asks for afterwards."""
+
+    call: Call
+    inputs: dict[str, Tensor]
+    kwargs: dict[str, object]
+    device: torch.device | str
+    cot: int | None
+    seed: int
+
+
+def _judged_at(lower: tuple[torch.dtype, str], verdicts: list[Verdict], builtin: nn.Module, case: _Case,
+               ref: _Run, cand: _Run, named: object) -> None:
+    """The candidate computes at a lower precision when run in float64 (``lower``: that dtype and the first
+    operation seen): its float64 results are judged as that precision's, against PyTorch's own error at it.
+    Within that tolerance, float64 cannot judge the code and declines (NotSupportedError, with the numbers);
+    beyond it, the float64 failure stands."""
+    low, where = lower
+
+    def runner(model: nn.Module) -> Callable[[dict[str, Tensor], dict[str, object]], object]:
+        return lambda xs, kw: case.call(model, **xs, **kw)
+
+    own = copy.deepcopy(builtin).to(case.device, low)
+    mine = _run(runner(own), own, case.inputs, case.kwargs, case.device, low, case.cot)
+    jit_model = jittered(own, case.seed + 2)
+    jit = _run(runner(jit_model), jit_model, case.inputs, case.kwargs, case.device, low, case.cot)
+    own_parts = tuple(with_jittered(m, j) for m, j in zip(mine.parts(), jit.parts(), strict=True))
+    as_low = _verdicts(ref, own_parts, cand, named is not None, low)
+    if all(v.passed for v in as_low):
+        raise NotSupportedError(precision.float64_declined(low, where, verdicts, as_low))
 
 
 @contextmanager
@@ -231,12 +297,7 @@ def _runs_in_float64(candidate: Candidate, builtin: nn.Module, call: Call, input
     if dtype == torch.float64:
         return
     try:
-        with torch.no_grad():
-            model = candidate.build("cpu", torch.float64)
-            candidate.load(model, copy.deepcopy(builtin).to("cpu", torch.float64))
-            model.eval()
-            candidate.call(model, call, {k: v.to("cpu", torch.float64) for k, v in inputs.items()},
-                           {k: _moved(v, "cpu", torch.float64) for k, v in kwargs.items()})
+        _float64_rerun(candidate, builtin, call, inputs, kwargs, "cpu")()
     except Exception:  # it raises in float64 too: the crash is the candidate's failure
         return
     raise NotSupportedError(f"the target raises in {str(dtype).removeprefix('torch.')} "

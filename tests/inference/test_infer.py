@@ -142,7 +142,7 @@ def test_constructor_factory_instance_and_errors() -> None:
             super().__init__()
 
     trial = build(NeedsVocab, options(ATTENTION), "attention")
-    assert trial.plan.trials == {"vocab_size": 1} and "trial values by role" in trial.plan.describe()  # no width left
+    assert trial.plan.trials == {"vocab_size": 8} and "trial values by role" in trial.plan.describe()  # the width
 
     class NeedsPath(nn.Module):  # a string that names no activation: no role gives it a value
         def __init__(self, d_model: int, checkpoint: str) -> None:

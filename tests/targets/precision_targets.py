@@ -1,0 +1,67 @@
+"""Targets whose arithmetic is not all at the precision they are run in (tests/harness/test_precision.py), and
+constructors and layers in styles the other target modules do not have.
+
+- ``Tempered(dim, heads)``: batch-first self-attention through one packed projection, its temperature a
+  float32 tensor held as a plain attribute (``.to(float64)`` does not move it), so in float64 its results carry
+  float32's rounding of sqrt(head width). Bug twin ``TemperedBug``: the temperature is the head width itself.
+- ``Lens(size, hops, d_in, d_out)``: attention whose input and output widths are parameters no table names.
+- ``Chatty(width, heads, hidden)``: a post-norm encoder layer that returns its output with the attention
+  weights, as many course layers do; the built-in returns the output alone.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class Tempered(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.mix = nn.Linear(dim, 3 * dim)
+        self.back = nn.Linear(dim, dim)
+        self.temperature = self.temperature_for(dim // heads)
+
+    @staticmethod
+    def temperature_for(width: int) -> Tensor:
+        return torch.tensor(float(width)).sqrt()  # float32, and not a buffer
+
+    def forward(self, x: Tensor) -> Tensor:
+        q, k, v = self.mix(x).chunk(3, dim=-1)
+        q, k, v = (z.unflatten(-1, (self.heads, -1)).permute(0, 2, 1, 3) for z in (q, k, v))
+        weights = torch.softmax(torch.einsum("bhid,bhjd->bhij", q, k) / self.temperature, dim=-1)
+        return self.back(torch.einsum("bhij,bhjd->bhid", weights, v).permute(0, 2, 1, 3).flatten(2))
+
+
+class TemperedBug(Tempered):
+    @staticmethod
+    def temperature_for(width: int) -> Tensor:
+        return torch.tensor(float(width))
+
+
+class Lens(nn.Module):
+    def __init__(self, hops: int, d_in: int, d_out: int) -> None:
+        super().__init__()
+        self.hops = hops
+        self.wq, self.wk, self.wv = (nn.Linear(d_in, d_out) for _ in range(3))
+        self.wo = nn.Linear(d_out, d_out)
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor) -> Tensor:
+        split = [w(z).unflatten(-1, (self.hops, -1)).transpose(1, 2)
+                 for w, z in ((self.wq, query), (self.wk, key), (self.wv, value))]
+        return self.wo(F.scaled_dot_product_attention(*split).transpose(1, 2).flatten(2))
+
+
+class Chatty(nn.Module):
+    def __init__(self, width: int, heads: int, hidden: int) -> None:
+        super().__init__()
+        self.talk = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.up, self.down = nn.Linear(width, hidden), nn.Linear(hidden, width)
+        self.after_talk, self.after_ff = nn.LayerNorm(width), nn.LayerNorm(width)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        said, weights = self.talk(x, x, x)
+        x = self.after_talk(x + said)
+        return self.after_ff(x + self.down(torch.relu(self.up(x)))), weights
