@@ -26,6 +26,7 @@ from reference.inference.weightmap import (
     MapMismatchError,
     Override,
     WeightMap,
+    agreement,
     difference,
     infer_weight_map,
 )
@@ -162,7 +163,7 @@ def _check_masks(builtin: nn.Module, model: nn.Module, wm: WeightMap, call: Call
         expected = call(reference, **inputs, **kwargs)
         got = conv(model, inputs, kwargs, batch_first=batch_first)
     diff = difference(expected, got)
-    if diff > 1e-9 if got["output"].dtype == torch.float64 else diff > 1e-4:
+    if diff > agreement(model) if got["output"].dtype == torch.float64 else diff > 1e-4:
         how = ("as keep-masks (True = may attend), as declared" if conv.keep_mask else
                "as measured (" + "; ".join(f"{p}: {f.describe()}" for p, (_, f) in conv.forms.items()) + ")"
                if conv.forms else "as torch's block-masks (True or -inf = blocked)")

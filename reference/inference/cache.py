@@ -29,7 +29,6 @@ from reference.verdict.engine import fastpath
 
 # options that change no parameter and no call: a map found with one value holds with any other
 NOT_STRUCTURAL = ("dropout", "activation", "layer_norm_eps", "eps")
-FLOAT64_AGREEMENT = 1e-9  # what the map's own verification asks of float64 outputs (reference/inference/weightmap.py)
 
 
 def _kind(value: Any) -> Hashable:

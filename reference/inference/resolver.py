@@ -14,7 +14,7 @@ from torch import nn
 import reference.inference.sizes as fixed_sizes
 from reference.builtin.weights import WeightMapError
 from reference.inference.auto import Inference, infer_target
-from reference.inference.cache import FLOAT64_AGREEMENT, disagreement, rescaled, shape_key, structure_key
+from reference.inference.cache import disagreement, rescaled, shape_key, structure_key
 from reference.inference.calling import Convention, infer_calling
 from reference.inference.construct import ConstructionError, build
 from reference.inference.copying import copy_model
@@ -22,7 +22,7 @@ from reference.inference.layouts import alternatives
 from reference.inference.options import (
     Discovery,
 )
-from reference.inference.weightmap import MapMismatchError, UnpairedError
+from reference.inference.weightmap import MapMismatchError, UnpairedError, agreement
 from reference.levels.registry import LEVELS, Level
 from reference.targets.contract import NotSupportedError, Target, TargetError
 
@@ -126,7 +126,7 @@ class Resolver:
             maps = [inference.weight_map, *alternatives(inference.weight_map, self.entry.seeded_builtin(other))]
             for weight_map in maps:  # a packed q/k/v laid out per head is laid out for this number of heads
                 difference = disagreement(Inference(weight_map, inference.convention), self.entry, other, model)
-                if difference <= FLOAT64_AGREEMENT:
+                if difference <= agreement(model):
                     return heads, 0.0
                 best = min(best, (difference, heads))
         return best[1], best[0]
@@ -224,7 +224,7 @@ class Resolver:
                 continue
             found = Inference(weight_map, template.convention)
             difference = disagreement(found, self.entry, case, model, builtin)
-            if difference <= FLOAT64_AGREEMENT:
+            if difference <= agreement(model):
                 weight_map.difference, weight_map.verified = difference, True
                 return found
         return None

@@ -24,7 +24,7 @@ import reference.inference.sizes as fixed_sizes
 from reference.builtin.config import Config
 from reference.builtin.weights import WeightMapError
 from reference.inference.auto import Inference
-from reference.inference.cache import FLOAT64_AGREEMENT, disagreement
+from reference.inference.cache import disagreement
 from reference.inference.calling import CallError
 from reference.inference.candidate import InferredCandidate
 from reference.inference.construct import Plan
@@ -41,7 +41,7 @@ from reference.inference.options import (
 )
 from reference.inference.options import sentence as configuration_sentence
 from reference.inference.resolver import Resolver
-from reference.inference.weightmap import MapMismatchError, UnpairedError
+from reference.inference.weightmap import MapMismatchError, UnpairedError, agreement
 from reference.targets.contract import NotSupportedError, TargetError
 from reference.verdict.assertions import record_note
 
@@ -133,7 +133,7 @@ class InferredTarget(Resolver):
         mismatch = None if search.heads_unknown else search.paired.get(group)  # that map, run, says how far
         difference = disagreement(self._mismatched(mismatch, case, model), self.entry, case, model) \
             if mismatch is not None else None
-        if difference is None or difference <= FLOAT64_AGREEMENT:
+        if difference is None or difference <= agreement(model):
             try:
                 found = self._infer(case, model)
             except MapMismatchError as exc:  # paired one to one, but the outputs differ

@@ -122,3 +122,11 @@ def test_the_temperature_bug_fails_in_float32() -> None:
     report = api.check("tests.targets.precision_targets:TemperedBug", level="attention", profile="kill", device="cpu",
                        pytest_args=("-k", "float32"))
     assert not report.passed and report.failures, report
+
+
+@pytest.mark.slow
+def test_the_configuration_of_code_computing_in_float32_is_found() -> None:
+    report = api.check("tests.targets.precision_targets:Widen", level="feed_forward", profile="ci", device="cpu",
+                       pytest_args=("-k", "float32"))
+    assert report.passed, report
+    assert "equals nn.TransformerEncoderLayer._ff_block(activation='tanh_gelu')" in str(report), report

@@ -7,6 +7,8 @@ constructors and layers in styles the other target modules do not have.
 - ``Lens(size, hops, d_in, d_out)``: attention whose input and output widths are parameters no table names.
 - ``Chatty(width, heads, hidden)``: a post-norm encoder layer that returns its output with the attention
   weights, as many course layers do; the built-in returns the output alone.
+- ``Widen(config)``: a feed-forward configured by a dict, its tanh GELU written out with a float32 constant:
+  its configuration (tanh_gelu) is found at float32's agreement, not float64's.
 """
 
 from __future__ import annotations
@@ -65,3 +67,20 @@ class Chatty(nn.Module):
         said, weights = self.talk(x, x, x)
         x = self.after_talk(x + said)
         return self.after_ff(x + self.down(torch.relu(self.up(x)))), weights
+
+
+def _tanh_gelu(x: Tensor) -> Tensor:
+    root = torch.tensor(2.0 / torch.pi).sqrt()  # float32, whatever x is
+    return x * 0.5 * (1.0 + torch.tanh(root * (x + 0.044715 * x.pow(3))))
+
+
+class Widen(nn.Module):
+    """A feed-forward with a hand-written tanh GELU whose constant is a float32 tensor."""
+
+    def __init__(self, config: dict) -> None:
+        super().__init__()
+        self.steps = nn.ModuleList([nn.Linear(config["width"], 4 * config["width"]),
+                                    nn.Linear(4 * config["width"], config["width"])])
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.steps[1](_tanh_gelu(self.steps[0](x)))
