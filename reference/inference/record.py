@@ -136,7 +136,8 @@ class _Recorder(TorchFunctionMode):
             tensors += [(-1, key, t, self.derived[id(t)]) for t in tree_flatten(arg)[0]
                         if isinstance(t, Tensor) and id(t) in self.derived]
         if not tensors:
-            if self.made_by and (name in DERIVE or name in SHIFT):  # a view of a product, or a sum with one
+            if self.made_by and (name in DERIVE or name in SHIFT or name in SCALE):  # a view of a product, a sum
+                # with one, or one scaled (a norm's ``scale * (x - mean) / std``: its shift is still the scale's)
                 self._tag([o for o in tree_flatten(out)[0] if isinstance(o, Tensor)], self._made_by(args, kwargs))
             return out
         self.step += 1
