@@ -48,10 +48,12 @@ def is_smooth(config: Config) -> bool:
 
 
 @st.composite
-def head_shapes(draw: st.DrawFn, *, max_d_model: int = MAX_D_MODEL) -> tuple[int, int]:
-    """(d_model, nhead) with nhead dividing d_model: nhead 1, odd and even, head sizes 1 to 8."""
+def head_shapes(draw: st.DrawFn, *, max_d_model: int = MAX_D_MODEL, min_d_model: int = 1) -> tuple[int, int]:
+    """(d_model, nhead) with nhead dividing d_model: nhead 1, odd and even, head sizes 1 to 8, d_model at least
+    ``min_d_model``."""
     nhead = draw(st.sampled_from([1, 2, 3, 4, 5, 8]).filter(lambda h: h <= max_d_model), label="nhead")
-    head_dim = draw(st.integers(1, min(8, max_d_model // nhead)), label="head_dim")
+    least = -(-min_d_model // nhead)  # the smallest head size that makes the width
+    head_dim = draw(st.integers(least, max(least, min(8, max_d_model // nhead))), label="head_dim")
     return nhead * head_dim, nhead
 
 
@@ -64,8 +66,11 @@ def configs(
     activations: tuple[str | Callable[[Tensor], Tensor], ...] = ACTIVATIONS,
     batch_first: bool | None = None,
 ) -> Config:
-    """nn.Transformer constructor options: every one of them, sizes kept small."""
-    d_model, nhead = draw(head_shapes(max_d_model=max_d_model))
+    """nn.Transformer constructor options: every one of them, sizes kept small; d_model at least 2 (a LayerNorm
+    over one feature is degenerate: its output is its bias whatever the input, its exact input gradient 0, and
+    the computed one rounding times 1/sqrt(eps): PyTorch's own float64 gradient there is 2**-33 with eps 1e-12,
+    and a correct written-out norm's differs from it at every precision)."""
+    d_model, nhead = draw(head_shapes(max_d_model=max_d_model, min_d_model=2))
     return Config(
         d_model=d_model,
         nhead=nhead,

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
 from torch import Tensor, nn
 
 import tests.targets.precision_targets as P
 from reference import api
+from reference.builtin.config import Config
+from reference.cases.strategies import configs
 from reference.targets.contract import NotSupportedError
 from reference.verdict.engine import HandmadeTwin, compare_modules
 
@@ -91,7 +94,6 @@ def test_a_nan_in_float64_too_is_judged_as_a_failure() -> None:
 
 
 def test_a_two_width_constructor_gets_the_model_width_for_both() -> None:
-    from reference.builtin.config import Config
     from reference.inference.construct import build
     from reference.levels.registry import LEVELS
 
@@ -101,9 +103,15 @@ def test_a_two_width_constructor_gets_the_model_width_for_both() -> None:
     assert built.model.wo.weight.shape == (12, 12)
 
 
+@given(config=configs())
+@settings(max_examples=50)
+def test_configurations_never_normalize_over_one_feature(config: Config) -> None:
+    assert config.d_model >= 2 and config.d_model % config.nhead == 0
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("spec", "level"), [("Tempered", "attention"), ("Chatty", "encoder_layer"),
-                                             ("Lens", "attention")])
+                                             ("Lens", "attention"), ("Relay", "decoder_layer")])
 def test_the_correct_target_passes(spec: str, level: str) -> None:
     report = api.check(f"tests.targets.precision_targets:{spec}", level=level, profile="ci", device="cpu",
                        pytest_args=("-k", "float64 or float32"))

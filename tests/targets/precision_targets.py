@@ -9,6 +9,8 @@ constructors and layers in styles the other target modules do not have.
   weights, as many course layers do; the built-in returns the output alone.
 - ``Widen(config)``: a feed-forward configured by a dict, its tanh GELU written out with a float32 constant:
   its configuration (tanh_gelu) is found at float32's agreement, not float64's.
+- ``Relay(size, n_head, inner)``: a post-norm decoder layer with written-out norms of eps 1e-12; correct at every
+  width the suite draws (a norm over one feature, where PyTorch's own gradient is rounding, is not drawn).
 """
 
 from __future__ import annotations
@@ -84,3 +86,31 @@ class Widen(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.steps[1](_tanh_gelu(self.steps[0](x)))
+
+
+class _TinyEpsNorm(nn.Module):
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.w, self.b = nn.Parameter(torch.ones(size)), nn.Parameter(torch.zeros(size))
+
+    def forward(self, x: Tensor) -> Tensor:
+        mean = x.mean(-1, keepdim=True)
+        var = ((x - mean) ** 2).mean(-1, keepdim=True)
+        return self.w * (x - mean) * torch.rsqrt(var + 1e-12) + self.b
+
+
+class Relay(nn.Module):
+    """A post-norm decoder layer with written-out norms of eps 1e-12 (as BERT-style course code has), taking its
+    masks keyword-only."""
+
+    def __init__(self, size: int, n_head: int, inner: int) -> None:
+        super().__init__()
+        self.own = nn.MultiheadAttention(size, n_head, batch_first=True)
+        self.cross = nn.MultiheadAttention(size, n_head, batch_first=True)
+        self.grow, self.shrink = nn.Linear(size, inner), nn.Linear(inner, size)
+        self.n1, self.n2, self.n3 = _TinyEpsNorm(size), _TinyEpsNorm(size), _TinyEpsNorm(size)
+
+    def forward(self, y: Tensor, memory: Tensor, *, look_ahead: Tensor | None = None) -> Tensor:
+        y = self.n1(y + self.own(y, y, y, attn_mask=look_ahead, need_weights=False)[0])
+        y = self.n2(y + self.cross(y, memory, memory, need_weights=False)[0])
+        return self.n3(y + self.shrink(F.relu(self.grow(y))))
