@@ -25,7 +25,7 @@ TWINS = [
     (f"{C}:MaskArgAttention", "attention", "", "scale_by_head_dim"),
     (f"{C}:KeywordOnlyEncoderLayer", "encoder_layer", "self_attn", "head_merge_without_transpose"),
     (f"{C}:NamedInputsDecoderLayer", "decoder_layer", "norm3", "residual around ff skips part of the layer"),
-    (f"{C}:ExtendedMaskEncoderLayer", "encoder_layer", "norm1", "layer_norm_eps_outside_sqrt"),
+    (f"{C}:ExtendedMaskEncoderLayer", "encoder_layer", "norm1", "layer_norm_unbiased_variance"),
     (f"{C}:LSNMaskAttention", "attention", "", "softmax_over_queries"),
     (f"{C}:IntMaskEncoder", "encoder", "layers.1.self_attn", "padding_ignored"),  # the mask misses layer 1 on
     (f"{C}:ArgOrderAttention", "attention", "", "query_as_key"),
