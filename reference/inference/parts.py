@@ -100,6 +100,9 @@ _BUILDING: set[type] = set()  # classes being built for a part now: a part is ne
 # normed output of one feature is constant)
 MEASURE: dict[str, Any] = {"d_model": 16, "nhead": 2, "dim_feedforward": 32, "dropout": 0.0}
 _ROLES: dict[tuple[type, str], str | None] = {}  # (class, level) -> the part it measured as
+# (class, level, classes being built around it, options) that did not build: a target is built once per drawn
+# case, and trying such a class again each time (its own parts build module copies) cost most of a check's time
+_UNBUILT: set[tuple[type, str, frozenset[type], str]] = set()
 
 
 def _build(candidate: type, options: dict[str, Any], level: str, build: Build) -> Any:
@@ -118,9 +121,14 @@ def _role(candidate: type, options: dict[str, Any], level: str, build: Build) ->
     """The part ``candidate`` plays, measured once (at MEASURE's sizes); "none" when it does not build."""
     key = (candidate, level)
     if key not in _ROLES:
-        built = _build(candidate, {**options, **MEASURE}, level, build)
+        at = {**options, **MEASURE}
+        failed = (candidate, level, frozenset(_BUILDING), repr(sorted(at.items())))  # the same options inside the
+        if failed in _UNBUILT:  # same classes being built fail the same way
+            return "none"
+        built = _build(candidate, at, level, build)
         if built is None:
-            return "none"  # not kept: it may build once its own parts can be
+            _UNBUILT.add(failed)
+            return "none"  # not kept as its role: it may build once its own parts can be
         _ROLES[key] = measured(built.model, MEASURE["d_model"])
     return _ROLES[key]
 

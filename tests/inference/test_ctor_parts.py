@@ -91,3 +91,16 @@ def test_a_module_parameter_nothing_can_play_is_one_paragraph_naming_it() -> Non
         build(Lonely, options("encoder_layer"), "encoder_layer")
     text = str(caught.value)
     assert "\n" not in text and "mixer (as its feed_forward)" in text and "functools.partial(" in text
+
+
+def test_a_class_that_does_not_build_is_tried_once_per_set_of_options() -> None:
+    import tests.targets.parts_cache_targets as PC
+
+    options = LEVELS["encoder_layer"].from_config(Config(d_model=8, nhead=2, dim_feedforward=16)).options()
+    first = build(PC.Wrapper, options, "encoder_layer")
+    assert isinstance(first.model.block, PC.Mlp) and isinstance(first.model.mixer, PC.Mixer)
+    tried = PC.Broken.calls
+    assert tried >= 1
+    for width in (8, 12, 16):
+        build(PC.Wrapper, {**options, "d_model": width}, "encoder_layer")
+    assert PC.Broken.calls == tried
