@@ -72,7 +72,9 @@ class Resolver:
         if "nhead" in wanted:
             width = case.width
             if width not in self._heads and self._discovery is not None:  # a width not met yet (a class taking
-                self._heads[width] = self._measure_heads(case, built.model)  # d_model but not nhead)
+                # d_model but not nhead), measured unmasked on sequences long enough to tell head counts apart (on
+                # one key every count gives the same output, and the first case met at a width may have one)
+                self._heads[width] = self._measure_heads(case.unmasked().long_enough(), built.model)
             case = case.with_options({"nhead": self._heads.get(width) or fixed_sizes.head_counts(
                 width, case.heads)[0]})
         heads = getattr(case, "heads", 0)

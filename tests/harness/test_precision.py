@@ -138,3 +138,12 @@ def test_the_configuration_of_code_computing_in_float32_is_found() -> None:
                        pytest_args=("-k", "float32"))
     assert report.passed, report
     assert "equals nn.TransformerEncoderLayer._ff_block(activation='tanh_gelu')" in str(report), report
+
+
+@pytest.mark.slow
+def test_heads_are_measured_at_each_width_on_sequences_that_tell_them_apart() -> None:
+    """Lens's head count is a parameter no name says (``hops``), so it is measured at each width the suite
+    draws. A width first met on a case with one key (where every count gives the same output) kept the drawn
+    count, and later cases at that width failed in whichever dtype met it second."""
+    report = api.check("tests.targets.precision_targets:Lens", level="attention", profile="ci", device="cpu")
+    assert report.passed, report
