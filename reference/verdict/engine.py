@@ -199,7 +199,7 @@ def compare_modules(
     verdicts = _verdicts(ref, own_parts, cand, named is not None)
     if not all(v.passed for v in verdicts):  # a precision the code cannot be judged in is declined, with numbers
         rerun = _float64_rerun(candidate, own, call, inputs, kwargs, device)
-        if dtype == torch.float64:
+        if dtype == torch.float64 and precision.rounding_sized(verdicts):
             lower = precision.lower_precision_in(rerun)
             if lower is not None:
                 case = _Case(call=call, inputs=inputs, kwargs=kwargs, device=device, cot=cot, seed=seed)

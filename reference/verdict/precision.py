@@ -72,6 +72,16 @@ def lower_precision_in(run: Rerun) -> tuple[torch.dtype, str] | None:
     return seen.first
 
 
+ROUNDING_SIZED = 1e-2  # relative: a float64 difference above this is no lower precision's rounding
+
+
+def rounding_sized(verdicts: list[Verdict]) -> bool:
+    """Whether every failed verdict is small enough to be a lower precision's rounding (float32's is ~1e-7
+    relative, ~1e-4 in ill-conditioned cases): a larger difference fails float64 whatever precision the code
+    computes in, and is not re-run to find out (most failures are O(1): a real bug)."""
+    return all(v.max_rel <= ROUNDING_SIZED for v in verdicts if not v.passed)
+
+
 def not_finite(parts: Iterable[Mapping[str, Tensor]]) -> set[str]:
     """The names of the floating tensors with a NaN or an inf among ``parts``."""
     return {k for part in parts for k, t in part.items()
