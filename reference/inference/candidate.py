@@ -39,7 +39,11 @@ class InferredCandidate:
 
     def call(self, model: nn.Module, call: Any, inputs: dict[str, Tensor], kwargs: dict[str, object]) -> Any:
         assert self.inference is not None, "load() runs before call()"
-        return self.inference.convention(model, inputs, kwargs, batch_first=self.case.batch_first)
+        conv = self.inference.convention
+        out = conv(model, inputs, kwargs, batch_first=self.case.batch_first)
+        if conv.level != "attention":  # a layer or a stack returns one tensor: what else the target returns is not
+            out.pop("weights", None)  # judged (the inferred notes say so)
+        return out
 
     def param_grads(self, model: nn.Module, builtin: nn.Module) -> dict[str, Tensor] | None:
         assert self.inference is not None, "load() runs before param_grads()"

@@ -96,8 +96,6 @@ class Convention:
             if kwargs.get(flag) is not None:
                 target_kwargs[flag] = kwargs[flag]
         out = self.invoke(model, given, target_kwargs, batch_first=batch_first)
-        if self.level != "attention":  # a layer or a stack returns one tensor: what else the target returns is not
-            out.pop("weights", None)  # judged (the inferred notes say so)
         weights = out.get("weights")
         if self.level == "attention" and weights is not None:
             if kwargs.get("need_weights") is False:

@@ -179,17 +179,8 @@ def compare_modules(
             model = candidate.build(device, dtype)  # first: a declined configuration costs no copy or run
         own = copy.deepcopy(builtin).to(device, dtype) if own_needed else builtin
         oracle = copy.deepcopy(own).to("cpu", torch.float64) if own_needed else builtin
-
-        def builtin_run(model: nn.Module) -> Callable[[dict[str, Tensor], dict[str, object]], object]:
-            return lambda xs, kw: call(model, **xs, **kw)
-
-        ref = _run(builtin_run(oracle), oracle, inputs, kwargs, "cpu", torch.float64, cot)
-        # PyTorch's own error: on the weights as rounded (in float64 on the CPU, the oracle itself: error 0) and
-        # on a jittered rounding of them, which in float64 measures how ill-conditioned the case is
-        mine = _run(builtin_run(own), own, inputs, kwargs, device, None, cot) if own_needed else ref
-        jit_model = jittered(own, seed + 2)
-        jit = _run(builtin_run(jit_model), jit_model, inputs, kwargs, device, None, cot)
-        own_parts = tuple(with_jittered(m, j) for m, j in zip(mine.parts(), jit.parts(), strict=True))
+        ref = _run(lambda xs, kw: call(oracle, **xs, **kw), oracle, inputs, kwargs, "cpu", torch.float64, cot)
+        own_parts = _own_error(own, call, inputs, kwargs, device, None, cot, seed, None if own_needed else ref)
         with _candidates_failure(candidate, own, call, inputs, kwargs, dtype):
             candidate.load(model, own)
             model.eval()
@@ -197,17 +188,33 @@ def compare_modules(
             named = candidate.param_grads(model, own) if grads else {}
     cand.param_grads = {} if named is None else {f"grad {k}": g for k, g in named.items()}
     verdicts = _verdicts(ref, own_parts, cand, named is not None)
-    if not all(v.passed for v in verdicts):  # a precision the code cannot be judged in is declined, with numbers
-        rerun = _float64_rerun(candidate, own, call, inputs, kwargs, device)
-        if dtype == torch.float64 and precision.rounding_sized(verdicts):
-            lower = precision.lower_precision_in(rerun)
-            if lower is not None:
-                case = _Case(call=call, inputs=inputs, kwargs=kwargs, device=device, cot=cot, seed=seed)
-                _judged_at(lower, verdicts, own, case, ref, cand, named)
-        else:
-            precision.declines_overflow(dtype, precision.not_finite(cand.parts()) - precision.not_finite(ref.parts()),
-                                        rerun)
+    if all(v.passed for v in verdicts):
+        return verdicts
+    # a precision the code cannot be judged in is declined, with numbers
+    rerun = _float64_rerun(candidate, own, call, inputs, kwargs, device)
+    if dtype != torch.float64:
+        broken = precision.not_finite(cand.parts()) - precision.not_finite(ref.parts())
+        precision.declines_overflow(dtype, broken, rerun)
+    elif precision.rounding_sized(verdicts):
+        lower = precision.lower_precision_in(rerun)
+        if lower is not None:
+            case = _Case(call=call, inputs=inputs, kwargs=kwargs, device=device, cot=cot, seed=seed)
+            _judged_at(lower, verdicts, own, case, ref, cand, named)
     return verdicts
+
+
+def _own_error(own: nn.Module, call: Call, inputs: dict[str, Tensor], kwargs: dict[str, object],
+               device: torch.device | str, dtype: torch.dtype | None, cot: int | None, seed: int,
+               mine: _Run | None = None) -> tuple[dict[str, tuple[Tensor, Tensor]], ...]:
+    """PyTorch's own error: the built-in ``own`` (at the candidate's dtype) on the weights as rounded (``mine``
+    when already run: in float64 on the CPU, the oracle itself) and on a jittered rounding of them, which in
+    float64 measures how ill-conditioned the case is; each result paired for ``judge``."""
+    def run(model: nn.Module) -> _Run:
+        return _run(lambda xs, kw: call(model, **xs, **kw), model, inputs, kwargs, device, dtype, cot)
+
+    mine = run(own) if mine is None else mine
+    jit = run(jittered(own, seed + 2))
+    return tuple(with_jittered(m, j) for m, j in zip(mine.parts(), jit.parts(), strict=True))
 
 
 def _verdicts(ref: _Run, own_parts: tuple[Mapping[str, Any], ...], cand: _Run, with_params: bool,
@@ -261,15 +268,8 @@ def _judged_at(lower: tuple[torch.dtype, str], verdicts: list[Verdict], builtin:
     Within that tolerance, float64 cannot judge the code and declines (NotSupportedError, with the numbers);
     beyond it, the float64 failure stands."""
     low, where = lower
-
-    def runner(model: nn.Module) -> Callable[[dict[str, Tensor], dict[str, object]], object]:
-        return lambda xs, kw: case.call(model, **xs, **kw)
-
     own = copy.deepcopy(builtin).to(case.device, low)
-    mine = _run(runner(own), own, case.inputs, case.kwargs, case.device, low, case.cot)
-    jit_model = jittered(own, case.seed + 2)
-    jit = _run(runner(jit_model), jit_model, case.inputs, case.kwargs, case.device, low, case.cot)
-    own_parts = tuple(with_jittered(m, j) for m, j in zip(mine.parts(), jit.parts(), strict=True))
+    own_parts = _own_error(own, case.call, case.inputs, case.kwargs, case.device, low, case.cot, case.seed)
     as_low = _verdicts(ref, own_parts, cand, named is not None, low)
     if all(v.passed for v in as_low):
         raise NotSupportedError(precision.float64_declined(low, where, verdicts, as_low))

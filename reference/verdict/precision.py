@@ -10,13 +10,14 @@ these questions only of a comparison that failed, and reports each declined prec
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
 
 from reference.targets.contract import NotSupportedError
 from reference.verdict.tolerance import Verdict
@@ -38,23 +39,12 @@ class _LowerPrecision(TorchFunctionMode):
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         out = func(*args, **(kwargs or {}))
         if self.first is None and getattr(func, "__name__", "") != "__get__":  # not an attribute read
-            for t in _tensors((args, kwargs, out)):
-                if t.is_floating_point() and t.dtype != torch.float64:
+            for t in tree_flatten((args, kwargs, out))[0]:
+                if isinstance(t, Tensor) and t.is_floating_point() and t.dtype != torch.float64:
                     name = getattr(func, "__name__", str(func))
                     self.first = (t.dtype, f"{name} on a {_name(t.dtype)} tensor of shape {tuple(t.shape)}")
                     break
         return out
-
-
-def _tensors(value: object) -> Iterator[Tensor]:
-    if isinstance(value, Tensor):
-        yield value
-    elif isinstance(value, (tuple, list)):
-        for v in value:
-            yield from _tensors(v)
-    elif isinstance(value, Mapping):
-        for v in value.values():
-            yield from _tensors(v)
 
 
 def _name(dtype: torch.dtype) -> str:

@@ -119,6 +119,14 @@ def test_the_correct_target_passes(spec: str, level: str) -> None:
 
 
 @pytest.mark.slow
+def test_a_layers_extra_returned_tensor_is_reported_not_judged() -> None:
+    report = api.check("tests.targets.precision_targets:Chatty", level="encoder_layer", profile="ci", device="cpu",
+                       pytest_args=("-k", "float64"))
+    assert report.passed, report
+    assert "returns a second tensor (attention weights?), which the built-in does not: not judged" in str(report)
+
+
+@pytest.mark.slow
 def test_the_float32_temperature_declines_float64_with_its_reason() -> None:
     report = api.check("tests.targets.precision_targets:Tempered", level="attention", profile="ci", device="cpu",
                        pytest_args=("-k", "float64"))
