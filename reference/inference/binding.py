@@ -4,11 +4,13 @@ The level names its inputs (query/key/value, src, tgt/memory, x, input). A targe
 those that are not masks or flags: ``pairings`` pairs the level's inputs with them, by name where the
 signature says (the name itself, or a usual spelling of it), the rest by position; parameters with a
 default are paired by name only (``forward(x, layer_past=None)`` takes one input), and, as a second
-candidate, by position too; last, each candidate less the optional parameters at its end (an optional position
-tensor is not the values). Which candidate is right, when the shapes allow several, the values decide
-(reference/inference/auto.py). ``arguments`` builds the call: positional-only parameters by position, the rest
-by keyword (so keyword-only parameters and inputs after a mask parameter are given by name), and a required
-parameter the call gives nothing (a mask without a default, when the case has no mask) gets ``None``.
+candidate, by position too; then each candidate less the optional parameters at its end (an optional position
+tensor is not the values); last, each candidate that leaves required data parameters unbound with them given an
+input it binds (``forward(value, key, query, mask)`` called with one input, as its own encoder calls it). Which
+candidate is right, when the shapes allow several, the values decide (reference/inference/auto.py).
+``arguments`` builds the call: positional-only parameters by position, the rest by keyword (so keyword-only
+parameters and inputs after a mask parameter are given by name), and a required parameter the call gives
+nothing (a mask without a default, when the case has no mask) gets ``None``.
 """
 
 from __future__ import annotations
@@ -118,7 +120,29 @@ def pairings(level_inputs: list[str], params: tuple[Param, ...], varargs: bool) 
             permuted = tuple(zip(order, chosen, strict=True))
             if permuted not in out:
                 out.append(permuted)
-    return out + [short for short in _without_optional(out, params) if short not in out]
+    out += [short for short in _without_optional(out, params) if short not in out]
+    return out + [full for full in _repeated(out, params) if full not in out]
+
+
+def _repeated(candidates: list[Pairs], params: tuple[Param, ...]) -> list[Pairs]:
+    """Each candidate that leaves required data parameters unbound, with each of them given the input of the
+    nearest bound parameter before it (the first bound one if none is before): a block called as
+    ``block(x, x, x, mask)`` for self-attention, ``block(y, enc, enc, ...)`` for keys and values from one
+    memory. Tried after the others; the measurement decides."""
+    data = [p.name for p in params if p.data]
+    required = [p.name for p in params if p.data and p.required]
+    out: list[Pairs] = []
+    for pairs in candidates:
+        bound = {t: f for f, t in pairs}
+        if not bound or all(name in bound for name in required):
+            continue
+        filled = dict(bound)
+        for name in required:
+            if name not in filled:
+                before = [bound[d] for d in data[:data.index(name)] if d in bound]
+                filled[name] = before[-1] if before else next(iter(bound.values()))
+        out.append(tuple((filled[t], t) for t in data if t in filled))
+    return out
 
 
 def _without_optional(candidates: list[Pairs], params: tuple[Param, ...]) -> list[Pairs]:

@@ -34,6 +34,7 @@ from reference.inference.binding import FLAGS
 from reference.inference.byname import one_mask_only
 from reference.inference.convention import Convention
 from reference.inference.copying import copy_model
+from reference.inference.keep64 import kept
 from reference.inference.mask_probe import keeps_batch_apart
 from reference.inference.outputs import read_outputs
 from reference.inference.streams import Forms, measure_forms, resolve
@@ -114,6 +115,9 @@ def infer_calling(model: nn.Module, level: str, inputs: Mapping[str, Tensor], kw
     notes = _notes(conv, layouts, batched, measured) + ignored
     unbatched = _try_unbatched(conv, model, sample, bare, batch_first) if batched else True
     notes.append("takes unbatched input" if unbatched else "does not take unbatched input")
+    if (cast := kept(model)) is not None:
+        notes.append(f"casts down when run in float64 ({cast}): kept float64 there, so float64 judges its "
+                     "arithmetic and the other dtypes its casts")
     returns_weights = conv.returns_weights
     if level == "attention":
         notes.append("returns attention weights" if returns_weights else "returns the output only (no weights)")

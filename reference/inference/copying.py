@@ -5,7 +5,8 @@ the model's own submodules (minGPT: ``self.mlpf = lambda x: m.dropout(m.c_proj(m
 the original's weights, in the original's dtype, from the copy. Here such functions are rebuilt with their
 closure cells pointing at the copies. And ``copy.deepcopy`` refuses a tensor that is not a graph leaf: a forward
 that keeps its attention weights on the module (``self.attn = p_attn``) leaves one there after any call, so such
-tensors are copied detached.
+tensors are copied detached. A copy's float64 forwards keep float64 where its code casts down
+(reference/inference/keep64.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import types
 from typing import TypeVar
 
 from torch import Tensor, nn
+
+from reference.inference.keep64 import install
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -31,6 +34,7 @@ def copy_model(model: M) -> M:
                 cells = tuple(_follow(cell, memo) for cell in value.__closure__)
                 module.__dict__[name] = types.FunctionType(value.__code__, value.__globals__, value.__name__,
                                                            value.__defaults__, cells)
+    install(new)  # its float64 runs keep float64 where it casts down (reference/inference/keep64.py)
     return new
 
 

@@ -6,6 +6,12 @@ A target's packed projection (``qkv = nn.Linear(E, 3E)``, or a ``to_kv`` of 2E r
 interleaved per head (``[q_0; k_0; v_0; q_1; ...]``, head after head), and the blocks may come in another
 order. None of that shows in any shape, so each layout is a candidate map, and the one whose outputs equal the
 built-in's is kept: the same layout for every packed projection of the target (one piece of code).
+
+When none does (a bug after the projection: heads merged without the transpose, a wrong scale), the layout is
+still measured: ``zero_values`` zeroes the built-in's value rows, and with them every value the attention
+mixes, so that everything between the scores and the output projection (scale, masks, softmax, the merge) has
+nothing left to change. The candidate whose target output then equals the built-in's is the one that puts
+the value rows where the target's code reads its values (``weightmap.infer_weight_map``).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import dataclasses
 import itertools
 from collections.abc import Iterator
 
+import torch
 from torch import nn
 
 from reference.inference.maps import Link, Source, WeightMap
@@ -82,3 +89,13 @@ def alternatives(wm: WeightMap, builtin: nn.Module) -> Iterator[WeightMap]:
         if key not in tried:
             tried.add(key)
             yield dataclasses.replace(wm, links=tuple(links))
+
+
+def zero_values(builtin: nn.Module) -> nn.Module:
+    """``builtin`` (in place) with each packed projection's value rows and bias at zero."""
+    with torch.no_grad():
+        for name, param in builtin.named_parameters():
+            sizes = packed_sizes(builtin).get(name)
+            if sizes is not None:
+                param[2 * sizes[0]:3 * sizes[0]] = 0.0
+    return builtin
