@@ -134,8 +134,8 @@ def restacked(template: WeightMap, builtin: nn.Module, model: nn.Module) -> Weig
 
 def rescaled(template: WeightMap, builtin: nn.Module, model: nn.Module) -> WeightMap | None:
     """``template`` with its row ranges scaled to ``builtin``'s sizes, when every one scales exactly and fills its
-    target tensor; None otherwise (or when it holds rows at zero). Another number of layers is ``restacked``
-    first. Not verified: see ``disagreement``."""
+    target tensor, the rows it holds at zero scaled too; None otherwise. Another number of layers is
+    ``restacked`` first (not a template that holds rows). Not verified: see ``disagreement``."""
     shapes = {n: tuple(p.shape) for n, p in builtin.named_parameters()}
     params = dict(model.named_parameters())
     if not template.held and set(params) != {link.target for link in template.links} | set(template.ignored):
@@ -143,9 +143,13 @@ def rescaled(template: WeightMap, builtin: nn.Module, model: nn.Module) -> Weigh
         if stretched is None:
             return None
         template = stretched  # still at the template's sizes: scaled below
-    if template.held or any(n not in shapes for n in template.builtin_shapes) \
+    if any(n not in shapes for n in template.builtin_shapes) \
             or set(params) != {link.target for link in template.links} | set(template.ignored):
-        return None  # rows held at zero, or tensors the template does not cover (another layer count)
+        return None  # tensors the template does not cover (another layer count)
+    held = tuple(_scaled(s, template.builtin_shapes, shapes) if s.rows is None or s.name in template.builtin_shapes
+                 else None for s in template.held)  # rows of a tensor with no link: their old size is not known
+    if any(s is None for s in held):
+        return None
     links = []
     for link in template.links:
         sources = [_scaled(s, template.builtin_shapes, shapes) for s in link.sources]
@@ -157,7 +161,8 @@ def rescaled(template: WeightMap, builtin: nn.Module, model: nn.Module) -> Weigh
             return None
         links.append(Link(link.target, tuple(s for s in sources if s is not None), link.transpose, link.how))
     return WeightMap(links=tuple(links), builtin_shapes={n: shapes[n] for n in template.builtin_shapes},
-                     ignored=template.ignored, notes=template.notes, ties=template.ties)
+                     ignored=template.ignored, notes=template.notes, ties=template.ties,
+                     held=tuple(s for s in held if s is not None))
 
 
 def _scaled(source: Source, old: Mapping[str, tuple[int, ...]], new: Mapping[str, tuple[int, ...]]) -> Source | None:
