@@ -108,8 +108,34 @@ def module_parameters(cls: Any) -> dict[str, int]:
     first, used = _class_uses(cls)
     found = {p: first.get(attrs.get(p, ""), 1 << 30) for p in copied}
     found |= {p: first.get(a, 1 << 30) for p, a in attrs.items() if a in used}
+    found |= {p: at for p, at in _through_super(cls, tree, params).items() if p not in found}
     order = list(inspect.signature(init).parameters)
     return dict(sorted(found.items(), key=lambda kv: (kv[1], order.index(kv[0]))))
+
+
+def _through_super(cls: Any, tree: ast.AST, params: set[str]) -> dict[str, int]:
+    """Parameters handed on unchanged to ``super().__init__(...)`` where the parent's constructor uses them as
+    modules (a subclass that changes a norm and passes the attention and feed-forward up), with the parent's
+    order of use."""
+    parent = next((c for c in cls.__mro__[1:] if "__init__" in vars(c)), None)
+    if parent is None or parent.__module__.startswith("torch"):
+        return {}
+    inherited = module_parameters(parent)
+    try:
+        names = [n for n in inspect.signature(vars(parent)["__init__"]).parameters if n != "self"]
+    except (TypeError, ValueError):
+        return {}
+    out: dict[str, int] = {}
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "__init__"
+                and isinstance(node.func.value, ast.Call) and isinstance(node.func.value.func, ast.Name)
+                and node.func.value.func.id == "super"):
+            continue
+        passed = [(names[i] if i < len(names) else None, a) for i, a in enumerate(node.args)]
+        passed += [(k.arg, k.value) for k in node.keywords]
+        out |= {a.id: inherited[name] for name, a in passed
+                if isinstance(a, ast.Name) and a.id in params and name in inherited}
+    return out
 
 
 def _module_annotation(annotation: Any) -> bool:

@@ -13,7 +13,7 @@ one operation whose order the names do not give) it names, with the override tha
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
@@ -22,10 +22,11 @@ from torch import Tensor, nn
 
 from reference.builtin.config import randomize_
 from reference.builtin.weights import WeightMapError
+from reference.inference.choose import Rows, choose, complete, held_rows
 from reference.inference.layouts import alternatives, zero_values
 from reference.inference.maps import OVERRIDE_HELP, Link, Override, Source, WeightMap, load_override, override_links
 from reference.inference.record import Recording, record_uses
-from reference.inference.slots import Fit, Slot, builtin_slots, companion, companions, fits, role_of
+from reference.inference.slots import Fit, builtin_slots, companions, role_of
 from reference.verdict.engine import fastpath
 from reference.verdict.precision import lower_precision_in
 
@@ -54,27 +55,6 @@ class MapMismatchError(WeightMapError):
         self.difference, self.weight_map = difference, weight_map
 
 
-class _Rows:
-    """Which rows of each built-in parameter are taken."""
-
-    def __init__(self) -> None:
-        self.taken: dict[str, list[tuple[int, int]]] = {}
-
-    def free(self, slot: Slot) -> bool:
-        return all(b <= slot.rows[0] or a >= slot.rows[1] for a, b in self.taken.get(slot.name, []))
-
-    def take(self, name: str, rows: tuple[int, int]) -> None:
-        self.taken.setdefault(name, []).append(rows)
-
-    def missing(self, name: str, n: int) -> list[tuple[int, int]]:
-        gaps, at = [], 0
-        for a, b in sorted(self.taken.get(name, [])):
-            if a > at:
-                gaps.append((at, a))
-            at = max(at, b)
-        return gaps + ([(at, n)] if at < n else [])
-
-
 def pair(builtin: nn.Module, model: nn.Module, builtin_rec: Recording, model_rec: Recording,
          override: Mapping[str, Any] | None = None) -> WeightMap:
     """Pair by order, shape, kind and name (no verification); UnpairedError/AmbiguousMapError when it cannot.
@@ -85,18 +65,20 @@ def pair(builtin: nn.Module, model: nn.Module, builtin_rec: Recording, model_rec
     slots, shapes = builtin_slots(builtin, builtin_rec)
     partners = companions(builtin, builtin_rec)
     params = dict(model.named_parameters())
-    rows = _Rows()
     links, ignored = override_links(override or {}, params, shapes)
-    for link in links:
-        for s in link.sources:
-            rows.take(s.name, s.rows or (0, shapes[s.name][0] if shapes[s.name] else 1))
     fixed = {link.target for link in links} | set(ignored)
-    chosen, unpaired, ties = _choose(model_rec, params, slots, shapes, partners, rows, fixed)
-    links += _chosen_links(chosen, shapes)
+    rows = _overridden(links, shapes)
+    chosen, unpaired, ties = choose(model_rec, params, slots, shapes, partners, rows, fixed)
     notes: list[str] = []
     idle = set(builtin_rec.unused)  # the level's call does not use them (feed_forward: the layer's attention)
-    missing = {n: gaps for n, shape in shapes.items()
-               if n not in idle and (gaps := rows.missing(n, shape[0] if shape else 1))}
+    missing = _missing(rows, shapes, idle)
+    if unpaired or (missing and not held_rows(missing, slots, shapes, chosen)):  # holes: one-to-one by shape?
+        whole = complete(model_rec, params, slots, shapes, partners, _overridden(links, shapes), fixed, idle)
+        if whole is not None:
+            chosen, unpaired, rows = whole, [], _overridden(links, shapes, whole.values())
+            missing = _missing(rows, shapes, idle)
+            notes.append("paired by shape and kind: the order of first use pairs no one-to-one map")
+    links += _chosen_links(chosen, shapes)
     never = [n for n in model_rec.unused if n not in fixed]
     if idle:
         notes.append(f"built-in tensors the level's call does not use, not paired: {', '.join(sorted(idle))}")
@@ -105,14 +87,14 @@ def pair(builtin: nn.Module, model: nn.Module, builtin_rec: Recording, model_rec
             f"cannot pair target {', '.join(f'{n} {tuple(params[n].shape)}' for n in never)}: never used in the "
             f"forward pass, so its place is unknown; the built-in's {_gaps(missing, shapes)} are unpaired. "
             + OVERRIDE_HELP, never, list(missing))
-    held = _held(missing, slots, shapes, chosen) if not unpaired else ()
+    held = held_rows(missing, slots, shapes, chosen) if not unpaired else ()
     if held:
         missing = {}
         notes += [f"{s.text()} has no counterpart: checked with it fixed at 0" + (
             f" (its gradient is not judged: the rest of {s.name} is the target's)" if s.rows else "") for s in held]
     if missing or unpaired:
-        raise UnpairedError(_unpaired_message(missing, shapes, unpaired, params, model_rec, chosen), unpaired,
-                            list(missing))
+        raise UnpairedError(_unpaired_message(missing, shapes, unpaired, params, model_rec, chosen, builtin_rec),
+                            unpaired, list(missing))
     if never:
         notes.append(f"never used in the forward pass, left as they are: {', '.join(never)}")
     tied = [n for n in model_rec.ordered() if model_rec.uses[n].uses > 1]
@@ -126,37 +108,21 @@ def pair(builtin: nn.Module, model: nn.Module, builtin_rec: Recording, model_rec
 
 
 
-def _choose(model_rec: Recording, params: dict[str, nn.Parameter], slots: list[Any], shapes: dict[str, Any],
-            partners: Any, rows: _Rows, fixed: set[str]) -> tuple[dict[str, Fit], list[str], list[tuple[str, ...]]]:
-    """Each target parameter's slot, in the order the forward pass uses them: (chosen, unpaired, ties)."""
-    chosen: dict[str, Fit] = {}
-    unpaired: list[str] = []
-    ties: list[tuple[str, ...]] = []
-    fitting: dict[tuple[Any, ...], list[Fit]] = {}  # the slots a shape and use can fill, in the slots' order
-    for name in model_rec.ordered():
-        if name in fixed:
-            continue
-        use, shape = model_rec.uses[name], tuple(params[name].shape)
-        key = (shape, use.orientation, use.kind)
-        if key not in fitting:
-            fitting[key] = [f for s in slots if (f := fits(shape, use, s)) is not None]
-        candidates = [f for f in fitting[key] if rows.free(f.slot)]
-        role = role_of(name)
-        if role and any(f.slot.role == role for f in candidates):
-            candidates = [f for f in candidates if f.slot.role == role]
-        partner = chosen.get(use.partner) if use.partner is not None else None
-        twins = companion(partner.slot, slots, partners, shapes) if partner is not None else ()
-        if any(f.slot in twins for f in candidates):  # the bias of the projection its matrix holds
-            candidates = [f for f in candidates if f.slot in twins]
-        if not candidates:
-            unpaired.append(name)
-            continue
-        best = min(candidates, key=lambda f: (f.slot.order, f.slot.rows))
-        if role is None and any(_alike(name, g, params, model_rec) for g in use.group):
-            ties.append(use.group)
-        chosen[name] = best
-        rows.take(best.slot.name, best.slot.rows)
-    return chosen, unpaired, ties
+def _overridden(links: Sequence[Link], shapes: Mapping[str, tuple[int, ...]], fits: Iterable[Fit] = ()) -> Rows:
+    """The rows an override's ``links`` take, and ``fits``' slots."""
+    rows = Rows()
+    for link in links:
+        for s in link.sources:
+            rows.take(s.name, s.rows or (0, shapes[s.name][0] if shapes[s.name] else 1))
+    for fit in fits:
+        rows.take(fit.slot.name, fit.slot.rows)
+    return rows
+
+
+def _missing(rows: Rows, shapes: Mapping[str, tuple[int, ...]], idle: set[str]) -> dict[str, list[tuple[int, int]]]:
+    """The built-in's rows no target tensor holds, per tensor (but those the level's call does not use)."""
+    return {n: gaps for n, shape in shapes.items()
+            if n not in idle and (gaps := rows.missing(n, shape[0] if shape else 1))}
 
 
 def _chosen_links(chosen: dict[str, Fit], shapes: dict[str, Any]) -> list[Link]:
@@ -170,28 +136,6 @@ def _chosen_links(chosen: dict[str, Fit], shapes: dict[str, Any]) -> list[Link]:
         links.append(Link(name, (source,), fit.transpose, how + (", transposed" if fit.transpose else "")))
     return links
 
-def _held(missing: Mapping[str, list[tuple[int, int]]], slots: list[Slot], shapes: Mapping[str, tuple[int, ...]],
-          chosen: Mapping[str, Fit]) -> tuple[Source, ...]:
-    """The built-in's unpaired rows to hold at zero: only biases (shifts), and only where the target has biases
-    elsewhere (a target with none at all is the built-in with ``bias=False``, which a configuration says)."""
-    kinds = {s.name: s.kind for s in slots if s.rows == (0, shapes[s.name][0] if shapes[s.name] else 1)}
-    if not missing or any(kinds.get(n) != "shift" for n in missing):
-        return ()
-    if not any(f.slot.kind == "shift" for f in chosen.values()):
-        return ()
-    whole = {n: (0, shapes[n][0] if shapes[n] else 1) for n in missing}
-    return tuple(Source(n, None if gap == whole[n] else gap) for n, gaps in missing.items() for gap in gaps)
-
-
-def _alike(name: str, other: str, params: Mapping[str, Tensor], rec: Recording) -> bool:
-    """Two tensors first used by one operation that nothing tells apart: shape, orientation, kind, name."""
-    if other == name or other not in params or role_of(other) is not None:
-        return False
-    a, b = rec.uses[name], rec.uses.get(other)
-    return (b is not None and params[name].shape == params[other].shape and a.kind == b.kind
-            and a.orientation == b.orientation)
-
-
 def _gaps(missing: Mapping[str, list[tuple[int, int]]], shapes: Mapping[str, tuple[int, ...]]) -> str:
     parts = []
     for name, gaps in missing.items():
@@ -202,7 +146,7 @@ def _gaps(missing: Mapping[str, list[tuple[int, int]]], shapes: Mapping[str, tup
 
 def _unpaired_message(missing: Mapping[str, list[tuple[int, int]]], shapes: Mapping[str, tuple[int, ...]],
                       unpaired: list[str], params: Mapping[str, Tensor], rec: Recording,
-                      chosen: Mapping[str, Fit]) -> str:
+                      chosen: Mapping[str, Fit], builtin_rec: Recording) -> str:
     lines = ["the target's parameters and the built-in's do not pair one to one:"]
     if missing:
         lines.append(f"  built-in tensors with no target counterpart: {_gaps(missing, shapes)}")
@@ -215,6 +159,11 @@ def _unpaired_message(missing: Mapping[str, list[tuple[int, int]]], shapes: Mapp
                      + ", ".join(f"{n} {tuple(params[n].shape)}" for n in unpaired))
         if all(n.endswith("bias") or "bias" in n for n in unpaired) and not missing:
             lines.append("  the built-in has no biases there: compare with bias=True")
+    normed = [n for n in unpaired if n in rec.uses and rec.uses[n].op == "layer_norm"]
+    if normed and not any(use.op == "layer_norm" for use in builtin_rec.uses.values()):
+        lines.append(f"  the target normalizes ({', '.join(normed)} in a layer_norm) where the built-in has no norm: "
+                     "a module that adds its residual and normalizes inside is a whole sublayer; check the layer "
+                     "that holds it (--as encoder_layer or decoder_layer)")
     shared = [n for n in rec.ordered() if rec.uses[n].uses > 1]
     if missing and shared:
         lines.append(f"  used more than once in the target: {', '.join(shared)} (one module shared where the "
