@@ -18,7 +18,13 @@ from hypothesis import HealthCheck, example, given
 from reference.inference.prepare import prepare
 from reference.levels.registry import LEVELS, Level
 from reference.targets.contract import Target
-from reference.verdict.assertions import check, examples, skip_unless_dtype_runs, skip_when_nothing_supported
+from reference.verdict.assertions import (
+    check,
+    declines_of,
+    examples,
+    skip_unless_dtype_runs,
+    skip_when_nothing_supported,
+)
 
 DECLINED = (HealthCheck.filter_too_much,)  # a target may decline many configurations; each one is recorded
 
@@ -33,7 +39,8 @@ def _property(entry: Level) -> Callable[..., None]:
     @given(case=entry.cases())
     def test(target: Target, device: str, dtype: torch.dtype, case: object) -> None:
         skip_unless_dtype_runs(dtype, device)
-        check(entry, case, lambda drawn: prepare(target, entry.name, drawn), device, dtype)
+        check(entry, case, lambda drawn: prepare(target, entry.name, drawn), device, dtype,
+              declines=declines_of(target, device, dtype))
 
     for case in dict.fromkeys(case for case, _ in entry.pinned):  # every pinned case, in every dtype
         test = example(case=case)(test)

@@ -82,6 +82,14 @@ def summary_rows(report: dict) -> list[tuple[tuple[str, str, str], dict]]:
     return sorted(rows.items(), key=lambda kv: (kv[0][0], DTYPE_ORDER.get(kv[0][1], 9), kv[0][2]))
 
 
+def _reasons(declined: list[dict], most: int = 5) -> list[str]:
+    """Up to ``most`` distinct reasons, one for each dtype first (in the table's order), then the rest sorted."""
+    reasons = sorted({(DTYPE_ORDER.get(r["dtype"], 9), r["reason"]) for r in declined})
+    first = list(dict.fromkeys(next(reason for d, reason in reasons if d == dtype)
+                               for dtype in sorted({d for d, _ in reasons})))
+    return (first + [reason for _, reason in reasons if reason not in first])[:most]
+
+
 def table(report: dict) -> list[str]:
     """The summary: per component x dtype x device, then not-supported configurations, tests, failures; or,
     when the target could not be resolved, why (``unresolved_lines``) and nothing else."""
@@ -111,7 +119,7 @@ def table(report: dict) -> list[str]:
     declined = report["not_supported"]
     if declined:
         lines.append(f"not supported (reported, not failures): {len(declined)} drawn configurations, e.g.")
-        lines += [f"  {reason[:160]}" for reason in sorted({r["reason"] for r in declined})[:5]]
+        lines += [f"  {reason[:160]}" for reason in _reasons(declined)]
         if not report["verdicts"]:
             lines.append(f"FAILED: {report['impl']} supported none of the drawn configurations")
     for t in tests:

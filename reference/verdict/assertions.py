@@ -29,6 +29,34 @@ from reference.verdict.tolerance import Verdict
 __all__ = ["Context", "assert_parity", "check", "compare_pair", "examples", "recording"]
 
 CI_EXAMPLES = 20  # the ci profile's max_examples (reference/pytest_plugin.py): check's budget, diagnosis' search too
+# draws declined in a row, with none supported yet, after which a property stops drawing (hypothesis' own limit is
+# ~500 rejections: a target that raises in bfloat16 on every case, say a float32 scale tensor its bfloat16 scores
+# are promoted by, spent most of its check declining them one by one)
+DECLINE_STREAK = 50
+
+
+@dataclass
+class Declines:
+    """One property run's declined draws, counted while none is supported (``skip_when_nothing_supported``)."""
+
+    count: int = 0
+    supported: bool = False
+
+    def declined(self, dtype: torch.dtype, reason: str) -> None:
+        if self.supported:
+            return
+        self.count += 1
+        if self.count >= DECLINE_STREAK:
+            pytest.skip(f"the target supported none of the first {self.count} configurations drawn in "
+                        f"{str(dtype).replace('torch.', '')}, so no more were drawn; the last: {reason}")
+
+
+_RUNS: dict[tuple[str, object, object], Declines] = {}  # (target, device, dtype) -> the property run's declines
+
+
+def declines_of(target: object, device: object, dtype: object) -> Declines | None:
+    """The declines of the property run in progress for ``target`` on ``device`` in ``dtype``, if one is."""
+    return _RUNS.get((repr(target), device, dtype))
 
 # The records of the running test (set per test by the plugin's autouse fixture; None outside a test).
 _RECORDS: ContextVar[list[dict] | None] = ContextVar("parity_records", default=None)
@@ -134,11 +162,12 @@ def low_precision_grads_comparable(dtype: torch.dtype, smooth: bool) -> bool:
 
 
 def check(level: Level, case: Any, prepare: Callable[[Any], tuple[Any, Candidate]], device: str, dtype: torch.dtype,
-          context: Context | None = None) -> list[Verdict]:
+          context: Context | None = None, declines: Declines | None = None) -> list[Verdict]:
     """Judge a candidate against ``level``'s built-in on ``case``; a declined configuration is rejected.
 
     ``prepare(case)`` returns the case as the target is checked on it (adapted to what it takes) and the
-    engine's candidate; it raises NotSupportedError to decline the configuration.
+    engine's candidate; it raises NotSupportedError to decline the configuration. ``declines``: the property
+    run's, which stops the run (a skip, with the reason) after ``DECLINE_STREAK`` declines and no support.
     """
     __tracebackhide__ = True
     try:
@@ -150,11 +179,15 @@ def check(level: Level, case: Any, prepare: Callable[[Any], tuple[Any, Candidate
                                    device=device, grads=grads, seed=case.seed)
     except NotSupportedError as exc:
         record_not_supported(context or Context(level.name, dtype, device, case.describe()), str(exc))
+        if declines is not None:
+            declines.declined(dtype, str(exc))
         reject()
     except TargetError as exc:
         where = context or Context(level.name, dtype, device, case.describe())
         _record_crash(where, str(exc))
         raise AssertionError(f"{where}: the target failed: {exc}") from exc
+    if declines is not None:
+        declines.supported = True
     assert_parity(verdicts, context)
     return verdicts
 
@@ -175,13 +208,18 @@ def skip_unless_dtype_runs(dtype: torch.dtype, device: str) -> None:
 
 
 def skip_when_nothing_supported(test: Callable) -> Callable:
-    """Wrap a @given test: if the target declines every drawn configuration, skip it (the run fails overall)."""
+    """Wrap a @given test: if the target declines every drawn configuration, skip it (the run fails overall).
+    The run's ``Declines`` (``declines_of`` its target, device and dtype) stop it after ``DECLINE_STREAK``."""
 
     @functools.wraps(test)
     def wrapper(*args: object, **kwargs: object) -> None:
+        key = (repr(kwargs.get("target")), kwargs.get("device"), kwargs.get("dtype"))
+        _RUNS[key] = Declines()
         try:
             test(*args, **kwargs)
         except Unsatisfiable as exc:
             pytest.skip(f"the target supports none of the drawn configurations: {exc}")
+        finally:
+            _RUNS.pop(key, None)
 
     return wrapper

@@ -4,6 +4,8 @@ constructors and layers in styles the other target modules do not have.
 - ``Tempered(dim, heads)``: batch-first self-attention through one packed projection, its temperature a
   float32 tensor held as a plain attribute (``.to(float64)`` does not move it), so in float64 its results carry
   float32's rounding of sqrt(head width). Bug twin ``TemperedBug``: the temperature is the head width itself.
+- ``TemperedVector``: the temperature a one-element float32 vector, which promotes float16 and bfloat16 scores
+  to float32, so the product with the values raises in every case at those precisions.
 - ``Lens(size, hops, d_in, d_out)``: attention whose input and output widths are parameters no table names.
 - ``Chatty(width, heads, hidden)``: a post-norm encoder layer that returns its output with the attention
   weights, as many course layers do; the built-in returns the output alone.
@@ -43,6 +45,12 @@ class TemperedBug(Tempered):
     @staticmethod
     def temperature_for(width: int) -> Tensor:
         return torch.tensor(float(width))
+
+
+class TemperedVector(Tempered):
+    @staticmethod
+    def temperature_for(width: int) -> Tensor:
+        return torch.tensor([float(width)]).sqrt()  # shape (1,): bfloat16 scores divided by it become float32
 
 
 class Lens(nn.Module):
