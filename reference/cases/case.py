@@ -37,6 +37,7 @@ HINTS = {  # a dropped mask's hint goes too
     "memory_mask": ("memory_is_causal", False),
 }
 _CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(Config))
+_CAUSAL_FIELDS = frozenset(("src_mask", "tgt_mask", "src_is_causal", "tgt_is_causal"))  # a target may fix them
 
 
 def draw_attn_mask(
@@ -143,9 +144,12 @@ class Case(SameByDefault):
         return self.config.kwargs()
 
     def with_options(self, changes: dict[str, Any]) -> Case:
-        """This case with configuration options replaced (those a target's code fixes, sizes it has)."""
+        """This case with configuration options replaced (those a target's code fixes, sizes it has), and the
+        masks and hints a target fixes (one that is always causal)."""
         known = {k: v for k, v in changes.items() if k in _CONFIG_FIELDS}
-        return self.replace(config=dataclasses.replace(self.config, **known)) if known else self
+        fields = {k: v for k, v in changes.items() if k in _CAUSAL_FIELDS}
+        case = self.replace(config=dataclasses.replace(self.config, **known)) if known else self
+        return case.replace(**fields) if fields else case
 
     def sizes(self) -> dict[str, Any]:
         """The sizes in canonical names (what reference/inference/sizes.py reads from a model)."""

@@ -248,7 +248,8 @@ def _with_masks(conv: Convention, model: nn.Module, sample: Mapping[str, Tensor]
             raise CallError(f"the target cannot be called at this level: {defaults.describe_required(conv)}")
         forms, neutral = found
         conv = replace(conv, neutral=neutral)
-    masks, forms, merge, always_causal = resolve(conv.level, mask_params, forms, bool(kwargs.get("is_causal")))
+    causal = bool(kwargs.get("is_causal") or kwargs.get("tgt_is_causal"))  # the level's hint for its self-attention
+    masks, forms, merge, always_causal = resolve(conv.level, mask_params, forms, causal)
     if conv.level == "decoder_only" and masks.get("mask") not in (None, *forms) and \
             defaults.causal_by_default(conv, probe_model(), inputs, heads):  # unmeasured: no mask, its own causality
         masks = {k: v for k, v in masks.items() if v != masks["mask"]}

@@ -55,11 +55,12 @@ def grid(level: str, not_taken: dict[str, Any], first: dict[str, Any] | None = N
 
 def sentence(entry: Level, fixed: dict[str, Any]) -> str:
     """"equals nn.TransformerEncoder(norm_first=True, activation='gelu') with a causal mask"."""
-    call = ("self_attention", "key_is_value", "equal_lengths", "attn_mask", "is_causal")  # how it is called
+    call = ("self_attention", "key_is_value", "equal_lengths", *_CAUSAL_KEYS)  # how it is called
     shown = {k: (getattr(v, "__name__", v)) for k, v in fixed.items()
              if k not in call and v != BEHAVIOUR.get(k, (None,))[0]}
     args = ", ".join(f"{k}={v!r}" for k, v in shown.items())
-    causal = " with a causal mask" if entry.name == "decoder_only" or fixed.get("is_causal") else ""
+    causal = " with a causal mask" if entry.name == "decoder_only" or any(
+        fixed.get(k) for k in ("is_causal", "src_is_causal", "tgt_is_causal")) else ""
     self_only = " as self-attention (one input)" if fixed.get("self_attention") else \
         " with keys and values from one input" if fixed.get("key_is_value") else ""
     if fixed.get("equal_lengths") and not fixed.get("self_attention"):
@@ -80,12 +81,39 @@ INPUT_SHAPES: tuple[dict[str, Any], ...] = (
     {"self_attention": True},
 )
 CAUSAL_SHAPE = {"attn_mask": "causal_bool", "is_causal": True}
+# per level, the case fields that make it causal: the self-attention's mask and its hint (a GPT block checked as
+# an encoder layer, a decoder layer that builds its own causal mask: the built-in gets the mask the code applies)
+CAUSAL_FIELDS: dict[str, dict[str, Any]] = {
+    "attention": CAUSAL_SHAPE,
+    "encoder_layer": {"src_mask": "causal_bool", "src_is_causal": True},
+    "encoder": {"src_mask": "causal_bool", "src_is_causal": True},
+    "decoder_layer": {"tgt_mask": "causal_bool", "tgt_is_causal": True},
+    "decoder": {"tgt_mask": "causal_bool", "tgt_is_causal": True},
+}
+_CAUSAL_KEYS = {k for fields in CAUSAL_FIELDS.values() for k in fields}
 
 
 def sharpness(shape: dict[str, Any]) -> int:
     """The rank of an attention call shape's inputs in INPUT_SHAPES: 0 shows the most."""
-    inputs = {k: v for k, v in shape.items() if k not in CAUSAL_SHAPE}
+    inputs = {k: v for k, v in shape.items() if k not in _CAUSAL_KEYS}
     return INPUT_SHAPES.index(inputs)
+
+
+def call_shapes(level: str, obj: Any) -> tuple[dict[str, Any], ...]:
+    """The call shapes discovery tries at ``level``: an attention's (``attention_shapes``); at a layer or a stack
+    whose forward takes no mask, as drawn and then always causal (CAUSAL_FIELDS); else as drawn."""
+    if level == "attention":
+        return attention_shapes(obj)
+    return ({}, CAUSAL_FIELDS[level]) if level in CAUSAL_FIELDS and _takes_no_mask(obj) else ({},)
+
+
+def _takes_no_mask(obj: Any) -> bool:
+    forward = getattr(obj, "forward", None) if not isinstance(obj, nn.Module) else obj.forward
+    try:
+        names = list(inspect.signature(forward).parameters) if forward is not None else []
+    except (TypeError, ValueError):
+        names = []
+    return not any("mask" in n or "causal" in n for n in names)
 
 
 def attention_shapes(obj: Any) -> tuple[dict[str, Any], ...]:
@@ -95,12 +123,7 @@ def attention_shapes(obj: Any) -> tuple[dict[str, Any], ...]:
     Discovery takes a shape that shows less only when the target cannot be called with one that shows more
     (``hidden_by``): a shape that runs but differs has a bug that the shapes after it could hide (key and value
     swapped, say, which self-attention cannot show)."""
-    forward = getattr(obj, "forward", None) if not isinstance(obj, nn.Module) else obj.forward
-    try:
-        names = list(inspect.signature(forward).parameters) if forward is not None else []
-    except (TypeError, ValueError):
-        names = []
-    causal = not any("mask" in n or "causal" in n for n in names)
+    causal = _takes_no_mask(obj)
     return tuple(shape for base in INPUT_SHAPES for shape in ((base, {**base, **CAUSAL_SHAPE}) if causal else (base,)))
 
 

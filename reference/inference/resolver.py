@@ -27,6 +27,13 @@ from reference.levels.registry import LEVELS, Level
 from reference.targets.contract import NotSupportedError, Target, TargetError
 
 
+def call_shape(case: Any) -> tuple[Any, ...]:
+    """How a case calls the target beyond its sizes: an attention's inputs (one tensor, keys as values, equal
+    lengths) and each causal hint. A map and a call found for one call shape are not carried to another."""
+    return tuple(getattr(case, k, None) for k in ("self_attention", "key_is_value", "equal_lengths", "is_causal",
+                                                  "src_is_causal", "tgt_is_causal"))
+
+
 @dataclass(kw_only=True)
 class Resolver:
     """One drawn case of a user's class, factory or instance at ``level``: its model built through its own
@@ -151,8 +158,7 @@ class Resolver:
         inputs, kwargs = entry.inputs(case, torch.float64)
         sample = copy_model(model).to("cpu", torch.float64)
         found = self._discovery.inference if self._discovery is not None else None  # calling is found once
-        shape = tuple(getattr(case, k, None) for k in ("self_attention", "key_is_value", "equal_lengths",
-                                                        "is_causal"))  # an attention's call shape
+        shape = call_shape(case)
         known = found.convention if found is not None else self._conventions.get(shape)
         if self._layout_option:  # its layout is an option it is built with: measured again for each configuration
             known = None
@@ -186,7 +192,7 @@ class Resolver:
         kept = self._maps.get(key)
         if kept is not None:
             return kept
-        found = self._from_template(structure_key(key), case, model)
+        found = self._from_template((structure_key(key), call_shape(case)), case, model)
         if found is not None:
             self._maps[key] = found
             return found
@@ -205,7 +211,7 @@ class Resolver:
                                     f"to one: {why}") from exc
         self._maps[key] = found
         if found.weight_map.verified:
-            self._templates.setdefault(structure_key(key), []).append(found)
+            self._templates.setdefault((structure_key(key), call_shape(case)), []).append(found)
         return found
 
     def _from_template(self, structure: Hashable, case: Any, model: nn.Module) -> Inference | None:

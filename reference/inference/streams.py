@@ -109,6 +109,11 @@ def pair_by_name(level: str, params: Sequence[str]) -> dict[str, str]:
     return by_name(LEVEL_MASKS.get(level, ()), params, KWARG_ALIASES)
 
 
+# the level's keyword for its self-attention's mask: a target taking none, called causal, applies it itself
+CAUSAL_MASK = {"attention": "attn_mask", "encoder_layer": "src_mask", "encoder": "mask", "decoder_layer": "tgt_mask",
+               "decoder": "tgt_mask", "decoder_only": "mask"}
+
+
 def resolve(level: str, params: Sequence[str], forms: Forms,
             is_causal: bool) -> tuple[dict[str, str], Forms, bool, bool]:
     """(the level's mask keywords -> the target's parameters, the forms used, whether an attention's padding is
@@ -125,6 +130,6 @@ def resolve(level: str, params: Sequence[str], forms: Forms,
         "key_padding_mask" not in masks and masks["attn_mask"] != "attn_mask"
     if merge:
         masks["key_padding_mask"] = masks["attn_mask"]
-    causal_level = level == "decoder_only" or (level == "attention" and is_causal)
-    always_causal = causal_level and ("mask" if level == "decoder_only" else "attn_mask") not in masks
+    causal_level = level == "decoder_only" or is_causal
+    always_causal = causal_level and CAUSAL_MASK.get(level, "attn_mask") not in masks
     return masks, forms, merge, always_causal

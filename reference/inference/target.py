@@ -29,10 +29,11 @@ from reference.inference.calling import CallError
 from reference.inference.candidate import InferredCandidate
 from reference.inference.construct import Plan
 from reference.inference.options import (
+    CAUSAL_FIELDS,
     DEFAULTS,
     Discovery,
     accepted,
-    attention_shapes,
+    call_shapes,
     grid,
     hidden_by,
     measurable,
@@ -102,7 +103,7 @@ class InferredTarget(Resolver):
         defaults = {k: v for k, v in DEFAULTS.items() if k in plan.not_taken}
         search = _Search(base=base.with_options(dict(defaults)), plan=plan, defaults=defaults,
                          heads_unknown=heads_unknown)
-        shapes = attention_shapes(self.target.obj) if self.level == "attention" else ({},)
+        shapes = call_shapes(self.level, self.target.obj)
         start = search.base.options()
         for shape, combo in ((shape, combo) for shape in shapes for combo in grid(self.level, plan.not_taken, start)):
             if not hidden_by(shape, search.differed):
@@ -223,8 +224,9 @@ class InferredTarget(Resolver):
             record_note(f"{self.target.spec} at {self.level}: {note}")
         case = case.with_options({**found.sizes, **found.fixed})
         case = case.only_masks(found.masks, self.level)
-        if found.fixed.get("is_causal"):  # an always-causal attention: the built-in gets the causal mask it applies
-            case = case.with_options({k: found.fixed[k] for k in ("attn_mask", "is_causal")})
+        causal = CAUSAL_FIELDS.get(self.level, {})
+        if causal and all(found.fixed.get(k) == v for k, v in causal.items()):  # always causal: the built-in gets
+            case = case.with_options(causal)  # the causal mask it applies
         if not found.returns_weights:  # nothing returned to compare with
             case = case.without_weights()
         if not found.unbatched and case.batch is None:  # it takes batches only: check this case batched

@@ -70,7 +70,8 @@ def test_the_map_is_inferred_once_per_shape_and_not_searched_again_per_example(
     comparison judges it; no second comparison per example): a new shape is inferred once more."""
     view = inferred(load_target("tests.targets.fixed_size_targets:attention"), "attention")
     view.discover()  # once per run, before any case
-    view._maps.clear()
+    view._maps.clear()  # the view is shared with earlier checks of the same spec: start from no map at all
+    view._templates.clear()
     calls: list[object] = []
     original = view._infer
     monkeypatch.setattr(view, "_infer", lambda case, model: calls.append(case) or original(case, model))

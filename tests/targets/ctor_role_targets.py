@@ -4,7 +4,8 @@ other's candidate sub-modules.
 
 - ``Gate(span, number_of_heads, masked, widen_ratio)``: a batch-first post-norm encoder layer; ``span`` is a width
   no table names, ``number_of_heads`` a count, ``masked`` an untyped flag (tested for truth in forward),
-  ``widen_ratio`` the feed-forward's multiple. Bug twin: the flag is read inverted (causal when not masked).
+  ``widen_ratio`` the feed-forward's multiple. Twin ``GateBug``: the flag is read inverted (causal when not
+  masked), which, built with the flag False, makes a layer that is always causal, and is checked as one.
 - ``Knobbed(knobs)``: a causal pre-norm block configured by a dataclass that also carries ``stack_height``,
   which the block never reads (the model it was written for does).
 - ``NamedOnly(d_model, nhead, dim_feedforward, activation)``: takes its activation by name only.
