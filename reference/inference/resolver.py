@@ -19,6 +19,7 @@ from reference.inference.calling import Convention, infer_calling
 from reference.inference.construct import ConstructionError, build
 from reference.inference.copying import copy_model
 from reference.inference.layouts import alternatives
+from reference.inference.lazy import materialize
 from reference.inference.options import (
     Discovery,
 )
@@ -68,6 +69,7 @@ class Resolver:
             raise TargetError(f"{self.target.spec}: {exc}") from exc
         except NotImplementedError as exc:
             raise NotSupportedError(f"{self.target.spec} does not support {case.options()}: {exc}") from exc
+        materialize(built.model, case.width)  # lazy modules get their shapes from one forward pass
         self._layout_option = self._layout_option or "batch_first" in built.plan.taken
         wanted = fixed_sizes.not_given(self.level, built.not_taken)
         shapes = (wanted, case.width if "d_model" not in wanted else None,
