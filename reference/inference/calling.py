@@ -102,7 +102,8 @@ def infer_calling(model: nn.Module, level: str, inputs: Mapping[str, Tensor], kw
         if viable:
             break
     if not viable:
-        raise CallError("the target cannot be called at this level: " + "; ".join(dict.fromkeys(errors)))
+        raise CallError("the target cannot be called at this level: " + "; ".join(dict.fromkeys(errors))
+                        + _embeds(model, level))
     viable, ignored = _inputs_matter(viable, model, sample, bare, batch_first)
     conv, layouts = viable[0]
     measured = False
@@ -124,6 +125,16 @@ def infer_calling(model: nn.Module, level: str, inputs: Mapping[str, Tensor], kw
     elif returns_weights:
         notes.append("returns a second tensor (attention weights?), which the built-in does not: not judged")
     return replace(conv, unbatched=unbatched, returns_weights=bool(returns_weights), assumptions=tuple(notes))
+
+
+def _embeds(model: nn.Module, level: str) -> str:
+    """A hint when ``model`` looks up token embeddings, which no level but decoder_only feeds it."""
+    tables = [name for name, m in model.named_modules() if isinstance(m, nn.Embedding)]
+    if not tables or level == "decoder_only":
+        return ""
+    return (f". It looks up token embeddings ({', '.join(tables)}: nn.Embedding), so it takes token ids, where the "
+            f"{level} level gives it embedded sequences: check the layers or stacks inside it instead (their "
+            "classes with --as encoder_layer, decoder_layer, encoder or decoder), or a GPT with --as decoder_only")
 
 
 def _runs(conv: Convention, model: nn.Module, sample: Mapping[str, Tensor], bare: Mapping[str, Any],

@@ -171,6 +171,13 @@ def _parts(obj: Any, level: str, given: set[str], opts: dict[str, Any]) -> tuple
     uses as modules (reference/inference/parts.py); ConstructionError when one has no class to play it."""
     wanted_parts = parts.wanted(obj, level, given)
     if not wanted_parts:
+        modules = [p for p in uses.module_parameters(obj) if p not in given and option_of(p) is None]
+        if modules:  # a whole model assembled from parts (Seq2Seq(encoder, decoder, ...)): no level builds them
+            raise ConstructionError(
+                f"cannot construct {_name(obj)} for level {level!r}: its source uses {', '.join(modules)} as "
+                "modules, and the harness builds a target's parts only at the layer and stack levels. Check "
+                "those parts' classes at their own level (--as encoder_layer, decoder_layer, encoder or decoder), "
+                f"or pass a zero-argument factory (functools.partial({_name(obj)}, ...)) or an instance")
         return {}, {}, {}
     values, part_taken, shown = parts.arguments(obj, wanted_parts, opts, level, build)
     unbuilt = {n: p for n, p in wanted_parts.items() if n not in values}
