@@ -154,7 +154,7 @@ class InferredTarget(Resolver):
                         return self._try(search, shape, fixed)
                 if isinstance(exc, CallError) and self.level != "attention":  # calling does not depend
                     raise TargetError(f"{self.target.spec} at {self.level}: {exc}") from exc  # on options
-                search.unpaired[group] = " ".join(str(exc).splitlines()[:3])
+                search.unpaired[group] = " ".join(str(exc).splitlines()[:4])
                 search.tried.append(f"{shown(fixed)}: {search.unpaired[group]}")
                 return None
             else:

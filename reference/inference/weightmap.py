@@ -164,6 +164,15 @@ def _unpaired_message(missing: Mapping[str, list[tuple[int, int]]], shapes: Mapp
         lines.append(f"  the target normalizes ({', '.join(normed)} in a layer_norm) where the built-in has no norm: "
                      "a module that adds its residual and normalizes inside is a whole sublayer; check the layer "
                      "that holds it (--as encoder_layer or decoder_layer)")
+    widths = {shapes[n][1] for n in missing if len(shapes[n]) == 2}  # the input widths of unpaired built-in matrices
+    narrow = [n for n in unpaired if params[n].dim() == 2 and params[n].shape[0] == params[n].shape[1]
+              and any(w > params[n].shape[1] and w % params[n].shape[1] == 0 for w in widths)]
+    if narrow:
+        d = params[narrow[0]].shape[1]
+        width = max(w for w in widths if w % d == 0)
+        lines.append(f"  {', '.join(narrow)} are {d} x {d}, 1/{width // d} of the built-in's width {width}: "
+                     "projections applied to each head's slice of the input (one shared by every head?), where the "
+                     "built-in projects the whole width; parity diagnose measures it")
     shared = [n for n in rec.ordered() if rec.uses[n].uses > 1]
     if missing and shared:
         lines.append(f"  used more than once in the target: {', '.join(shared)} (one module shared where the "

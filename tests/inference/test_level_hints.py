@@ -69,3 +69,28 @@ def test_a_token_model_checked_on_embedded_input_is_told_so() -> None:
     inputs, kwargs = LEVELS["encoder_layer"].inputs(case, torch.float64)
     with pytest.raises(CallError, match=r"looks up token embeddings \(table: nn.Embedding\)"):
         infer_calling(_Tokens().double(), "encoder_layer", inputs, kwargs, batch_first=False)
+
+
+class _OneProjectionPerHeadSlice(nn.Module):
+    """q, k and v through one (head x head) matrix each, applied to every head's slice of the input."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.heads, self.head = heads, width // heads
+        self.q, self.k, self.v = (nn.Linear(self.head, self.head, bias=False) for _ in range(3))
+        self.o = nn.Linear(width, width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, t, w = x.shape
+        q, k, v = (f(x.view(n, t, self.heads, self.head)).transpose(1, 2) for f in (self.q, self.k, self.v))
+        mixed = torch.softmax(q @ k.transpose(-1, -2) / self.head ** 0.5, -1) @ v
+        return self.o(mixed.transpose(1, 2).reshape(n, t, w))
+
+
+def test_projections_of_one_head_slice_are_named_as_such() -> None:
+    builtin, model = nn.MultiheadAttention(8, 2, batch_first=True).double(), _OneProjectionPerHeadSlice(8, 2).double()
+    x = torch.randn(2, 3, 8, dtype=torch.float64)
+    with pytest.raises(UnpairedError, match=r"q.weight, k.weight, v.weight are 4 x 4, 1/2 of the built-in's width 8: "
+                                            r"projections applied to each head's slice"):
+        pair(builtin, model, record_uses(builtin, lambda m: m(x, x, x, need_weights=False)[0]),
+             record_uses(model, lambda m: m(x)))
