@@ -29,27 +29,34 @@ from reference.verdict.tolerance import Verdict
 __all__ = ["Context", "assert_parity", "check", "compare_pair", "examples", "recording"]
 
 CI_EXAMPLES = 20  # the ci profile's max_examples (reference/pytest_plugin.py): check's budget, diagnosis' search too
-# draws declined in a row, with none supported yet, after which a property stops drawing in a dtype other than
-# float64 (hypothesis' own limit is ~500 rejections: a target that raises in bfloat16 on every case, say a float32
-# scale tensor its bfloat16 scores are promoted by, spent most of its check declining them one by one); float64
-# draws on, so a target whose supported cases are rare is never failed as supporting none
+# declined draws after which a property stops drawing in a dtype other than float64, when fewer than one in
+# DECLINE_RATIO of its draws was judged and none failed (hypothesis' own limit is ~500 rejections: a target that
+# raises in bfloat16 on every case, say a float32 scale tensor its bfloat16 scores are promoted by, or overflows
+# in float16 on every masked case, spent most of its check declining them one by one); float64 draws on, so a
+# target whose supported cases are rare is never failed as supporting none
 DECLINE_STREAK = 50
+DECLINE_RATIO = 10
 
 
 @dataclass
 class Declines:
-    """One property run's declined draws, counted while none is supported (``skip_when_nothing_supported``)."""
+    """One property run's declined and judged draws (``skip_when_nothing_supported`` starts it)."""
 
     count: int = 0
-    supported: bool = False
+    judged: int = 0
+    failed: bool = False  # once a case failed, the run goes on: hypothesis shrinks it, and a stop would hide it
 
     def declined(self, dtype: torch.dtype, reason: str) -> None:
-        if self.supported or dtype == torch.float64:  # float64 draws on: a run with nothing judged there fails
+        if self.failed or dtype == torch.float64:  # float64 draws on: a run with nothing judged there fails
             return
         self.count += 1
-        if self.count >= DECLINE_STREAK:
-            pytest.skip(f"the target supported none of the first {self.count} configurations drawn in "
-                        f"{str(dtype).replace('torch.', '')}, so no more were drawn; the last: {reason}")
+        if self.count >= max(DECLINE_STREAK, DECLINE_RATIO * self.judged):
+            kind = str(dtype).replace("torch.", "")
+            if not self.judged:
+                pytest.skip(f"the target supported none of the first {self.count} configurations drawn in {kind}, "
+                            f"so no more were drawn; the last: {reason}")
+            pytest.skip(f"{self.count} configurations drawn in {kind} were declined for {self.judged} judged, so "
+                        f"no more were drawn (the judged ones passed); the last declined: {reason}")
 
 
 _RUNS: dict[tuple[str, object, object], Declines] = {}  # (target, device, dtype) -> the property run's declines
@@ -187,9 +194,14 @@ def check(level: Level, case: Any, prepare: Callable[[Any], tuple[Any, Candidate
         where = context or Context(level.name, dtype, device, case.describe())
         _record_crash(where, str(exc))
         raise AssertionError(f"{where}: the target failed: {exc}") from exc
+    try:
+        assert_parity(verdicts, context)
+    except AssertionError:
+        if declines is not None:
+            declines.failed = True
+        raise
     if declines is not None:
-        declines.supported = True
-    assert_parity(verdicts, context)
+        declines.judged += 1
     return verdicts
 
 
