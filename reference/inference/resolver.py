@@ -55,6 +55,7 @@ class Resolver:
     _layout_option: bool = False  # its constructor takes batch_first: its layout follows the configuration
     layout: bool | None = None  # when values cannot decide (diagnosis measures it): True = the case's own layout
     _failed: TargetError | None = None  # discovery's failure, kept: it does not depend on the drawn case
+    _causal: bool | None = None  # discovery: whether a layer that takes no mask is causal by itself, measured
 
     @property
     def entry(self) -> Level:

@@ -18,16 +18,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 
 import reference.inference.sizes as fixed_sizes
-from reference.builtin.config import Config
+from reference.builtin.config import Config, randomize_
 from reference.builtin.weights import WeightMapError
 from reference.inference.auto import Inference
 from reference.inference.cache import disagreement
 from reference.inference.calling import CallError
 from reference.inference.candidate import InferredCandidate
 from reference.inference.construct import Plan
+from reference.inference.copying import copy_model
 from reference.inference.options import (
     CAUSAL_FIELDS,
     DEFAULTS,
@@ -41,7 +43,7 @@ from reference.inference.options import (
     size_notes,
 )
 from reference.inference.options import sentence as configuration_sentence
-from reference.inference.resolver import Resolver
+from reference.inference.resolver import Resolver, call_shape
 from reference.inference.weightmap import MapMismatchError, UnpairedError, agreement
 from reference.targets.contract import NotSupportedError, TargetError
 from reference.verdict.assertions import record_note
@@ -106,6 +108,8 @@ class InferredTarget(Resolver):
         shapes = call_shapes(self.level, self.target.obj)
         start = search.base.options()
         for shape, combo in ((shape, combo) for shape in shapes for combo in grid(self.level, plan.not_taken, start)):
+            if shape and self.level != "attention" and not self._causal_by_itself(search.base):
+                break  # measured: a layer that is not causal is not tried with a causal mask (nor reported closest)
             if not hidden_by(shape, search.differed):
                 found = self._try(search, shape, {**shape, **combo})
                 if found is not None:
@@ -123,6 +127,36 @@ class InferredTarget(Resolver):
             f"{self.target.spec} cannot be paired with {self.entry.builtin} in any configuration tried:\n  "
             + "\n  ".join(search.tried)
             + "\nwrite an override or an adapter (docs/plugins.md), or run parity diagnose")
+
+    def _causal_by_itself(self, base: Any) -> bool:
+        """Measured once, on a random-weight copy, through the convention the unmasked call found: moving the last
+        position of the layer's own sequence (``tgt`` for a decoder, else ``src``) leaves the first position's
+        output as it was (a causal mask off by one still counts: the causal shapes are tried, and verified, and
+        diagnosis names it). True when it cannot be measured."""
+        if self._causal is None:
+            self._causal = self._measure_causal(base)
+        return self._causal
+
+    def _measure_causal(self, base: Any) -> bool:
+        case, model, _ = self._sample(base.unmasked().long_enough())
+        conv = self._conventions.get(call_shape(case))
+        if conv is None:
+            return True
+        inputs, kwargs = self.entry.inputs(case, torch.float64)
+        stream = "tgt" if "tgt" in inputs else "src"
+        axis = 1 if case.batch_first else 0
+        moved = inputs[stream].clone()
+        last = moved.select(axis, -1)  # moved at random: a constant shift of a position vanishes in a LayerNorm
+        last.add_(torch.randn(last.shape, generator=torch.Generator().manual_seed(1), dtype=last.dtype))
+        sample = randomize_(copy_model(model).to("cpu", torch.float64), torch.Generator().manual_seed(0)).eval()
+        try:
+            with torch.no_grad():
+                before = conv(sample, inputs, kwargs, batch_first=case.batch_first)["output"]
+                after = conv(sample, {**inputs, stream: moved}, kwargs, batch_first=case.batch_first)["output"]
+        except Exception:  # it cannot be called so: the causal shapes decide
+            return True
+        first = (before.narrow(axis, 0, 1) - after.narrow(axis, 0, 1)).abs().max()
+        return float(first) <= 1e-9 * max(1.0, float(before.abs().max()))
 
     def _try(self, search: _Search, shape: dict[str, Any], fixed: dict[str, Any]) -> Discovery | None:
         """One configuration of the search: its Discovery when it verifies, else None (what it showed kept)."""

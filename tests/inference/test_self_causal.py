@@ -32,3 +32,16 @@ def test_its_own_mask_off_by_one_fails_and_is_named() -> None:
                      level="encoder_layer")
     assert [c.key for c in d.causes] == ["causal_off_by_one"], [(c.key, c.does) for c in d.causes]
     assert d.causes[0].place == "self_attn" and not d.unexplained
+
+
+def test_causality_is_measured_before_a_causal_mask_is_tried() -> None:
+    """A layer that takes no mask is tried with a causal one only when moving its last position leaves its first
+    output as it was: a non-causal buggy layer is not reported closest to a causal configuration."""
+    from reference.inference.prepare import inferred
+
+    lookback = inferred(load_target(f"{T}:LookbackPeek"), "encoder_layer")  # off by one: still causal enough
+    assert "with a causal mask" not in lookback.discover().sentence  # it matches none: checked where closest
+    assert lookback._causal is True and "src_is_causal=True" in lookback.discover().sentence
+    reordered = inferred(load_target("tests.targets.reorder_targets:RawReordered"), "encoder_layer")
+    sentence = reordered.discover().sentence
+    assert reordered._causal is False and "causal" not in sentence, sentence
