@@ -31,8 +31,9 @@ from reference.targets.contract import NotSupportedError, Target, TargetError
 def call_shape(case: Any) -> tuple[Any, ...]:
     """How a case calls the target beyond its sizes: an attention's inputs (one tensor, keys as values, equal
     lengths) and each causal hint. A map and a call found for one call shape are not carried to another."""
-    return tuple(getattr(case, k, None) for k in ("self_attention", "key_is_value", "equal_lengths", "is_causal",
-                                                  "src_is_causal", "tgt_is_causal"))
+    inner = getattr(case, "case", case)  # a stack's case holds the whole-model case
+    return tuple(getattr(inner, k, None) for k in ("self_attention", "key_is_value", "equal_lengths", "is_causal",
+                                                   "src_is_causal", "tgt_is_causal"))
 
 
 @dataclass(kw_only=True)

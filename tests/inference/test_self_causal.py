@@ -15,7 +15,8 @@ T = "tests.targets.self_causal_targets"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("spec", "level"), [("Lookback", "encoder_layer"), ("Autoregressive", "decoder_layer")])
+@pytest.mark.parametrize(("spec", "level"), [("Lookback", "encoder_layer"), ("Autoregressive", "decoder_layer"),
+                                             ("Tower", "encoder")])
 def test_a_layer_causal_by_itself_passes(spec: str, level: str) -> None:
     report = api.check(f"{T}:{spec}", level=level, profile="ci", device="cpu", pytest_args=("-k", "float64 or float32"))
     assert report.passed, report

@@ -5,6 +5,8 @@ CAUSAL_FIELDS).
 - ``Lookback(d, h)``: a GPT-style pre-norm block; attention through ``F.scaled_dot_product_attention(...,
   is_causal=True)`` on separate q/k/v projections, tanh-free exact GELU. Bug twin ``LookbackPeek``: its own
   mask lets each position see the next one (``triu(diagonal=2)`` blocked).
+- ``Tower(d, h, n_layer)``: ``Lookback`` blocks and a final norm, checked as an encoder (the stack's case
+  carries the causal fields one level down).
 - ``Autoregressive(d, h, ff)``: a post-norm decoder layer, ``forward(y, enc)``, whose self-attention builds a
   ``tril`` keep-mask from the sequence length; the cross-attention is unmasked.
 """
@@ -40,6 +42,18 @@ class LookbackPeek(Lookback):
         t = q.shape[-2]
         blocked = torch.ones(t, t, dtype=torch.bool, device=q.device).triu(diagonal=2)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=~blocked)
+
+
+class Tower(nn.Module):
+    def __init__(self, d: int, h: int, n_layer: int) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(Lookback(d, h) for _ in range(n_layer))
+        self.out = nn.LayerNorm(d)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return self.out(x)
 
 
 class Autoregressive(nn.Module):
