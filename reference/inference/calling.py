@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 import reference.inference.binding as binding
 import reference.inference.defaults as defaults
+import reference.inference.hints as hints
 import reference.inference.required as required
 from reference.builtin.config import randomize_
 from reference.inference.binding import FLAGS
@@ -103,7 +104,7 @@ def infer_calling(model: nn.Module, level: str, inputs: Mapping[str, Tensor], kw
             break
     if not viable:
         raise CallError("the target cannot be called at this level: " + "; ".join(dict.fromkeys(errors))
-                        + _embeds(model, level))
+                        + hints.embeds(model, level))
     viable, ignored = _inputs_matter(viable, model, sample, bare, batch_first)
     conv, layouts = viable[0]
     measured = False
@@ -125,16 +126,6 @@ def infer_calling(model: nn.Module, level: str, inputs: Mapping[str, Tensor], kw
     elif returns_weights:
         notes.append("returns a second tensor (attention weights?), which the built-in does not: not judged")
     return replace(conv, unbatched=unbatched, returns_weights=bool(returns_weights), assumptions=tuple(notes))
-
-
-def _embeds(model: nn.Module, level: str) -> str:
-    """A hint when ``model`` looks up token embeddings, which no level but decoder_only feeds it."""
-    tables = [name for name, m in model.named_modules() if isinstance(m, nn.Embedding)]
-    if not tables or level == "decoder_only":
-        return ""
-    return (f". It looks up token embeddings ({', '.join(tables)}: nn.Embedding), so it takes token ids, where the "
-            f"{level} level gives it embedded sequences: check the layers or stacks inside it instead (their "
-            "classes with --as encoder_layer, decoder_layer, encoder or decoder), or a GPT with --as decoder_only")
 
 
 def _runs(conv: Convention, model: nn.Module, sample: Mapping[str, Tensor], bare: Mapping[str, Any],

@@ -25,6 +25,7 @@ from typing import Any, cast
 from torch import nn
 
 import reference.inference.configs as configs
+import reference.inference.hints as hints
 import reference.inference.parts as parts
 import reference.inference.sizes as fixed_sizes
 import reference.inference.source as source
@@ -173,11 +174,7 @@ def _parts(obj: Any, level: str, given: set[str], opts: dict[str, Any]) -> tuple
     if not wanted_parts:
         modules = [p for p in uses.module_parameters(obj) if p not in given and option_of(p) is None]
         if modules:  # a whole model assembled from parts (Seq2Seq(encoder, decoder, ...)): no level builds them
-            raise ConstructionError(
-                f"cannot construct {_name(obj)} for level {level!r}: its source uses {', '.join(modules)} as "
-                "modules, and the harness builds a target's parts only at the layer and stack levels. Check "
-                "those parts' classes at their own level (--as encoder_layer, decoder_layer, encoder or decoder), "
-                f"or pass a zero-argument factory (functools.partial({_name(obj)}, ...)) or an instance")
+            raise ConstructionError(hints.assembled(_name(obj), level, modules))
         return {}, {}, {}
     values, part_taken, shown = parts.arguments(obj, wanted_parts, opts, level, build)
     unbuilt = {n: p for n, p in wanted_parts.items() if n not in values}

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+import reference.inference.hints as hints
 from reference.builtin.config import randomize_
 from reference.builtin.weights import WeightMapError
 from reference.inference.choose import Rows, choose, complete, held_rows
@@ -159,20 +160,7 @@ def _unpaired_message(missing: Mapping[str, list[tuple[int, int]]], shapes: Mapp
                      + ", ".join(f"{n} {tuple(params[n].shape)}" for n in unpaired))
         if all(n.endswith("bias") or "bias" in n for n in unpaired) and not missing:
             lines.append("  the built-in has no biases there: compare with bias=True")
-    normed = [n for n in unpaired if n in rec.uses and rec.uses[n].op == "layer_norm"]
-    if normed and not any(use.op == "layer_norm" for use in builtin_rec.uses.values()):
-        lines.append(f"  the target normalizes ({', '.join(normed)} in a layer_norm) where the built-in has no norm: "
-                     "a module that adds its residual and normalizes inside is a whole sublayer; check the layer "
-                     "that holds it (--as encoder_layer or decoder_layer)")
-    widths = {shapes[n][1] for n in missing if len(shapes[n]) == 2}  # the input widths of unpaired built-in matrices
-    narrow = [n for n in unpaired if params[n].dim() == 2 and params[n].shape[0] == params[n].shape[1]
-              and any(w > params[n].shape[1] and w % params[n].shape[1] == 0 for w in widths)]
-    if narrow:
-        d = params[narrow[0]].shape[1]
-        width = max(w for w in widths if w % d == 0)
-        lines.append(f"  {', '.join(narrow)} are {d} x {d}, 1/{width // d} of the built-in's width {width}: "
-                     "projections applied to each head's slice of the input (one shared by every head?), where the "
-                     "built-in projects the whole width; parity diagnose measures it")
+    lines += hints.unpaired(missing, shapes, unpaired, params, rec, builtin_rec)
     shared = [n for n in rec.ordered() if rec.uses[n].uses > 1]
     if missing and shared:
         lines.append(f"  used more than once in the target: {', '.join(shared)} (one module shared where the "
