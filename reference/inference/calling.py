@@ -175,7 +175,7 @@ def _layouts(conv: Convention, model: nn.Module, sample: Mapping[str, Tensor], b
 def _apart(conv: Convention, model: nn.Module, sample: Mapping[str, Tensor], bare: Mapping[str, Any],
            batch_first: bool, layouts: list[bool]) -> list[bool]:
     """The layouts in which the target keeps batch elements apart (mask_probe.keeps_batch_apart), else all."""
-    probe_model = _probe_model(model)
+    probe_model = random_float64_copy(model)
     inputs = _probe_inputs(conv, sample, batch_first)
 
     def runner(layout: bool) -> Callable[[Mapping[str, Tensor]], Tensor]:
@@ -192,7 +192,7 @@ def _inputs_matter(viable: list[tuple[Convention, list[bool]]], model: nn.Module
     tensor) runs, but the built-in's input is lost there: a pairing that uses every input is the call meant."""
     if len(viable) < 2:
         return viable, []
-    probe_model = functools.cache(lambda: _probe_model(model))
+    probe_model = functools.cache(lambda: random_float64_copy(model))
     kept, notes = [], []
     for conv, layouts in viable:
         unused = _ignored_inputs(replace(conv, batch_first=layouts[0]), probe_model(), sample, bare, batch_first)
@@ -228,7 +228,7 @@ def _ignored_inputs(conv: Convention, probe_model: nn.Module, sample: Mapping[st
     return out
 
 
-def _probe_model(model: nn.Module) -> nn.Module:
+def random_float64_copy(model: nn.Module) -> nn.Module:
     """A float64 copy of ``model`` with random weights (no zero-initialized projection hides what a probe asks)."""
     return randomize_(copy_model(model).to(torch.float64), torch.Generator().manual_seed(0)).eval()
 
@@ -237,7 +237,7 @@ def _with_masks(conv: Convention, model: nn.Module, sample: Mapping[str, Tensor]
                 batch_first: bool, heads: int, cache: MutableMapping[Any, Any] | None) -> Convention:
     """``conv`` with the level's masks assigned to the target's parameters: measured, or by name if declared."""
     mask_params = [p.name for p in conv.params if "mask" in p.name or p.name in conv.neutral]
-    probe_model = functools.cache(lambda: _probe_model(model))  # built once, and only if a probe runs
+    probe_model = functools.cache(lambda: random_float64_copy(model))  # built once, and only if a probe runs
     inputs = _probe_inputs(conv, sample, batch_first)
     forms: Forms = {}
     if not conv.keep_mask and mask_params:

@@ -44,6 +44,10 @@ class Rows:
             at = max(at, b)
         return gaps + ([(at, n)] if at < n else [])
 
+    def gaps(self, shapes: Mapping[str, tuple[int, ...]], idle: set[str]) -> dict[str, list[tuple[int, int]]]:
+        """The built-in's rows no target tensor holds, per tensor (but ``idle`` ones, which the call does not use)."""
+        return {n: gaps for n, shape in shapes.items()
+                if n not in idle and (gaps := self.missing(n, shape[0] if shape else 1))}
 
     def give_back(self, name: str, rows: tuple[int, int]) -> None:
         self.taken[name].remove(rows)
@@ -111,8 +115,7 @@ def complete(model_rec: Recording, params: dict[str, nn.Parameter], slots: list[
     projected = {bias for owner, bias in partners.items() if kinds.get(owner) == "matrix"}
 
     def done() -> bool:  # a bias may be held at zero only where it is a projection's (never a norm's shift)
-        missing = {n: gaps for n, shape in shapes.items()
-                   if n not in idle and (gaps := rows.missing(n, shape[0] if shape else 1))}
+        missing = rows.gaps(shapes, idle)
         held = held_rows(missing, slots, shapes, chosen)
         return not missing or (bool(held) and all(h.name in projected for h in held))
 
@@ -158,5 +161,3 @@ def _alike(name: str, other: str, params: Mapping[str, Tensor], rec: Recording) 
     a, b = rec.uses[name], rec.uses.get(other)
     return (b is not None and params[name].shape == params[other].shape and a.kind == b.kind
             and a.orientation == b.orientation)
-
-

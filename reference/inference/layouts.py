@@ -93,9 +93,10 @@ def alternatives(wm: WeightMap, builtin: nn.Module) -> Iterator[WeightMap]:
 
 def zero_values(builtin: nn.Module) -> nn.Module:
     """``builtin`` (in place) with each packed projection's value rows and bias at zero."""
+    packed = packed_sizes(builtin)
     with torch.no_grad():
         for name, param in builtin.named_parameters():
-            sizes = packed_sizes(builtin).get(name)
-            if sizes is not None:
-                param[2 * sizes[0]:3 * sizes[0]] = 0.0
+            if name in packed:
+                e = packed[name][0]
+                param[2 * e:3 * e] = 0.0
     return builtin

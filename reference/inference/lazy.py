@@ -1,7 +1,7 @@
 """Lazy modules (``nn.LazyLinear``, d2l's style) have no parameter shapes until their first forward pass, and the
 harness reads shapes to pair weights and sizes. ``materialize`` runs one forward on a random input of the case's
-width, tried in the usual call forms (one input, query/key/value, with a ``None`` mask), so that every lazy
-parameter gets its shape; the model's values are then overwritten by the built-in's like any other.
+width, in the usual call forms (``parts.output_of``), so that every lazy parameter gets its shape; the model's
+values are then overwritten by the built-in's like any other.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn.parameter import is_lazy
 
-FORMS = ((1,), (3,), (3, None), (1, None), (2,), (2, None))  # (inputs, then a None for a mask) tried in turn
+from reference.inference.parts import output_of
 
 
 def has_lazy(model: nn.Module) -> bool:
@@ -23,18 +23,10 @@ def materialize(model: nn.Module, width: int) -> nn.Module:
     ``model`` unchanged when it has none or no form runs (the harness then says what it cannot read)."""
     if not has_lazy(model):
         return model
-    x = torch.randn(2, 3, width, generator=torch.Generator().manual_seed(0))
     was_training = model.training
     model.eval()
     try:
-        for form in FORMS:
-            args = [x] * form[0] + [None] * (len(form) - 1)
-            try:
-                model(*args)
-            except Exception:
-                continue
-            if not has_lazy(model):
-                break
+        output_of(model, torch.randn(2, 3, width, generator=torch.Generator().manual_seed(0)))
     finally:
         model.train(was_training)
     return model

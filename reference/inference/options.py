@@ -59,8 +59,7 @@ def sentence(entry: Level, fixed: dict[str, Any]) -> str:
     shown = {k: (getattr(v, "__name__", v)) for k, v in fixed.items()
              if k not in call and v != BEHAVIOUR.get(k, (None,))[0]}
     args = ", ".join(f"{k}={v!r}" for k, v in shown.items())
-    causal = " with a causal mask" if entry.name == "decoder_only" or any(
-        fixed.get(k) for k in ("is_causal", "src_is_causal", "tgt_is_causal")) else ""
+    causal = " with a causal mask" if entry.name == "decoder_only" or any(fixed.get(k) for k in _CAUSAL_HINTS) else ""
     self_only = " as self-attention (one input)" if fixed.get("self_attention") else \
         " with keys and values from one input" if fixed.get("key_is_value") else ""
     if fixed.get("equal_lengths") and not fixed.get("self_attention"):
@@ -91,6 +90,7 @@ CAUSAL_FIELDS: dict[str, dict[str, Any]] = {
     "decoder": {"tgt_mask": "causal_bool", "tgt_is_causal": True},
 }
 _CAUSAL_KEYS = {k for fields in CAUSAL_FIELDS.values() for k in fields}
+_CAUSAL_HINTS = {k for fields in CAUSAL_FIELDS.values() for k, v in fields.items() if v is True}
 
 
 def sharpness(shape: dict[str, Any]) -> int:

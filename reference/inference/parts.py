@@ -49,7 +49,9 @@ def classes_of(cls: Any) -> list[type]:
             and v.__module__ == cls.__module__ and v is not cls] if module is not None else []
 
 
-def _output(model: nn.Module, x: Tensor) -> Tensor | None:
+def output_of(model: nn.Module, x: Tensor) -> Tensor | None:
+    """``model``'s output on ``x`` in the first usual call form that runs and keeps its shape (one input;
+    query, key and value; either with a None mask; two inputs); None when none does."""
     for args in ((x,), (x, x, x), (x, x, x, None), (x, None), (x, x)):
         try:
             out = model(*args)
@@ -72,14 +74,14 @@ def measured(model: nn.Module, width: int) -> str | None:
         with torch.no_grad():
             dtype = next((p.dtype for p in model.parameters()), torch.float32)
             x = torch.randn(2, 5, width, generator=torch.Generator().manual_seed(0), dtype=dtype)
-            base = _output(model, x)
+            base = output_of(model, x)
             if base is None:
                 return None
             one, two = x.clone(), x.clone()  # moved by a random vector: a constant one a norm would remove
             nudge = torch.randn(width, generator=torch.Generator().manual_seed(1), dtype=dtype)
             one[:, 0] += nudge
             two[0] += nudge
-            out_one, out_two = _output(model, one), _output(model, two)
+            out_one, out_two = output_of(model, one), output_of(model, two)
             mixes = (out_one is not None and bool((out_one - base)[:, 1:].abs().max() > 1e-6)) or (
                 out_two is not None and bool((out_two - base)[1:].abs().max() > 1e-6))
     finally:

@@ -22,14 +22,13 @@ import torch
 from torch import nn
 
 import reference.inference.sizes as fixed_sizes
-from reference.builtin.config import Config, randomize_
+from reference.builtin.config import Config
 from reference.builtin.weights import WeightMapError
 from reference.inference.auto import Inference
 from reference.inference.cache import disagreement
-from reference.inference.calling import CallError
+from reference.inference.calling import CallError, random_float64_copy
 from reference.inference.candidate import InferredCandidate
 from reference.inference.construct import Plan
-from reference.inference.copying import copy_model
 from reference.inference.options import (
     CAUSAL_FIELDS,
     DEFAULTS,
@@ -148,7 +147,7 @@ class InferredTarget(Resolver):
         moved = inputs[stream].clone()
         last = moved.select(axis, -1)  # moved at random: a constant shift of a position vanishes in a LayerNorm
         last.add_(torch.randn(last.shape, generator=torch.Generator().manual_seed(1), dtype=last.dtype))
-        sample = randomize_(copy_model(model).to("cpu", torch.float64), torch.Generator().manual_seed(0)).eval()
+        sample = random_float64_copy(model)
         try:
             with torch.no_grad():
                 before = conv(sample, inputs, kwargs, batch_first=case.batch_first)["output"]

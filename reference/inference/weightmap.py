@@ -72,12 +72,12 @@ def pair(builtin: nn.Module, model: nn.Module, builtin_rec: Recording, model_rec
     chosen, unpaired, ties = choose(model_rec, params, slots, shapes, partners, rows, fixed)
     notes: list[str] = []
     idle = set(builtin_rec.unused)  # the level's call does not use them (feed_forward: the layer's attention)
-    missing = _missing(rows, shapes, idle)
+    missing = rows.gaps(shapes, idle)
     if unpaired or (missing and not held_rows(missing, slots, shapes, chosen)):  # holes: one-to-one by shape?
         whole = complete(model_rec, params, slots, shapes, partners, _overridden(links, shapes), fixed, idle)
         if whole is not None:
             chosen, unpaired, rows = whole, [], _overridden(links, shapes, whole.values())
-            missing = _missing(rows, shapes, idle)
+            missing = rows.gaps(shapes, idle)
             notes.append("paired by shape and kind: the order of first use pairs no one-to-one map")
     links += _chosen_links(chosen, shapes)
     never = [n for n in model_rec.unused if n not in fixed]
@@ -118,12 +118,6 @@ def _overridden(links: Sequence[Link], shapes: Mapping[str, tuple[int, ...]], fi
     for fit in fits:
         rows.take(fit.slot.name, fit.slot.rows)
     return rows
-
-
-def _missing(rows: Rows, shapes: Mapping[str, tuple[int, ...]], idle: set[str]) -> dict[str, list[tuple[int, int]]]:
-    """The built-in's rows no target tensor holds, per tensor (but those the level's call does not use)."""
-    return {n: gaps for n, shape in shapes.items()
-            if n not in idle and (gaps := rows.missing(n, shape[0] if shape else 1))}
 
 
 def _chosen_links(chosen: dict[str, Fit], shapes: dict[str, Any]) -> list[Link]:
